@@ -1,0 +1,1 @@
+"""Reusable config presets: model sizes, data, optimizer, mesh."""

@@ -1,0 +1,19 @@
+"""Data presets for `tokgen_jax.data.make_pipeline`."""
+
+import ml_collections
+
+
+def images(source: str = "photos", image_size: int = 64, eval_image_size: int = 128, **overrides) -> ml_collections.ConfigDict:
+  """Every field the image pipeline reads; `source` is 'photos' (offline), 'folder' or 'tfds'."""
+  config = ml_collections.ConfigDict(dict(
+      source=source, name="", data_dir="", path="", train_split="train", eval_split="eval",
+      image_size=image_size, eval_image_size=eval_image_size, resize=0, random_flip=True, seed=0,
+      num_threads=2, prefetch=4))
+  config.update(overrides)
+  return config
+
+
+def imagenet(image_size: int = 256, data_dir: str = "") -> ml_collections.ConfigDict:
+  """ImageNet-1k from TFDS ArrayRecord (`tfds build imagenet2012 --file_format=array_record`)."""
+  return images("tfds", image_size, image_size, name="imagenet2012", data_dir=data_dir,
+                eval_split="validation", resize=image_size)

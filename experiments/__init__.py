@@ -1,0 +1,1 @@
+"""Runnable experiments, one a file; each docstring holds its launch command."""

@@ -1,0 +1,78 @@
+"""Orbax checkpoints of one run: items `state` (the TrainState), `data` (the Grain iterator) and `config` (JSON).
+
+Checkpoints live in `workdir/checkpoints/<step>/`, are written asynchronously and atomically (Orbax renames a
+finished temporary directory), and are pruned to the newest `keep`.
+"""
+
+import pathlib
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from tokgen_jax.errors import ConfigError
+
+
+class Manager:
+  def __init__(self, workdir: str, *, every_steps: int, keep: int, asynchronous: bool = True):
+    self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            save_interval_steps=every_steps, max_to_keep=keep, enable_async_checkpointing=asynchronous,
+            create=True),
+        item_names=("state", "data", "config"),
+    )
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, data_iterator: Any, config_json: dict, force: bool = False) -> bool:
+    """Start an (async) save if `step` is due or `force`; returns whether one started."""
+    return self._manager.save(step, force=force, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iterator),
+        config=ocp.args.JsonSave(config_json)))
+
+  def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
+    """The state saved at `step`, placed with the shardings of `abstract_state`; restores the iterator in place."""
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    except (ValueError, KeyError, FileNotFoundError) as error:
+      raise ConfigError(
+          f"checkpoint {self.directory / str(step)} could not be restored into the current model ({error}). "
+          f"It was written by a different config or is damaged; use a fresh --workdir, or delete that step "
+          f"directory to fall back to an older one.") from error
+    return restored.state
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def restore_params(path: str, abstract_state: Any) -> Any:
+  """The latest state stored under `path` (a workdir, its checkpoints/ folder or one step folder), for init_from."""
+  root = pathlib.Path(path).absolute()
+  for candidate in (root / "checkpoints", root):
+    if candidate.is_dir() and ocp.CheckpointManager(candidate, options=ocp.CheckpointManagerOptions(
+        read_only=True), item_names=("state",)).latest_step() is not None:
+      manager = ocp.CheckpointManager(candidate, options=ocp.CheckpointManagerOptions(read_only=True),
+                                      item_names=("state", "data", "config"))
+      step = manager.latest_step()
+      return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))).state
+  state_dir = root / "state"
+  if state_dir.is_dir():
+    return ocp.StandardCheckpointer().restore(state_dir, abstract_state)
+  raise ConfigError(f"config.init_from={path!r} holds no checkpoint; point it at a workdir, its checkpoints/ "
+                    f"folder or a step folder of a finished run.")
+
+
+def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:
+  return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                      abstract_state, shardings)

@@ -1,0 +1,156 @@
+"""`make_pipeline`: a Grain iterator of image batches for training or held-out evaluation.
+
+train: source -> this process's slice (records p, p+P, ...) -> shuffle(seed), reshuffled every epoch, repeated
+forever -> decode -> random crop/flip (`random_map`, so each element's randomness depends only on the seed and its
+position) -> batch of `global_batch_size // process_count`, dropping nothing because the stream is infinite.
+
+eval: every image (after the optional resize) is cut into all non-overlapping `eval_image_size` tiles, image by
+image, row-major inside an image. Tiles are split into one contiguous block per process (neighbouring tiles share
+an image, so a process decodes each image about once), and each block is padded to the same number of full batches
+with zero images whose `mask` is False, so every process runs the same number of eval steps.
+
+Both are Grain `MapDataset`s turned into an iterator at the end, so `get_state()` is a small JSON-able dict and
+`set_state()` resumes exactly where the saved iterator stood.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+from tokgen_jax.data import sources
+from tokgen_jax.data import transforms
+
+SPLITS = ("train", "eval")
+_PADDING = (-1, 0, 0)  # eval tile spec (record index, top, left) of a padding element
+
+
+def make_pipeline(data_config, split: str, *, global_batch_size: int, process_index: int | None = None,
+                  process_count: int | None = None) -> grain.DatasetIterator:
+  """Returns an iterator of `{'image': float32 [B, S, S, 3] in [-1, 1]}` (eval adds `'mask': bool [B]`).
+
+  Args:
+    data_config: `config.data` (fields: source, name, data_dir, path, train_split, eval_split, image_size,
+      eval_image_size, resize, random_flip, seed, num_threads, prefetch).
+    split: 'train' (infinite, shuffled, augmented) or 'eval' (one deterministic pass over held-out tiles).
+    global_batch_size: batch size over all processes; each process yields `global_batch_size // process_count`.
+    process_index: this process; defaults to `jax.process_index()`.
+    process_count: number of data-loading processes; defaults to `jax.process_count()`.
+  """
+  if split not in SPLITS:
+    raise ValueError(f"make_pipeline split must be one of {SPLITS}, got {split!r}.")
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  local_batch_size = _local_batch_size(global_batch_size, process_index, process_count)
+  source = _open_configured_source(data_config, split)
+  if split == "train":
+    dataset = _train_dataset(source, data_config, local_batch_size, process_index, process_count)
+  else:
+    dataset = _eval_dataset(source, data_config, local_batch_size, process_index, process_count)
+  read_options = grain.ReadOptions(num_threads=int(data_config.num_threads),
+                                   prefetch_buffer_size=int(data_config.prefetch))
+  return iter(dataset.to_iter_dataset(read_options))
+
+
+def _local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} must lie in [0, process_count={process_count}).")
+  if global_batch_size < 1:
+    raise ValueError(f"config.batch_size must be positive, got {global_batch_size}.")
+  if global_batch_size % process_count:
+    suggestion = math.ceil(global_batch_size / process_count) * process_count
+    raise ValueError(
+        f"config.batch_size={global_batch_size} is not divisible by the {process_count} data-loading processes "
+        f"(jax.process_count()); every process loads an equal share. Set config.batch_size to a multiple of "
+        f"{process_count}, e.g. {suggestion}.")
+  return global_batch_size // process_count
+
+
+def _open_configured_source(data_config, split: str) -> sources.ImageSource:
+  split_name = data_config.train_split if split == "train" else data_config.eval_split
+  return sources.open_source(str(data_config.source), split=split, name=str(data_config.name),
+                             data_dir=str(data_config.data_dir), path=str(data_config.path),
+                             split_name=str(split_name))
+
+
+# ------------------------------------------------------------------------------------------------------- train
+
+
+def _augmentation_seed(seed: int, process_index: int) -> int:
+  """Per-process seed, so hosts do not draw the same crop positions for their (different) images."""
+  return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
+
+
+def _train_dataset(source: sources.ImageSource, data_config, local_batch_size: int, process_index: int,
+                   process_count: int) -> grain.MapDataset:
+  records = grain.MapDataset.source(source.records)[process_index::process_count]
+  if len(records) == 0:
+    raise ValueError(f"{source.description} has {len(source)} training images, fewer than the {process_count} "
+                     "data-loading processes; every process needs at least one. Add images or use fewer hosts.")
+  augment = functools.partial(transforms.train_augment, image_size=int(data_config.image_size),
+                              resize=int(data_config.resize), random_flip=bool(data_config.random_flip))
+  seed = _augmentation_seed(int(data_config.seed), process_index)
+  return (records
+          .shuffle(seed=int(data_config.seed))
+          .repeat()  # shuffle before repeat: epoch e is shuffled with seed + e
+          .map(source.decode)
+          .random_map(lambda image, rng: {"image": augment(image, rng)}, seed=seed)
+          .batch(local_batch_size, drop_remainder=True))
+
+
+# -------------------------------------------------------------------------------------------------------- eval
+
+
+def eval_tile_specs(source: sources.ImageSource, *, tile_size: int, resize: int) -> list[tuple[int, int, int]]:
+  """`(record index, top, left)` of every held-out tile, image by image, row-major inside an image."""
+  specs = []
+  for index, (height, width) in enumerate(source.shapes):
+    height, width = transforms.eval_image_shape(height, width, tile_size=tile_size, resize=resize)
+    specs.extend((index, top, left) for top, left in transforms.tile_corners(height, width, tile_size))
+  return specs
+
+
+def shard_and_pad(specs: list, local_batch_size: int, process_index: int, process_count: int) -> list:
+  """This process's contiguous block of `specs`, padded with `_PADDING` to the batch count all processes share."""
+  per_process = math.ceil(len(specs) / process_count)
+  num_batches = math.ceil(per_process / local_batch_size)
+  block = specs[process_index * per_process:(process_index + 1) * per_process]
+  return block + [_PADDING] * (num_batches * local_batch_size - len(block))
+
+
+class _EvalTileReader:
+  """Maps a tile spec to `{'image', 'mask'}`, keeping the last few prepared images (tiles of an image are adjacent)."""
+
+  def __init__(self, source: sources.ImageSource, tile_size: int, resize: int, cache_size: int):
+    self._source = source
+    self._tile_size = tile_size
+    self._resize = resize
+    self.prepared_image = functools.lru_cache(maxsize=cache_size)(self._prepare)
+
+  def _prepare(self, index: int) -> np.ndarray:
+    image = self._source.decode(self._source.records[index])
+    return transforms.prepare_eval_image(image, tile_size=self._tile_size, resize=self._resize)
+
+  def __call__(self, spec: tuple[int, int, int]) -> dict[str, Any]:
+    index, top, left = spec
+    if index < 0:
+      return {"image": np.zeros((self._tile_size, self._tile_size, 3), np.float32), "mask": np.bool_(False)}
+    tile = transforms.crop(self.prepared_image(index), top, left, self._tile_size)
+    return {"image": transforms.scale_to_signed_unit(tile), "mask": np.bool_(True)}
+
+
+def _eval_dataset(source: sources.ImageSource, data_config, local_batch_size: int, process_index: int,
+                  process_count: int) -> grain.MapDataset:
+  tile_size, resize = int(data_config.eval_image_size), int(data_config.resize)
+  specs = eval_tile_specs(source, tile_size=tile_size, resize=resize)
+  if not specs:
+    raise ValueError(f"{source.description} yields no eval tiles.")
+  local_specs = shard_and_pad(specs, local_batch_size, process_index, process_count)
+  # Each reader thread works on one batch at a time, so a couple of images per thread is enough.
+  reader = _EvalTileReader(source, tile_size, resize, cache_size=2 * max(1, int(data_config.num_threads)) + 2)
+  return grain.MapDataset.source(local_specs).map(reader).batch(local_batch_size)

@@ -1,0 +1,214 @@
+"""Image sources: random-access records plus the function that decodes one record to uint8 `[H, W, 3]`.
+
+Three kinds, picked by `config.data.source`:
+
+* `photos` -- the RGB photographs that scikit-image and scikit-learn install with them, for local runs with no
+  download. The split is fixed:
+
+  - train (`PHOTO_TRAIN`, 9 images): skimage.data astronaut, coffee, rocket, hubble_deep_field,
+    immunohistochemistry, retina, colorwheel, stereo_motorcycle (left view), and sklearn's china.jpg.
+  - held out (`PHOTO_HELD_OUT`, 2 images, the eval split): skimage.data chelsea and sklearn's flower.jpg.
+
+  `train_split` / `eval_split` are ignored. Photos are loaded on first use and kept for the process.
+* `folder` -- image files (png, jpg, jpeg, bmp, webp, gif) anywhere under `path/<split folder>`, sorted by
+  relative path. Records are file paths; pixels are decoded in the pipeline's map step.
+* `tfds` -- a TFDS dataset the user prepared in ArrayRecord format; records keep their encoded 'image' bytes
+  (TFDS decoding is skipped) and are decoded with PIL in the map step, so TensorFlow is never needed.
+
+A source also reports each image's `(height, width)` without decoding pixels where it can (file headers), which
+the eval pipeline needs to lay out its tiles before reading any image.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from tokgen_jax.data import transforms
+
+PHOTO_TRAIN = ("astronaut", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
+               "colorwheel", "stereo_motorcycle", "china")
+PHOTO_HELD_OUT = ("chelsea", "flower")
+SOURCE_KINDS = ("photos", "folder", "tfds")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
+
+_SKLEARN_PHOTOS = ("china", "flower")
+
+
+class ImageSource:
+  """Random-access records, the decoder for one record, and image shapes for laying out eval tiles."""
+
+  def __init__(self, records: Sequence[Any], decode: Callable[[Any], np.ndarray],
+               read_shape: Callable[[int], tuple[int, int]], description: str):
+    self.records = records
+    self.decode = decode
+    self._read_shape = read_shape
+    self.description = description
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  @functools.cached_property
+  def shapes(self) -> tuple[tuple[int, int], ...]:
+    """`(height, width)` of every image, read once (from headers for files) and kept with the source."""
+    return tuple(self._read_shape(index) for index in range(len(self.records)))
+
+
+# ------------------------------------------------------------------------------------------------------ photos
+
+
+@functools.cache
+def load_photo(name: str) -> np.ndarray:
+  """One installed photograph as a read-only uint8 `[H, W, 3]` array, decoded once per process."""
+  if name in _SKLEARN_PHOTOS:
+    from sklearn.datasets import load_sample_image  # pylint: disable=g-import-not-at-top
+    image = load_sample_image(f"{name}.jpg")
+  elif name in PHOTO_TRAIN + PHOTO_HELD_OUT:
+    import skimage.data  # pylint: disable=g-import-not-at-top
+    image = getattr(skimage.data, name)()
+    if name == "stereo_motorcycle":
+      image = image[0]  # (left view, right view, disparity): keep the left view
+  else:
+    raise ValueError(f"Unknown photo {name!r}; the photos source has {PHOTO_TRAIN + PHOTO_HELD_OUT}.")
+  image = transforms.to_rgb_uint8(image).copy()
+  image.setflags(write=False)  # the cached array is shared by every pipeline in the process
+  return image
+
+
+def photos_source(split: str) -> ImageSource:
+  """The installed photographs: `PHOTO_TRAIN` for split 'train', `PHOTO_HELD_OUT` for 'eval'."""
+  names = PHOTO_TRAIN if split == "train" else PHOTO_HELD_OUT
+  images = tuple(load_photo(name) for name in names)
+  return ImageSource(records=images, decode=transforms.to_rgb_uint8,
+                     read_shape=lambda index: images[index].shape[:2],
+                     description=f'photos/{split} ({", ".join(names)})')
+
+
+# ------------------------------------------------------------------------------------------------------ folder
+
+
+def list_image_files(root: str) -> list[str]:
+  """All image files under `root` (recursively), sorted by their path relative to `root`."""
+  relative_paths = []
+  for directory, subdirectories, filenames in os.walk(root):
+    subdirectories.sort()  # a deterministic walk; the final order comes from the sort below anyway
+    for filename in filenames:
+      if filename.lower().endswith(IMAGE_EXTENSIONS):
+        relative_paths.append(os.path.relpath(os.path.join(directory, filename), root))
+  relative_paths.sort(key=lambda relative: relative.replace(os.sep, "/"))
+  return [os.path.join(root, relative) for relative in relative_paths]
+
+
+def _folder_error(split_dir: str, problem: str, split_key: str) -> FileNotFoundError:
+  return FileNotFoundError(
+      f'{problem}: {split_dir!r}. The folder source reads image files ({", ".join(IMAGE_EXTENSIONS)}) under '
+      f"<config.data.path>/<config.data.{split_key}>. Put training images in <path>/train and held-out images in "
+      "<path>/eval (subfolders are fine), or point config.data.path, config.data.train_split and "
+      "config.data.eval_split at your folders.")
+
+
+def folder_source(path: str, split_folder: str, split_key: str) -> ImageSource:
+  """Image files under `path/split_folder`; `split_key` ('train_split' | 'eval_split') is named in errors."""
+  if not path:
+    raise _folder_error(os.path.join("<empty config.data.path>", split_folder), "No image folder configured",
+                        split_key)
+  split_dir = os.path.abspath(os.path.join(os.path.expanduser(path), split_folder))
+  if not os.path.isdir(split_dir):
+    raise _folder_error(split_dir, "Image folder not found", split_key)
+  files = list_image_files(split_dir)
+  if not files:
+    raise _folder_error(split_dir, "No image files found in folder", split_key)
+  return ImageSource(records=files, decode=transforms.load_image_file,
+                     read_shape=lambda index: transforms.read_image_file_shape(files[index]),
+                     description=f"folder {split_dir} ({len(files)} images)")
+
+
+# -------------------------------------------------------------------------------------------------------- tfds
+
+
+def _tfds_default_data_dir() -> str:
+  return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
+def _tfds_missing_error(name: str, data_dir: str, detail: str) -> FileNotFoundError:
+  shown_dir = data_dir or f"{_tfds_default_data_dir()} (the TFDS default; config.data.data_dir is empty)"
+  build_dir = data_dir or _tfds_default_data_dir()
+  return FileNotFoundError(
+      f"TFDS dataset {name!r} is not prepared in ArrayRecord format under data_dir {shown_dir}: {detail}. "
+      "Nothing is downloaded at run time; prepare it once with\n"
+      f"  tfds build {name} --data_dir={build_dir} --file_format=array_record\n"
+      "(datasets with a manual download, like imagenet2012, need their archives in <data_dir>/downloads/manual "
+      "first), then set config.data.name and config.data.data_dir to match.")
+
+
+def _open_tfds_builder(name: str, data_dir: str):
+  """The prepared ArrayRecord builder for `name`, or a FileNotFoundError that says how to prepare it."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import; only this source needs it)
+  if not name:
+    raise ValueError('config.data.source is "tfds" but config.data.name is empty; set it to a TFDS dataset name, '
+                     "e.g. 'imagenet2012'.")
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None)
+  except tfds.core.registered.DatasetNotFoundError as error:
+    raise _tfds_missing_error(name, data_dir, "no such registered dataset and no prepared files") from error
+  if not builder.is_prepared():
+    raise _tfds_missing_error(name, data_dir, f"no prepared files at {builder.data_path}")
+  if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+    raise _tfds_missing_error(name, data_dir, f"it is prepared as {builder.info.file_format.value}, which has no "
+                              "random access; rebuild it in a new data_dir")
+  return builder
+
+
+def _decode_tfds_image(record: dict[str, Any], where: str) -> np.ndarray:
+  if "image" not in record:
+    raise ValueError(f'{where}: records have no "image" field (fields: {sorted(record)}).')
+  image = record["image"]
+  if isinstance(image, bytes):
+    return transforms.decode_image_bytes(image, where=where)
+  return transforms.to_rgb_uint8(image)
+
+
+def _tfds_image_shape(record: dict[str, Any]) -> tuple[int, int]:
+  image = record["image"]
+  if isinstance(image, bytes):
+    return transforms.read_image_bytes_shape(image)
+  return tuple(np.shape(image)[:2])
+
+
+def tfds_source(name: str, data_dir: str, split: str, split_key: str) -> ImageSource:
+  """Split `split` of a TFDS dataset prepared as ArrayRecord, with encoded images left for PIL to decode."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = _open_tfds_builder(name, data_dir)
+  available = sorted(builder.info.splits.keys())
+  if split.split("[")[0] not in available:  # 'train[:1%]'-style sub-splits name their base split first
+    raise ValueError(f"TFDS dataset {name!r} has no split {split!r} (config.data.{split_key}); "
+                     f"available: {available}.")
+  records = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+  where = f"tfds {name}/{split}"
+  return ImageSource(records=records, decode=functools.partial(_decode_tfds_image, where=where),
+                     read_shape=lambda index: _tfds_image_shape(records[index]),
+                     description=f"{where} ({len(records)} records)")
+
+
+# ----------------------------------------------------------------------------------------------------- choose
+
+
+@functools.lru_cache(maxsize=16)
+def open_source(kind: str, *, split: str, name: str = "", data_dir: str = "", path: str = "",
+                split_name: str = "") -> ImageSource:
+  """The source for `split` ('train' | 'eval'); `split_name` is the configured folder/TFDS split name.
+
+  Cached per process, so pipelines rebuilt for every evaluation reuse the file listing and image shapes.
+  """
+  split_key = f"{split}_split"
+  if kind == "photos":
+    return photos_source(split)
+  if kind == "folder":
+    return folder_source(path, split_name, split_key)
+  if kind == "tfds":
+    return tfds_source(name, data_dir, split_name, split_key)
+  raise ValueError(f'Unknown config.data.source {kind!r}; valid sources: {", ".join(SOURCE_KINDS)}.')

@@ -1,0 +1,37 @@
+"""The train state and the Task interface that the one training loop drives."""
+
+from typing import Any, Protocol
+
+import flax
+import jax
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step reads and writes, as one pytree (checkpointed whole).
+
+  params and opt_state are keyed by parameter group ('autoencoder'; a GAN adds 'discriminator' with its own
+  optimizer). ema_params mirrors params (empty when EMA is off); model_state holds non-trainable collections
+  (e.g. quantizer statistics, LeCAM EMAs). Per-step randomness is `fold_in(rng, step)`, so a resumed run draws
+  the same numbers.
+  """
+
+  step: jax.Array
+  params: dict[str, Any]
+  opt_state: dict[str, Any]
+  ema_params: dict[str, Any]
+  model_state: dict[str, Any]
+  rng: jax.Array
+
+
+class Task(Protocol):
+  """Pure functions over a TrainState; the trainer jits and shards them."""
+
+  def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
+    """A fresh state; parameters may be `nn.Partitioned` boxes carrying logical axis names."""
+
+  def train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step; returns the new state and scalar metrics."""
+
+  def eval_step(self, state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Per-example outputs and metrics (leading dimension = batch)."""

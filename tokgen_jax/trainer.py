@@ -1,0 +1,313 @@
+"""The one training loop: every experiment runs through `run(config, workdir, mode)`.
+
+train:  init or resume → jitted, sharded train_step → log / eval / checkpoint on their schedules; SIGTERM saves
+        the current step and returns.
+eval:   restore the latest checkpoint and evaluate it on the held-out split.
+sample: restore the latest checkpoint and reconstruct the images named by `config.sample.inputs`.
+"""
+
+import contextlib
+import dataclasses
+import pathlib
+import signal
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from tokgen_jax import checkpoint, config as config_lib, data, sharding, tasks, writers
+from tokgen_jax.errors import ConfigError
+
+MODES = ("train", "eval", "sample")
+
+
+@dataclasses.dataclass
+class Run:
+  """What every mode needs: the mesh, the task and the (abstract) state layout."""
+
+  config: ml_collections.ConfigDict
+  workdir: pathlib.Path
+  mesh: Mesh
+  rules: tuple
+  task: tasks.Task
+  abstract_state: Any
+  state_shardings: Any
+
+  @property
+  def is_chief(self) -> bool:
+    return jax.process_index() == 0
+
+  def context(self):
+    """Mesh and logical-axis rules in force while functions trace, so activation constraints apply."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(self.mesh))
+    stack.enter_context(nn.logical_axis_rules(self.rules))
+    return stack
+
+  def init_state(self) -> Any:
+    example = _example_batch(self.config)
+    init = jax.jit(lambda rng: nn.unbox(self.task.init(rng, example)), out_shardings=self.state_shardings)
+    with self.context():
+      return init(jax.random.PRNGKey(self.config.seed))
+
+
+def _example_batch(config) -> dict[str, jax.Array]:
+  size = config.data.image_size
+  return {"image": jnp.zeros((1, size, size, 3), jnp.float32)}
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch_size(config.batch_size, mesh)
+  sharding.check_batch_size(config.eval.batch_size, mesh)
+  rules = sharding.logical_rules(config.mesh)
+  task = tasks.build(config)
+  example = _example_batch(config)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(lambda rng: task.init(rng, example), jax.random.PRNGKey(0))
+  state_shardings = sharding.state_shardings(boxed, mesh, rules)
+  abstract_state = checkpoint.abstract_with_shardings(nn.unbox(boxed), state_shardings)
+  return Run(config, pathlib.Path(workdir), mesh, rules, task, abstract_state, state_shardings)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> dict[str, Any]:
+  """Run `mode` and return its summary (final metrics for train, eval metrics for eval, paths for sample)."""
+  if mode not in MODES:
+    raise ConfigError(f"--mode={mode!r} is not known; choose one of {MODES}.")
+  state_run = setup(config, workdir)
+  logging.info("mesh %s; %d parameters", dict(state_run.mesh.shape), _count_params(state_run.abstract_state))
+  return {"train": train, "eval": evaluate_latest, "sample": sample}[mode](state_run)
+
+
+def _count_params(abstract_state: Any) -> int:
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(abstract_state.params))
+
+
+# ---------------------------------------------------------------------------------------------------- training
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop polls; all processes agree before acting on it."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def agreed(self) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    return bool(multihost_utils.process_allgather(np.asarray(self.requested)).any())
+
+  def restore_handler(self) -> None:
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _initial_state(run_: Run, manager: checkpoint.Manager, train_iter: Any) -> Any:
+  """Resume order: the workdir's latest checkpoint → config.init_from (parameters only) → scratch."""
+  latest = manager.latest_step()
+  if latest is not None:
+    logging.info("resuming from %s/%d", manager.directory, latest)
+    return manager.restore(latest, run_.abstract_state, train_iter)
+  state = run_.init_state()
+  if run_.config.init_from:
+    loaded = checkpoint.restore_params(run_.config.init_from, run_.abstract_state)
+    state = state.replace(params=loaded.params, ema_params=loaded.ema_params, model_state=loaded.model_state)
+  return state
+
+
+def _compile_step(run_: Run, state: Any, batch: Any):
+  step_fn = jax.jit(run_.task.train_step,
+                    in_shardings=(run_.state_shardings, sharding.batch_sharding(run_.mesh)),
+                    out_shardings=(run_.state_shardings, None), donate_argnums=0)
+  with run_.context():
+    compiled = step_fn.lower(state, batch).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float((cost or {}).get("flops", 0.0))
+  return compiled, flops
+
+
+def _check_finite(metrics: dict[str, float], step: int) -> None:
+  bad = [name for name, value in metrics.items() if not np.isfinite(value)]
+  if bad:
+    raise FloatingPointError(
+        f"non-finite {bad} at step {step}; the last checkpoint before it is kept. Lower "
+        f"config.optimizer.learning_rate or raise config.optimizer.warmup_steps, then rerun to resume.")
+
+
+def train(run_: Run) -> dict[str, Any]:
+  config = run_.config
+  train_iter = data.make_pipeline(config.data, "train", global_batch_size=config.batch_size)
+  manager = checkpoint.Manager(str(run_.workdir), every_steps=config.checkpoint_every_steps,
+                               keep=config.keep_checkpoints)
+  state = _initial_state(run_, manager, train_iter)
+  step = int(state.step)
+  writer = writers.MetricWriter(str(run_.workdir), enabled=run_.is_chief)
+  preemption = _Preemption()
+  config_json = config_lib.to_json(config)
+  summary: dict[str, Any] = {"step": step}
+  try:
+    timer = _Timer()
+    pending: list[dict] = []
+    compiled = flops = None
+    while step < config.total_steps:
+      with timer.waiting():
+        batch = sharding.global_batch(next(train_iter), run_.mesh)
+      if compiled is None:
+        compiled, flops = _compile_step(run_, state, batch)
+        timer.reset()
+      state, metrics = compiled(state, batch)
+      step += 1
+      pending.append(metrics)
+      if step % config.log_every_steps == 0 or step == config.total_steps:
+        summary = _log(step, config, pending, timer, flops, writer)
+        pending = []
+      if config.eval_every_steps and (step % config.eval_every_steps == 0 or step == config.total_steps):
+        summary |= evaluate(run_, state, step, writer)
+      manager.save(step, state, train_iter, config_json, force=step == config.total_steps)
+      if preemption.agreed():
+        logging.warning("SIGTERM: saving step %d and exiting", step)
+        manager.save(step, state, train_iter, config_json, force=True)
+        summary["preempted"] = True
+        break
+  finally:
+    manager.wait()
+    manager.close()
+    writer.close()
+    preemption.restore_handler()
+  summary["step"] = step
+  return summary
+
+
+class _Timer:
+  """Wall time between log lines and the part of it spent waiting for input."""
+
+  def __init__(self):
+    self.reset()
+
+  def reset(self):
+    self.start = time.perf_counter()
+    self.data_wait = 0.0
+
+  @contextlib.contextmanager
+  def waiting(self):
+    begin = time.perf_counter()
+    yield
+    self.data_wait += time.perf_counter() - begin
+
+
+def _log(step, config, pending, timer, flops, writer) -> dict[str, float]:
+  means = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(pending))
+  _check_finite(means, step)
+  elapsed = max(time.perf_counter() - timer.start, 1e-9)
+  steps_per_sec = len(pending) / elapsed
+  scalars = {"loss": means.pop("loss"), "lr": means.pop("lr"), "steps_per_sec": steps_per_sec,
+             "examples_per_sec": steps_per_sec * config.batch_size,
+             "tflops_per_device": flops * steps_per_sec / 1e12,
+             "data_wait_frac": timer.data_wait / elapsed, **means}
+  writer.write(step, scalars)
+  if jax.process_index() == 0:
+    print(writers.format_progress(step, config.total_steps, scalars), flush=True)
+  timer.reset()
+  return scalars
+
+
+# -------------------------------------------------------------------------------------------------- evaluation
+
+
+def _gather(tree: Any) -> Any:
+  """Host numpy copies of globally sharded outputs (all processes take part)."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def evaluate(run_: Run, state: Any, step: int, writer: writers.MetricWriter | None = None) -> dict[str, float]:
+  """Mean per-example metrics over the held-out split; writes eval/step_<N>.json and a sample grid."""
+  config = run_.config
+  eval_fn = jax.jit(run_.task.eval_step, in_shardings=(run_.state_shardings, sharding.batch_sharding(run_.mesh)))
+  totals: dict[str, float] = {}
+  count = 0
+  grid = None
+  for local_batch in data.make_pipeline(config.data, "eval", global_batch_size=config.eval.batch_size):
+    batch = sharding.global_batch(local_batch, run_.mesh)
+    with run_.context():
+      outputs = _gather(eval_fn(state, {"image": batch["image"]}))
+    mask = _gather(batch["mask"]).astype(bool)
+    for name, values in outputs.items():
+      if name != "reconstruction":
+        totals[name] = totals.get(name, 0.0) + float(np.sum(np.asarray(values, np.float64)[mask]))
+    count += int(mask.sum())
+    if grid is None:
+      grid = (_gather(batch["image"])[mask], outputs["reconstruction"][mask])
+  results = {name: total / max(count, 1) for name, total in totals.items()}
+  if run_.is_chief:
+    writers.write_json_atomic(run_.workdir / "eval" / f"step_{step}.json", {"step": step, "num_images": count,
+                                                                          **results})
+    writers.save_image_grid(run_.workdir / "samples" / f"eval_step_{step}.png", list(grid),
+                            max_rows=config.eval.num_grid_images)
+    print(f"eval step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()), flush=True)
+  if writer is not None:
+    writer.write(step, {f"eval_{name}": value for name, value in results.items()})
+  return {f"eval_{name}": value for name, value in results.items()}
+
+
+def _restore_latest(run_: Run) -> tuple[Any, int]:
+  manager = checkpoint.Manager(str(run_.workdir), every_steps=1, keep=run_.config.keep_checkpoints)
+  step = manager.latest_step()
+  if step is None:
+    raise ConfigError(f"no checkpoint in {manager.directory}: --mode=eval and --mode=sample need a trained run. "
+                      f"Train first with --mode=train --workdir={run_.workdir}, or point --workdir at a run.")
+  state = manager.restore(step, run_.abstract_state)
+  manager.close()
+  return state, step
+
+
+def evaluate_latest(run_: Run) -> dict[str, float]:
+  state, step = _restore_latest(run_)
+  return evaluate(run_, state, step)
+
+
+# ----------------------------------------------------------------------------------------------------- sample
+
+
+def _center_crop_to_multiple(image: np.ndarray, factor: int) -> np.ndarray:
+  height, width = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+  top, left = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
+  return image[top:top + height, left:left + width]
+
+
+def sample(run_: Run) -> dict[str, Any]:
+  """Reconstruct every file in config.sample.inputs into workdir/samples/recon_<name>.png."""
+  paths = [p.strip() for p in run_.config.sample.inputs.split(",") if p.strip()]
+  if not paths:
+    raise ConfigError("config.sample.inputs is empty: --mode=sample reconstructs given images; pass "
+                      "--config.sample.inputs=a.png,b.jpg.")
+  state, step = _restore_latest(run_)
+  replicated = NamedSharding(run_.mesh, PartitionSpec())
+  reconstruct = jax.jit(run_.task.reconstruct)
+  factor = run_.task.model.downsample_factor
+  written = {}
+  for path in paths:
+    image = _center_crop_to_multiple(data.load_image_file(path), factor)
+    pixels = (image.astype(np.float32) / 127.5 - 1.0)[None]
+    with run_.context():
+      recon = _gather(reconstruct(state, jax.make_array_from_process_local_data(replicated, pixels)))
+    out = run_.workdir / "samples" / f"recon_{pathlib.Path(path).stem}.png"
+    if run_.is_chief:
+      writers.save_image_grid(out, [pixels, np.asarray(recon)])
+      mse = float(np.mean((np.asarray(recon) - pixels) ** 2))
+      print(f"sample {path} → {out} (step {step}, psnr {10 * np.log10(4.0 / max(mse, 1e-12)):.2f} dB)", flush=True)
+    written[path] = str(out)
+  return written
