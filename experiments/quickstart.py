@@ -4,7 +4,10 @@ Runs offline on a 2-core CPU in about ten minutes (variant `local`, the default)
 
   tokgen --config=experiments/quickstart.py:local --workdir=/tmp/quickstart
 
-Arguments (comma-separated): `local` (CPU size), `steps=N`, `batch=N`, `size=local|S|B` (model preset).
+Arguments (comma-separated): `local` (default: CPU size) or `full` (accelerator size: model B, 256px crops,
+batch 64, 50k steps), then any of `steps=N`, `batch=N`, `size=local|S|B` (model preset). For example
+
+  tokgen --config=experiments/quickstart.py:full,batch=256 --workdir=/tmp/quickstart_full
 The held-out photos (skimage `chelsea`, sklearn `flower.jpg`) are cut into 128x128 tiles for PSNR/SSIM.
 """
 
@@ -15,23 +18,26 @@ from tokgen_jax.configs import data, mesh, optimizer, vqgan
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, local=True, steps=3000, batch=16, size="local")
+  arg = parse_arg(arg, local=False, full=False, steps=0, batch=0, size="")
+  local = not arg.full
   config = ml_collections.ConfigDict()
   config.task = "autoencoder"
   config.seed = 0
-  config.total_steps = arg.steps
-  config.batch_size = arg.batch
+  config.total_steps = arg.steps or (1500 if local else 50_000)
+  config.batch_size = arg.batch or (16 if local else 64)
   config.log_every_steps = 100
-  config.eval_every_steps = 1000
+  config.eval_every_steps = 500
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 2
   config.init_from = ""
 
-  config.model = vqgan.vqgan(arg.size, quantizer=vqgan.vq(codebook_size=1024, dim=8, l2_normalize=True))
+  quantizer = vqgan.vq(codebook_size=1024, dim=8, l2_normalize=True)
+  config.model = vqgan.vqgan(arg.size or ("local" if local else "B"), quantizer=quantizer)
   config.loss = ml_collections.ConfigDict(dict(l1_weight=1.0, l2_weight=0.0))
-  config.optimizer = optimizer.adamw(learning_rate=1e-3 if arg.local else 1e-4, warmup_steps=200,
+  config.optimizer = optimizer.adamw(learning_rate=1e-3 if local else 1e-4,
+                                     warmup_steps=100 if local else 2000,
                                      weight_decay=0.0, ema_decay=0.0)
-  config.data = data.images("photos", image_size=32 if arg.local else 256, eval_image_size=128)
+  config.data = data.images("photos", image_size=32 if local else 256, eval_image_size=128)
   config.mesh = mesh.mesh()
   config.eval = ml_collections.ConfigDict(dict(batch_size=8, num_grid_images=8))
   config.sample = ml_collections.ConfigDict(dict(inputs=""))

@@ -15,12 +15,12 @@ from tokgen_jax.errors import ConfigError
 
 
 class Manager:
-  def __init__(self, workdir: str, *, every_steps: int, keep: int, asynchronous: bool = True):
+  def __init__(self, workdir: str, *, keep: int, asynchronous: bool = True):
     self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            save_interval_steps=every_steps, max_to_keep=keep, enable_async_checkpointing=asynchronous,
+            max_to_keep=keep, enable_async_checkpointing=asynchronous,
             create=True),
         item_names=("state", "data", "config"),
     )
@@ -28,9 +28,11 @@ class Manager:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any, data_iterator: Any, config_json: dict, force: bool = False) -> bool:
-    """Start an (async) save if `step` is due or `force`; returns whether one started."""
-    return self._manager.save(step, force=force, args=ocp.args.Composite(
+  def save(self, step: int, state: Any, data_iterator: Any, config_json: dict) -> bool:
+    """Start an asynchronous save of `step` unless it is already saved; returns whether one started."""
+    if step == self.latest_step():
+      return False
+    return self._manager.save(step, force=True, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=grain.checkpoint.CheckpointSave(data_iterator),
         config=ocp.args.JsonSave(config_json)))

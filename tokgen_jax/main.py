@@ -36,8 +36,9 @@ def _initialize_distributed() -> None:
     if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
       sys.exit("--coordinator_address needs --num_processes and --process_id (or TOKGEN_NUM_PROCESSES and "
                "TOKGEN_PROCESS_ID).")
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Cross-process collectives on CPU need gloo; the setting is ignored by TPU and GPU backends. Asking for the
+    # backend here would initialize it before jax.distributed, which must come first.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif _DISTRIBUTED.value:
     jax.distributed.initialize()
@@ -49,6 +50,8 @@ def main(argv) -> None:
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError("--config and --workdir are required, e.g. "
                          "--config=experiments/quickstart.py:local --workdir=/tmp/quickstart")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # library INFO chatter (Orbax) hides the progress lines
   _initialize_distributed()
   from tokgen_jax import trainer
   from tokgen_jax.errors import ConfigError

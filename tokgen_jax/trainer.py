@@ -8,6 +8,7 @@ sample: restore the latest checkpoint and reconstruct the images named by `confi
 
 import contextlib
 import dataclasses
+import functools
 import pathlib
 import signal
 import time
@@ -51,6 +52,10 @@ class Run:
     stack.enter_context(nn.logical_axis_rules(self.rules))
     return stack
 
+  @functools.cached_property
+  def eval_fn(self):
+    return jax.jit(self.task.eval_step, in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)))
+
   def init_state(self) -> Any:
     example = _example_batch(self.config)
     init = jax.jit(lambda rng: nn.unbox(self.task.init(rng, example)), out_shardings=self.state_shardings)
@@ -63,8 +68,8 @@ def _example_batch(config) -> dict[str, jax.Array]:
   return {"image": jnp.zeros((1, size, size, 3), jnp.float32)}
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
-  mesh = sharding.make_mesh(config.mesh)
+def setup(config: ml_collections.ConfigDict, workdir: str, devices: list | None = None) -> Run:
+  mesh = sharding.make_mesh(config.mesh, devices)
   sharding.check_batch_size(config.batch_size, mesh)
   sharding.check_batch_size(config.eval.batch_size, mesh)
   rules = sharding.logical_rules(config.mesh)
@@ -149,8 +154,7 @@ def _check_finite(metrics: dict[str, float], step: int) -> None:
 def train(run_: Run) -> dict[str, Any]:
   config = run_.config
   train_iter = data.make_pipeline(config.data, "train", global_batch_size=config.batch_size)
-  manager = checkpoint.Manager(str(run_.workdir), every_steps=config.checkpoint_every_steps,
-                               keep=config.keep_checkpoints)
+  manager = checkpoint.Manager(str(run_.workdir), keep=config.keep_checkpoints)
   state = _initial_state(run_, manager, train_iter)
   step = int(state.step)
   writer = writers.MetricWriter(str(run_.workdir), enabled=run_.is_chief)
@@ -175,10 +179,12 @@ def train(run_: Run) -> dict[str, Any]:
         pending = []
       if config.eval_every_steps and (step % config.eval_every_steps == 0 or step == config.total_steps):
         summary |= evaluate(run_, state, step, writer)
-      manager.save(step, state, train_iter, config_json, force=step == config.total_steps)
+      if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
+        _check_finite({"loss": float(metrics["loss"])}, step)  # never checkpoint a diverged state
+        manager.save(step, state, train_iter, config_json)
       if preemption.agreed():
         logging.warning("SIGTERM: saving step %d and exiting", step)
-        manager.save(step, state, train_iter, config_json, force=True)
+        manager.save(step, state, train_iter, config_json)
         summary["preempted"] = True
         break
   finally:
@@ -236,14 +242,13 @@ def _gather(tree: Any) -> Any:
 def evaluate(run_: Run, state: Any, step: int, writer: writers.MetricWriter | None = None) -> dict[str, float]:
   """Mean per-example metrics over the held-out split; writes eval/step_<N>.json and a sample grid."""
   config = run_.config
-  eval_fn = jax.jit(run_.task.eval_step, in_shardings=(run_.state_shardings, sharding.batch_sharding(run_.mesh)))
   totals: dict[str, float] = {}
   count = 0
   grid = None
   for local_batch in data.make_pipeline(config.data, "eval", global_batch_size=config.eval.batch_size):
     batch = sharding.global_batch(local_batch, run_.mesh)
     with run_.context():
-      outputs = _gather(eval_fn(state, {"image": batch["image"]}))
+      outputs = _gather(run_.eval_fn(state, {"image": batch["image"]}))
     mask = _gather(batch["mask"]).astype(bool)
     for name, values in outputs.items():
       if name != "reconstruction":
@@ -264,7 +269,7 @@ def evaluate(run_: Run, state: Any, step: int, writer: writers.MetricWriter | No
 
 
 def _restore_latest(run_: Run) -> tuple[Any, int]:
-  manager = checkpoint.Manager(str(run_.workdir), every_steps=1, keep=run_.config.keep_checkpoints)
+  manager = checkpoint.Manager(str(run_.workdir), keep=run_.config.keep_checkpoints)
   step = manager.latest_step()
   if step is None:
     raise ConfigError(f"no checkpoint in {manager.directory}: --mode=eval and --mode=sample need a trained run. "

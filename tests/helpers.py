@@ -1,0 +1,30 @@
+"""Tiny configs shared by the trainer, task and CLI tests."""
+
+from tokgen_jax.config import load_experiment
+
+QUICKSTART = "experiments/quickstart.py:local"
+
+TINY_OVERRIDES = {
+    "model.channels": 8, "model.channel_multipliers": (1, 2), "model.num_groups": 4,
+    "model.quantizer.codebook_size": 64, "model.quantizer.dim": 4,
+    "data.image_size": 16, "data.eval_image_size": 64, "data.num_threads": 1, "data.prefetch": 1,
+    "batch_size": 8, "eval.batch_size": 32, "total_steps": 6, "log_every_steps": 2, "eval_every_steps": 0,
+    "checkpoint_every_steps": 3, "optimizer.warmup_steps": 2,
+}
+
+
+def tiny_config(**overrides):
+  config = load_experiment(QUICKSTART)
+  with config.unlocked():
+    for key, value in (TINY_OVERRIDES | overrides).items():
+      node = config
+      *parents, leaf = key.split(".")
+      for parent in parents:
+        node = node[parent]
+      node[leaf] = value
+  return config
+
+
+def cli_overrides(**overrides) -> list[str]:
+  """The same tiny config as `--config.key=value` flags."""
+  return [f"--config.{key}={value}" for key, value in (TINY_OVERRIDES | overrides).items()]

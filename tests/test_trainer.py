@@ -1,0 +1,106 @@
+"""The one training loop on the offline photos: it trains, evaluates, checkpoints, resumes bit-exactly, and
+fails clearly on bad input."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from tests.helpers import tiny_config
+from tokgen_jax import checkpoint, trainer
+from tokgen_jax.errors import ConfigError
+
+
+def _params(workdir, config):
+  run = trainer.setup(config, str(workdir))
+  manager = checkpoint.Manager(str(workdir), keep=5)
+  state = manager.restore(manager.latest_step(), run.abstract_state)
+  manager.close()
+  return jax.device_get(state)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("run")
+  config = tiny_config(eval_every_steps=6)
+  summary = trainer.run(config, str(workdir), "train")
+  return workdir, config, summary
+
+
+def test_train_writes_metrics_eval_samples_and_checkpoints(finished_run):
+  workdir, _, summary = finished_run
+  assert summary["step"] == 6
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  train_records = [r for r in records if "loss" in r]
+  assert [r["step"] for r in train_records] == [2, 4, 6]
+  for key in ("loss", "lr", "steps_per_sec", "examples_per_sec", "data_wait_frac", "codebook_usage", "perplexity"):
+    assert key in train_records[-1]
+  evaluation = json.loads((workdir / "eval" / "step_6.json").read_text())
+  assert evaluation["num_images"] == 88  # 128x128... 64x64 tiles: chelsea 4x7 + flower 6x10
+  assert 0.0 < evaluation["psnr"] < 60.0 and -1.0 <= evaluation["ssim"] <= 1.0
+  assert (workdir / "samples" / "eval_step_6.png").is_file()
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["3", "6"]
+  assert list((workdir / "tensorboard").iterdir())
+
+
+def test_eval_mode_reproduces_the_training_eval(finished_run):
+  workdir, config, summary = finished_run
+  results = trainer.run(config, str(workdir), "eval")
+  np.testing.assert_allclose(results["eval_psnr"], summary["eval_psnr"], rtol=1e-6)
+
+
+def test_sample_mode_writes_reconstructions(finished_run, tmp_path):
+  workdir, config, _ = finished_run
+  from PIL import Image
+  image = tmp_path / "noise.png"
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 21, 3), dtype=np.uint8)).save(image)
+  with config.unlocked():
+    config.sample.inputs = str(image)
+  written = trainer.run(config, str(workdir), "sample")
+  assert Image.open(written[str(image)]).size[1] == 28  # cropped to the factor-4 multiple 28x20
+
+
+def test_resume_is_bit_exact(tmp_path, monkeypatch, finished_run):
+  """Stop after 3 steps as SIGTERM would, resume to 6: the parameters equal an uninterrupted run's."""
+  _, config, _ = finished_run
+  polls = iter(range(1, 100))
+  monkeypatch.setattr(trainer._Preemption, "agreed", lambda self: next(polls) == 3)
+  interrupted = trainer.run(config, str(tmp_path), "train")
+  assert interrupted["step"] == 3 and interrupted["preempted"]
+  monkeypatch.undo()
+  assert trainer.run(config, str(tmp_path), "train")["step"] == 6
+  resumed, uninterrupted = _params(tmp_path, config), _params(finished_run[0], config)
+  jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)
+
+
+def test_init_from_loads_parameters_and_restarts_the_step(tmp_path, finished_run):
+  source_dir, config, _ = finished_run
+  with config.unlocked():
+    config.init_from = str(source_dir)
+    config.total_steps = 1
+  trainer.run(config, str(tmp_path), "train")
+  assert int(_params(tmp_path, config).step) == 1
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"batch_size": 12}, r"config.batch_size=12 is not divisible .* multiple of 8"),
+    ({"data.image_size": 18}, r"config.data.image_size=18 is not divisible by the model's downsampling factor 2"),
+    ({"model.name": "vqvae"}, r"config.model.name='vqvae' is not a known tokenizer"),
+    ({"model.quantizer.name": "pq"}, r"config.model.quantizer.name='pq' is not a known quantizer"),
+    ({"task": "gan"}, r"config.task='gan' is not a known task"),
+])
+def test_bad_config_errors_name_key_and_fix(overrides, match, tmp_path):
+  with pytest.raises(ConfigError, match=match):
+    trainer.run(tiny_config(**overrides), str(tmp_path), "train")
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_unknown_data_source_is_named(tmp_path):
+  with pytest.raises(ValueError, match="config.data.source"):
+    trainer.run(tiny_config(**{"data.source": "webcam"}), str(tmp_path), "train")
+
+
+def test_eval_without_checkpoint_explains_how_to_train(tmp_path):
+  with pytest.raises(ConfigError, match="no checkpoint in .* Train first"):
+    trainer.run(tiny_config(), str(tmp_path), "eval")
