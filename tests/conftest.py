@@ -13,3 +13,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="tokgen_jax_cache_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# Non-partitionable threefry compiles random initializers several times faster on CPU. It changes which random
+# bits a key yields, not any property tested here; runs outside the tests keep JAX's default.
+os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "0")

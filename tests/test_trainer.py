@@ -58,7 +58,8 @@ def test_sample_mode_writes_reconstructions(finished_run, tmp_path):
   with config.unlocked():
     config.sample.inputs = str(image)
   written = trainer.run(config, str(workdir), "sample")
-  assert Image.open(written[str(image)]).size[1] == 28  # cropped to the factor-4 multiple 28x20
+  # cropped to 30x20 (multiples of the downsampling factor 2); original | reconstruction with a 2-pixel gutter
+  assert Image.open(written[str(image)]).size == (20 + 2 + 20, 30)
 
 
 def test_resume_is_bit_exact(tmp_path, monkeypatch, finished_run):
@@ -85,7 +86,7 @@ def test_init_from_loads_parameters_and_restarts_the_step(tmp_path, finished_run
 
 @pytest.mark.parametrize("overrides,match", [
     ({"batch_size": 12}, r"config.batch_size=12 is not divisible .* multiple of 8"),
-    ({"data.image_size": 18}, r"config.data.image_size=18 is not divisible by the model's downsampling factor 2"),
+    ({"data.image_size": 17}, r"config.data.image_size=17 is not divisible by the model's downsampling factor 2"),
     ({"model.name": "vqvae"}, r"config.model.name='vqvae' is not a known tokenizer"),
     ({"model.quantizer.name": "pq"}, r"config.model.quantizer.name='pq' is not a known quantizer"),
     ({"task": "gan"}, r"config.task='gan' is not a known task"),
@@ -97,7 +98,7 @@ def test_bad_config_errors_name_key_and_fix(overrides, match, tmp_path):
 
 
 def test_unknown_data_source_is_named(tmp_path):
-  with pytest.raises(ValueError, match="config.data.source"):
+  with pytest.raises(ConfigError, match="config.data.source"):
     trainer.run(tiny_config(**{"data.source": "webcam"}), str(tmp_path), "train")
 
 

@@ -58,7 +58,7 @@ def main(argv) -> None:
 
   try:
     summary = trainer.run(_CONFIG.value, _WORKDIR.value, _MODE.value)
-  except ConfigError as error:
+  except (ConfigError, FileNotFoundError) as error:
     logging.error("%s", error)
     sys.exit(f"error: {error}")
   logging.info("done: %s", summary)

@@ -178,10 +178,12 @@ def train(run_: Run) -> dict[str, Any]:
         summary = _log(step, config, pending, timer, flops, writer)
         pending = []
       if config.eval_every_steps and (step % config.eval_every_steps == 0 or step == config.total_steps):
-        summary |= evaluate(run_, state, step, writer)
+        with timer.paused():
+          summary |= evaluate(run_, state, step, writer)
       if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
         _check_finite({"loss": float(metrics["loss"])}, step)  # never checkpoint a diverged state
-        manager.save(step, state, train_iter, config_json)
+        with timer.paused():
+          manager.save(step, state, train_iter, config_json)
       if preemption.agreed():
         logging.warning("SIGTERM: saving step %d and exiting", step)
         manager.save(step, state, train_iter, config_json)
@@ -211,6 +213,13 @@ class _Timer:
     begin = time.perf_counter()
     yield
     self.data_wait += time.perf_counter() - begin
+
+  @contextlib.contextmanager
+  def paused(self):
+    """Leave out of the throughput figures (evaluation, checkpoint writes)."""
+    begin = time.perf_counter()
+    yield
+    self.start += time.perf_counter() - begin
 
 
 def _log(step, config, pending, timer, flops, writer) -> dict[str, float]:

@@ -25,6 +25,7 @@ import numpy as np
 
 from tokgen_jax.data import sources
 from tokgen_jax.data import transforms
+from tokgen_jax.errors import ConfigError
 
 SPLITS = ("train", "eval")
 _PADDING = (-1, 0, 0)  # eval tile spec (record index, top, left) of a padding element
@@ -61,10 +62,10 @@ def _local_batch_size(global_batch_size: int, process_index: int, process_count:
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} must lie in [0, process_count={process_count}).")
   if global_batch_size < 1:
-    raise ValueError(f"config.batch_size must be positive, got {global_batch_size}.")
+    raise ConfigError(f"config.batch_size must be positive, got {global_batch_size}.")
   if global_batch_size % process_count:
     suggestion = math.ceil(global_batch_size / process_count) * process_count
-    raise ValueError(
+    raise ConfigError(
         f"config.batch_size={global_batch_size} is not divisible by the {process_count} data-loading processes "
         f"(jax.process_count()); every process loads an equal share. Set config.batch_size to a multiple of "
         f"{process_count}, e.g. {suggestion}.")
@@ -90,7 +91,7 @@ def _train_dataset(source: sources.ImageSource, data_config, local_batch_size: i
                    process_count: int) -> grain.MapDataset:
   records = grain.MapDataset.source(source.records)[process_index::process_count]
   if len(records) == 0:
-    raise ValueError(f"{source.description} has {len(source)} training images, fewer than the {process_count} "
+    raise ConfigError(f"{source.description} has {len(source)} training images, fewer than the {process_count} "
                      "data-loading processes; every process needs at least one. Add images or use fewer hosts.")
   augment = functools.partial(transforms.train_augment, image_size=int(data_config.image_size),
                               resize=int(data_config.resize), random_flip=bool(data_config.random_flip))

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from tokgen_jax.data import transforms
+from tokgen_jax.errors import ConfigError
 
 PHOTO_TRAIN = ("astronaut", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
                "colorwheel", "stereo_motorcycle", "china")
@@ -149,7 +150,7 @@ def _open_tfds_builder(name: str, data_dir: str):
   """The prepared ArrayRecord builder for `name`, or a FileNotFoundError that says how to prepare it."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import; only this source needs it)
   if not name:
-    raise ValueError('config.data.source is "tfds" but config.data.name is empty; set it to a TFDS dataset name, '
+    raise ConfigError('config.data.source is "tfds" but config.data.name is empty; set it to a TFDS dataset name, '
                      "e.g. 'imagenet2012'.")
   try:
     builder = tfds.builder(name, data_dir=data_dir or None)
@@ -185,7 +186,7 @@ def tfds_source(name: str, data_dir: str, split: str, split_key: str) -> ImageSo
   builder = _open_tfds_builder(name, data_dir)
   available = sorted(builder.info.splits.keys())
   if split.split("[")[0] not in available:  # 'train[:1%]'-style sub-splits name their base split first
-    raise ValueError(f"TFDS dataset {name!r} has no split {split!r} (config.data.{split_key}); "
+    raise ConfigError(f"TFDS dataset {name!r} has no split {split!r} (config.data.{split_key}); "
                      f"available: {available}.")
   records = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
   where = f"tfds {name}/{split}"
@@ -211,4 +212,4 @@ def open_source(kind: str, *, split: str, name: str = "", data_dir: str = "", pa
     return folder_source(path, split_name, split_key)
   if kind == "tfds":
     return tfds_source(name, data_dir, split_name, split_key)
-  raise ValueError(f'Unknown config.data.source {kind!r}; valid sources: {", ".join(SOURCE_KINDS)}.')
+  raise ConfigError(f'Unknown config.data.source {kind!r}; valid sources: {", ".join(SOURCE_KINDS)}.')
