@@ -71,3 +71,173 @@ def test_registry_builds_by_name_and_rejects_unknown():
   assert isinstance(build("vq", codebook_size=4, dim=2), VectorQuantizer)
   with pytest.raises(ConfigError, match="config.model.quantizer.name"):
     build("nope")
+
+
+# --- chunked search, low-dimensional lookup, EMA codebook, dead-code restart, sharding -------------------------
+
+from flax import linen as nn  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
+
+from tokgen_jax.quantizers.vq import laplace_smoothed, nearest_code  # noqa: E402
+
+
+def _brute_force_nearest(z, codebook):
+  distances = ((np.asarray(z)[:, None, :] - np.asarray(codebook)[None]) ** 2).sum(-1)
+  return distances.argmin(-1)  # numpy argmin: first (lowest) index among ties
+
+
+def test_default_quantizer_has_only_the_codebook_param():
+  variables = VectorQuantizer(codebook_size=8, dim=4).init(jax.random.key(0), jnp.zeros((1, 2, 4)))
+  assert set(variables) == {"params"}
+  assert set(variables["params"]) == {"codebook"}
+
+
+@pytest.mark.parametrize("kwargs", [{"chunk_size": 0}, {"lookup_dim": -1}, {"ema_decay": 1.0},
+                                    {"restart_after_steps": -2}])
+def test_invalid_options_are_rejected_by_name(kwargs):
+  with pytest.raises(ValueError, match=next(iter(kwargs))):
+    VectorQuantizer(codebook_size=8, dim=4, **kwargs).init(jax.random.key(0), jnp.zeros((1, 4)))
+
+
+def test_chunked_search_equals_unchunked_on_random_data():
+  z = jax.random.normal(jax.random.key(0), (96, 8))
+  codebook = jax.random.normal(jax.random.key(1), (50, 8))
+  full = nearest_code(z, codebook)
+  np.testing.assert_array_equal(full, _brute_force_nearest(z, codebook))
+  for chunk_size in (7, 10, 16, 49, 50, 64):  # ragged last chunk, exact multiple, one chunk, larger than K
+    np.testing.assert_array_equal(nearest_code(z, codebook, chunk_size), full)
+
+
+def test_chunked_search_breaks_ties_toward_lowest_index():
+  # Integer data: every distance is exact, so ties are real. Code 1 is repeated at 4 and 9 (later chunks);
+  # the point (0.5, 0) is equidistant from codes 0 and 6.
+  codebook = jnp.array([[0, 0], [2, 2], [5, 5], [-3, 1], [2, 2], [7, -1], [1, 0], [4, 4], [-2, -2], [2, 2]],
+                       jnp.float32)
+  z = jnp.array([[2, 2], [0.5, 0], [4.5, 4.5], [-2, -2], [7, -1]], jnp.float32)
+  expected = [1, 0, 2, 8, 5]  # (4.5, 4.5) ties codes 2 and 7 → 2
+  np.testing.assert_array_equal(_brute_force_nearest(z, codebook), expected)
+  for chunk_size in (1, 3, 4, 10):
+    np.testing.assert_array_equal(nearest_code(z, codebook, chunk_size), expected)
+
+
+def test_chunked_quantizer_module_matches_unchunked():
+  z = jax.random.normal(jax.random.key(2), (2, 4, 4, 4))
+  codebook = jax.random.normal(jax.random.key(3), (37, 4))
+  z_full, out_full = _apply(VectorQuantizer(codebook_size=37, dim=4), z, codebook)
+  z_chunk, out_chunk = _apply(VectorQuantizer(codebook_size=37, dim=4, chunk_size=8), z, codebook)
+  np.testing.assert_array_equal(out_chunk.indices, out_full.indices)
+  np.testing.assert_array_equal(z_chunk, z_full)
+  chex.assert_trees_all_equal(out_chunk.metrics, out_full.metrics)
+
+
+def test_low_dimensional_lookup_shapes_roundtrip_and_gradient():
+  quantizer = VectorQuantizer(codebook_size=16, dim=12, lookup_dim=4)
+  z = jax.random.normal(jax.random.key(0), (2, 3, 3, 12))
+  variables = nn.unbox(quantizer.init(jax.random.key(1), z))
+  params = variables["params"]
+  chex.assert_shape(params["codebook"], (16, 4))
+  chex.assert_shape(params["project_in"]["kernel"], (12, 4))
+  chex.assert_shape(params["project_out"]["kernel"], (4, 12))
+  z_q, out = quantizer.apply(variables, z)
+  chex.assert_shape(z_q, z.shape)
+  chex.assert_shape(out.indices, (2, 3, 3))
+  codes = quantizer.apply(variables, out.indices, method=quantizer.codes_from_indices)
+  chex.assert_trees_all_close(codes, z_q, atol=1e-5)
+  # Straight-through in the 4-dim space: d z_q / d z = W_in W_out, so the pulled-back cotangent is c W_outᵀ W_inᵀ.
+  cotangent = jax.random.normal(jax.random.key(2), z.shape)
+  grad = jax.grad(lambda z: jnp.sum(quantizer.apply(variables, z)[0] * cotangent))(z)
+  w_in, w_out = params["project_in"]["kernel"], params["project_out"]["kernel"]
+  chex.assert_trees_all_close(grad, cotangent @ w_out.T @ w_in.T, atol=1e-5)
+
+
+def _ema_variables(codebook):
+  return {"quantizer_stats": {"codebook": codebook, "cluster_size": jnp.ones(codebook.shape[:1]),
+                              "embed_sum": codebook}}
+
+
+def test_ema_update_matches_closed_form_and_moves_codes_to_cluster_means():
+  decay, epsilon = 0.5, 1e-5
+  codebook = jnp.array([[0.0, 0.0], [3.0, 3.0], [-3.0, 3.0], [9.0, -9.0]])
+  z = jnp.array([[[0.4, -0.2], [0.6, 0.4], [2.0, 3.5], [3.2, 2.0], [2.9, 2.6], [-2.5, 3.1]]])
+  quantizer = VectorQuantizer(codebook_size=4, dim=2, ema_decay=decay, epsilon=epsilon)
+  variables = quantizer.init(jax.random.key(0), z)
+  assert "params" not in variables and set(variables["quantizer_stats"]) == {"codebook", "cluster_size", "embed_sum"}
+  _, out = quantizer.apply(_ema_variables(codebook), z, train=True)  # read-only state: no update, no error
+  _, frozen = quantizer.apply(_ema_variables(codebook), z, train=False, mutable=["quantizer_stats"])
+  chex.assert_trees_all_equal(frozen["quantizer_stats"], _ema_variables(codebook)["quantizer_stats"])
+  z_q, (out, state) = quantizer.apply(_ema_variables(codebook), z, train=True, mutable=["quantizer_stats"])
+  np.testing.assert_array_equal(out.indices, [[0, 0, 1, 1, 1, 2]])
+  # Only β·commitment: the EMA codebook has no loss term.
+  assert "codebook_loss" not in out.metrics
+  np.testing.assert_allclose(out.loss, 0.25 * np.mean((np.asarray(z) - np.asarray(z_q)) ** 2), rtol=1e-6)
+  chex.assert_trees_all_close(z_q, codebook[out.indices], atol=1e-6)  # looked up before the update
+  points, codes = np.asarray(z[0]), np.asarray(codebook)
+  counts = np.array([2.0, 3.0, 1.0, 0.0])
+  sums = np.stack([points[:2].sum(0), points[2:5].sum(0), points[5], np.zeros(2)])
+  cluster_size = decay * 1.0 + (1 - decay) * counts
+  embed_sum = decay * codes + (1 - decay) * sums
+  total = cluster_size.sum()
+  smoothed = (cluster_size + epsilon) / (total + 4 * epsilon) * total
+  stats = state["quantizer_stats"]
+  np.testing.assert_allclose(stats["cluster_size"], cluster_size, rtol=1e-6)
+  np.testing.assert_allclose(stats["embed_sum"], embed_sum, rtol=1e-6)
+  np.testing.assert_allclose(laplace_smoothed(jnp.asarray(cluster_size), epsilon), smoothed, rtol=1e-6)
+  np.testing.assert_allclose(stats["codebook"], embed_sum / smoothed[:, None], rtol=1e-5)
+  means = sums[:3] / counts[:3, None]
+  assert np.all(np.linalg.norm(stats["codebook"][:3] - means, axis=-1) < np.linalg.norm(codes[:3] - means, axis=-1))
+  np.testing.assert_allclose(stats["codebook"][3], codes[3], rtol=1e-4)  # unused: stays (up to smoothing)
+
+
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_dead_codes_restart_to_batch_vectors_after_window_not_before(ema_decay):
+  window = 3
+  codebook = jnp.array([[0.0, 0.0], [1.0, 1.0], [50.0, 50.0], [-50.0, 50.0]])
+  quantizer = VectorQuantizer(codebook_size=4, dim=2, ema_decay=ema_decay, restart_after_steps=window)
+  z = jnp.array([[0.1, 0.0], [0.9, 1.2], [0.2, -0.1], [1.1, 0.8], [0.0, 0.3], [0.7, 0.9]])
+  if ema_decay:
+    variables = _ema_variables(codebook)
+  else:
+    variables = {"params": {"codebook": codebook}, "quantizer_stats": {"codebook_offset": jnp.zeros((4, 2))}}
+  variables["quantizer_stats"] |= {"idle_steps": jnp.zeros(4, jnp.int32), "step": jnp.zeros((), jnp.int32)}
+  step = jax.jit(lambda v: quantizer.apply(v, z, train=True, mutable=["quantizer_stats"]))
+  codes = lambda v: quantizer.apply(v, method=quantizer.codes)
+  for expected_idle in (1, 2):
+    (_, out), state = step(variables)
+    variables = {**variables, **state}
+    assert out.metrics["dead_codes"] == 0
+    np.testing.assert_array_equal(variables["quantizer_stats"]["idle_steps"], [0, 0, expected_idle, expected_idle])
+    chex.assert_trees_all_close(codes(variables)[2:], codebook[2:], rtol=1e-3)  # still waiting: not restarted
+  (_, out), state = step(variables)
+  variables = {**variables, **state}
+  assert out.metrics["dead_codes"] == 2
+  stats = variables["quantizer_stats"]
+  np.testing.assert_array_equal(stats["idle_steps"], [0, 0, 0, 0])
+  assert int(stats["step"]) == 3
+  restarted = np.asarray(codes(variables)[2:])
+  distances = np.abs(restarted[:, None, :] - np.asarray(z)[None]).max(-1)
+  assert np.all(distances.min(-1) < 1e-5), restarted  # each restarted code is one of the batch vectors
+  assert np.argmin(distances[0]) != np.argmin(distances[1])  # 6 vectors ≥ 4 codes: drawn without replacement
+  if ema_decay:
+    np.testing.assert_allclose(stats["cluster_size"][2:], 1.0)
+    np.testing.assert_allclose(stats["embed_sum"][2:], restarted, rtol=1e-6)
+  else:
+    chex.assert_trees_all_close(codes(variables)[:2], codebook[:2])  # live codes untouched
+
+
+def test_sharded_batch_gives_same_indices_metrics_and_state_as_one_device():
+  devices = np.array(jax.devices())
+  assert len(devices) == 8
+  batch_sharding = NamedSharding(Mesh(devices, ("data",)), P("data"))
+  quantizer = VectorQuantizer(codebook_size=64, dim=8, lookup_dim=4, chunk_size=16, ema_decay=0.9,
+                              restart_after_steps=1)
+  z = jax.random.normal(jax.random.key(0), (8, 4, 4, 8))
+  variables = nn.unbox(quantizer.init(jax.random.key(1), z))
+  step = jax.jit(lambda v, z: quantizer.apply(v, z, train=True, mutable=["quantizer_stats"]))
+  (z_q, out), state = step(variables, z)
+  (z_q_sharded, out_sharded), state_sharded = step(variables, jax.device_put(z, batch_sharding))
+  assert len(out_sharded.indices.sharding.device_set) == 8
+  np.testing.assert_array_equal(out_sharded.indices, out.indices)
+  chex.assert_trees_all_close(z_q_sharded, z_q, atol=1e-6)
+  chex.assert_trees_all_close(out_sharded.metrics, out.metrics, rtol=1e-5)
+  chex.assert_trees_all_close(state_sharded, state, rtol=1e-5, atol=1e-6)
+  assert out.metrics["dead_codes"] > 0  # restart path exercised

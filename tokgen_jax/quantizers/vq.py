@@ -1,4 +1,7 @@
-"""Vector quantization (VQ-VAE, VQGAN, ViT-VQGAN): nearest codebook entry with straight-through gradients."""
+"""Vector quantization (VQ-VAE, VQGAN, ViT-VQGAN, LlamaGen): nearest codebook entry with straight-through
+gradients, optionally with a low-dimensional lookup, EMA codebook updates and dead-code restarts."""
+
+import math
 
 import flax.linen as nn
 import jax
@@ -6,19 +9,74 @@ import jax.numpy as jnp
 
 from tokgen_jax.quantizers.base import QuantizerOutput, codebook_statistics
 
+STATS = "quantizer_stats"  # the Flax collection of non-trainable quantizer state
+
 
 def _l2_normalize(x: jax.Array) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
 
 
-def nearest_code(z: jax.Array, codebook: jax.Array) -> jax.Array:
-  """argmin_k ‖z - e_k‖² via ‖z‖² - 2<z, e_k> + ‖e_k‖² for z `[N, D]`, codebook `[K, D]` → int32 `[N]`."""
-  distances = (
+def _distances(z: jax.Array, codebook: jax.Array) -> jax.Array:
+  """‖z - e_k‖² expanded as ‖z‖² - 2<z, e_k> + ‖e_k‖² for z `[N, D]`, codebook `[K, D]` → `[N, K]`."""
+  return (
       jnp.sum(z * z, axis=-1, keepdims=True)
       - 2.0 * z @ codebook.T
       + jnp.sum(codebook * codebook, axis=-1)[None, :]
   )
-  return jnp.argmin(distances, axis=-1).astype(jnp.int32)
+
+
+def nearest_code(z: jax.Array, codebook: jax.Array, chunk_size: int = 0) -> jax.Array:
+  """argmin_k ‖z - e_k‖² for z `[N, D]`, codebook `[K, D]` → int32 `[N]`; ties go to the lowest index.
+
+  With `0 < chunk_size < K` a `lax.scan` visits the codebook `chunk_size` codes at a time and keeps a running
+  (min distance, argmin), so only an `[N, chunk_size]` block of distances ever exists (a 2^16 codebook never
+  builds `[N, 2^16]`). Every distance uses the unchunked formula and a later chunk wins only with a strictly
+  smaller distance, so the result equals the unchunked argmin whenever the backend computes each dot product
+  the same way for both shapes (it does on CPU, where this is tested).
+  """
+  # Indices carry no gradient; stopping it here keeps autodiff from saving per-chunk residuals of the scan.
+  z, codebook = jax.lax.stop_gradient(z), jax.lax.stop_gradient(codebook)
+  num_codes = codebook.shape[0]
+  if chunk_size <= 0 or chunk_size >= num_codes:
+    return jnp.argmin(_distances(z, codebook), axis=-1).astype(jnp.int32)
+  num_chunks = -(-num_codes // chunk_size)
+  padded = jnp.pad(codebook, ((0, num_chunks * chunk_size - num_codes), (0, 0)))
+  chunks = padded.reshape(num_chunks, chunk_size, codebook.shape[1])
+  starts = jnp.arange(num_chunks, dtype=jnp.int32) * chunk_size
+
+  def visit(carry, chunk_and_start):
+    best_distance, best_index = carry
+    chunk, start = chunk_and_start
+    distances = _distances(z, chunk)
+    # The zero rows padding the last chunk are not codes: they must never win.
+    distances = jnp.where(start + jnp.arange(chunk_size) < num_codes, distances, jnp.inf)
+    local_index = jnp.argmin(distances, axis=-1).astype(jnp.int32)
+    local_distance = jnp.min(distances, axis=-1)
+    better = local_distance < best_distance  # strict: an equal distance keeps the earlier, lower index
+    return (jnp.where(better, local_distance, best_distance), jnp.where(better, start + local_index, best_index)), None
+
+  initial = (jnp.full(z.shape[:1], jnp.inf, z.dtype), jnp.zeros(z.shape[:1], jnp.int32))
+  (_, indices), _ = jax.lax.scan(visit, initial, (chunks, starts))
+  return indices
+
+
+def laplace_smoothed(cluster_size: jax.Array, epsilon: float) -> jax.Array:
+  """`(N_k + ε) / (n + K·ε) · n` with `n = Σ N_k`: keeps the total count and keeps every divisor positive."""
+  total = jnp.sum(cluster_size)
+  return (cluster_size + epsilon) / (total + cluster_size.shape[0] * epsilon) * total
+
+
+def _restart_sources(step: jax.Array, indices: jax.Array, num_vectors: int, num_codes: int) -> jax.Array:
+  """Which batch vector (row of the flattened batch) restarts each code, drawn without a caller-given rng.
+
+  The key is `fold_in(key(0), step)` folded with a hash of the batch's assignments. The hash is integer
+  arithmetic (exact, order-free), so the draw is the same on one device and under any batch sharding.
+  Distinct vectors when the batch has at least K of them.
+  """
+  odd_weights = 2 * jnp.arange(num_vectors, dtype=jnp.uint32) + 1  # position-dependent, wraps mod 2^32
+  batch_hash = jnp.sum(indices.astype(jnp.uint32) * odd_weights, dtype=jnp.uint32)
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), step), batch_hash)
+  return jax.random.choice(key, num_vectors, (num_codes,), replace=num_vectors < num_codes)
 
 
 class VectorQuantizer(nn.Module):
@@ -27,46 +85,167 @@ class VectorQuantizer(nn.Module):
   The commitment weight β multiplies the encoder term (the usual form; taming-transformers' legacy default puts
   it on the codebook term instead). With `l2_normalize` both z and the codes live on the unit sphere, so the
   distance is cosine (ViT-VQGAN, LlamaGen), which keeps codebook usage high.
+
+  Options (defaults reproduce the plain quantizer: a single "codebook" param, no other state):
+    chunk_size: codes per block of the nearest-code search (see `nearest_code`); exact, only saves memory.
+    lookup_dim: 0 (or `dim`) = look codes up in z's own space. Otherwise (ViT-VQGAN factorized codes, LlamaGen)
+      Dense "project_in" maps z to lookup_dim, the codebook has lookup_dim columns (`[K, lookup_dim]`), the
+      losses and l2 normalization act in that space, and Dense "project_out" maps the code back to `dim`. The
+      straight-through gradient then flows through both projections.
+    ema_decay: 0 = codebook trained by the loss. d > 0 = EMA codebook (van den Oord et al. 2017, appendix A.1,
+      eqs. 6-8): per step `N_k ← d·N_k + (1-d)·n_k`, `m_k ← d·m_k + (1-d)·Σ_{z→k} z`, `e_k = m_k / Ñ_k` with
+      `Ñ` Laplace-smoothed by `epsilon` (as in VQ-VAE-2). The codebook, `cluster_size` `[K]` and `embed_sum`
+      `[K, D]` then live in the "quantizer_stats" collection (no gradient reaches them), so the loss drops the
+      codebook term and is only `β·commitment`. They start at `N_k = 1`, `m_k = e_k`, so an unused code keeps
+      its place. Codes are looked up before this step's update (the update serves the next step).
+    restart_after_steps: 0 = off. R > 0 = "quantizer_stats" counts per code the steps since it was last chosen
+      ("idle_steps") and the updates made ("step"); after a train step in which a code reaches R idle steps it
+      is replaced by a vector of the current batch (in lookup space) and its counter resets. The draw needs no
+      rng from the caller: see `_restart_sources`. With an EMA codebook the replacement overwrites the stored
+      code (and sets `m_k` to it, `N_k = 1`). A gradient codebook is a param, which a forward pass cannot write,
+      so the codebook used is `param + codebook_offset` with the offset `[K, D]` in "quantizer_stats": a restart
+      sets `offset_k = target - param_k`, after which the param keeps receiving the codebook-loss gradient as
+      before (d code / d param = I). Metric `dead_codes`: codes whose idle count reaches R with this batch
+      (in training: the codes restarted this step).
+
+  State updates happen only with `train=True`, outside `init`, and when "quantizer_stats" is mutable
+  (`apply(..., mutable=["quantizer_stats"])`); otherwise the state is read only. Batch statistics (counts, sums,
+  metrics) are global reductions over the whole batch, also when it is sharded.
   """
 
   codebook_size: int
   dim: int
   commitment_weight: float = 0.25
   l2_normalize: bool = False
+  chunk_size: int = 4096
+  lookup_dim: int = 0
+  ema_decay: float = 0.0
+  epsilon: float = 1e-5
+  restart_after_steps: int = 0
+
+  @property
+  def code_dim(self) -> int:
+    """Width of the codebook: lookup_dim when set, else dim."""
+    return self.lookup_dim or self.dim
+
+  @property
+  def projected(self) -> bool:
+    return self.code_dim != self.dim
+
+  def _validate(self):
+    if self.chunk_size < 1:
+      raise ValueError(f"VectorQuantizer: chunk_size={self.chunk_size} must be >= 1 (codes per search block).")
+    if self.lookup_dim < 0:
+      raise ValueError(f"VectorQuantizer: lookup_dim={self.lookup_dim} must be >= 0 (0 = no projection).")
+    if not 0.0 <= self.ema_decay < 1.0:
+      raise ValueError(f"VectorQuantizer: ema_decay={self.ema_decay} must be in [0, 1) (0 = gradient codebook).")
+    if self.restart_after_steps < 0:
+      raise ValueError(f"VectorQuantizer: restart_after_steps={self.restart_after_steps} must be >= 0 (0 = off).")
 
   def setup(self):
-    init = nn.initializers.uniform(scale=2.0 / self.codebook_size)
-    self.codebook = self.param(
-        "codebook",
-        nn.with_logical_partitioning(lambda key, shape: init(key, shape) - 1.0 / self.codebook_size,
-                                     ("vocab", "embed")),
-        (self.codebook_size, self.dim),
-    )
+    self._validate()
+    shape = (self.codebook_size, self.code_dim)
+    uniform = nn.initializers.uniform(scale=2.0 / self.codebook_size)
+    code_init = lambda key, shape: uniform(key, shape) - 1.0 / self.codebook_size  # U(-1/K, 1/K)
+    if self.projected:
+      self.project_in = nn.Dense(
+          self.code_dim, kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", None)),
+          bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (None,)))
+      self.project_out = nn.Dense(
+          self.dim, kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, "embed")),
+          bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)))
+    if self.ema_decay:
+      self.ema_codebook = self.variable(
+          STATS, "codebook", nn.with_logical_partitioning(lambda: code_init(self.make_rng("params"), shape),
+                                                          ("vocab", "embed")))
+      self.cluster_size = self.variable(
+          STATS, "cluster_size", nn.with_logical_partitioning(lambda: jnp.ones(shape[:1], jnp.float32), ("vocab",)))
+      self.embed_sum = self.variable(  # N_k = 1 and m_k = e_k: the stored codebook is m / N from the start
+          STATS, "embed_sum", nn.with_logical_partitioning(lambda: self.ema_codebook.value, ("vocab", "embed")))
+    else:
+      self.codebook = self.param("codebook", nn.with_logical_partitioning(code_init, ("vocab", "embed")), shape)
+      if self.restart_after_steps:
+        self.codebook_offset = self.variable(
+            STATS, "codebook_offset",
+            nn.with_logical_partitioning(lambda: jnp.zeros(shape, jnp.float32), ("vocab", "embed")))
+    if self.restart_after_steps:
+      self.idle_steps = self.variable(
+          STATS, "idle_steps", nn.with_logical_partitioning(lambda: jnp.zeros(shape[:1], jnp.int32), ("vocab",)))
+      self.restart_step = self.variable(STATS, "step", lambda: jnp.zeros((), jnp.int32))
 
   def codes(self) -> jax.Array:
-    return _l2_normalize(self.codebook) if self.l2_normalize else self.codebook
+    """The codebook in lookup space `[K, code_dim]` (unit rows with l2_normalize)."""
+    if self.ema_decay:
+      codebook = self.ema_codebook.value
+    else:
+      codebook = self.codebook
+      if self.restart_after_steps:
+        codebook = codebook + self.codebook_offset.value
+    return _l2_normalize(codebook) if self.l2_normalize else codebook
 
   def codes_from_indices(self, indices: jax.Array) -> jax.Array:
-    return jnp.take(self.codes(), indices, axis=0)
+    codes = jnp.take(self.codes(), indices, axis=0)
+    return self.project_out(codes) if self.projected else codes
 
   @property
   def bits_per_token(self) -> float:
-    return float(jnp.log2(self.codebook_size))
+    return math.log2(self.codebook_size)
 
   def __call__(self, z: jax.Array, train: bool = False) -> tuple[jax.Array, QuantizerOutput]:
-    del train  # same computation in training and evaluation
     if z.shape[-1] != self.dim:
-      raise ValueError(f"VectorQuantizer: input has {z.shape[-1]} channels, the codebook has dim {self.dim}.")
+      raise ValueError(f"VectorQuantizer: input has {z.shape[-1]} channels, the quantizer has dim {self.dim}.")
     z = z.astype(jnp.float32)
+    lookup = self.project_in(z) if self.projected else z
     if self.l2_normalize:
-      z = _l2_normalize(z)
+      lookup = _l2_normalize(lookup)
     codes = self.codes()
-    indices = nearest_code(z.reshape(-1, self.dim), codes).reshape(z.shape[:-1])
+    vectors = lookup.reshape(-1, self.code_dim)
+    flat_indices = nearest_code(vectors, codes, self.chunk_size)
+    indices = flat_indices.reshape(z.shape[:-1])
     quantized = jnp.take(codes, indices, axis=0)
-    codebook_loss = jnp.mean(jnp.square(jax.lax.stop_gradient(z) - quantized))
-    commitment = jnp.mean(jnp.square(z - jax.lax.stop_gradient(quantized)))
-    z_q = z + jax.lax.stop_gradient(quantized - z)  # straight-through: d z_q / d z = identity
-    metrics = {"codebook_loss": codebook_loss, "commitment": commitment,
-               **codebook_statistics(indices, self.codebook_size)}
-    loss = codebook_loss + self.commitment_weight * commitment
+    commitment = jnp.mean(jnp.square(lookup - jax.lax.stop_gradient(quantized)))
+    metrics = {}
+    loss = self.commitment_weight * commitment
+    if not self.ema_decay:  # an EMA codebook gets no gradient: its loss term would be dead weight
+      metrics["codebook_loss"] = jnp.mean(jnp.square(jax.lax.stop_gradient(lookup) - quantized))
+      loss = metrics["codebook_loss"] + loss
+    metrics["commitment"] = commitment
+    metrics |= codebook_statistics(indices, self.codebook_size)
+    counts = jnp.bincount(flat_indices, length=self.codebook_size)
+    if self.restart_after_steps:
+      idle = jnp.where(counts > 0, 0, self.idle_steps.value + 1)
+      metrics["dead_codes"] = jnp.sum(idle >= self.restart_after_steps).astype(jnp.float32)
+    if train and self.is_mutable_collection(STATS) and not self.is_initializing():
+      self._update_state(jax.lax.stop_gradient(vectors), flat_indices, counts)
+    z_q = lookup + jax.lax.stop_gradient(quantized - lookup)  # straight-through: d z_q / d lookup = identity
+    if self.projected:
+      z_q = self.project_out(z_q)
     return z_q, QuantizerOutput(indices=indices, loss=loss, metrics=metrics)
+
+  def _update_state(self, vectors: jax.Array, indices: jax.Array, counts: jax.Array):
+    """One training step of EMA statistics and dead-code restarts, from this batch's assignments."""
+    if self.ema_decay:
+      decay = self.ema_decay
+      # segment_sum, not one_hot(indices).T @ vectors: no [N, K] array for large codebooks.
+      batch_sums = jax.ops.segment_sum(vectors, indices, num_segments=self.codebook_size)
+      cluster_size = decay * self.cluster_size.value + (1.0 - decay) * counts.astype(jnp.float32)
+      embed_sum = decay * self.embed_sum.value + (1.0 - decay) * batch_sums
+      codebook = embed_sum / laplace_smoothed(cluster_size, self.epsilon)[:, None]
+    if self.restart_after_steps:
+      idle = jnp.where(counts > 0, 0, self.idle_steps.value + 1)
+      dead = idle >= self.restart_after_steps
+      step = self.restart_step.value + 1
+      targets = vectors[_restart_sources(step, indices, vectors.shape[0], self.codebook_size)]
+      if self.ema_decay:
+        codebook = jnp.where(dead[:, None], targets, codebook)
+        embed_sum = jnp.where(dead[:, None], targets, embed_sum)
+        cluster_size = jnp.where(dead, 1.0, cluster_size)
+      else:
+        offset = targets - jax.lax.stop_gradient(self.codebook)  # param + offset = target
+        self.codebook_offset.value = jnp.where(dead[:, None], offset, self.codebook_offset.value)
+      self.idle_steps.value = jnp.where(dead, 0, idle)
+      self.restart_step.value = step
+    if self.ema_decay:
+      self.ema_codebook.value = codebook
+      self.cluster_size.value = cluster_size
+      self.embed_sum.value = embed_sum

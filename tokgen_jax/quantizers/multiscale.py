@@ -1,0 +1,129 @@
+"""VAR multi-scale residual quantization (Tian et al. 2024): one codebook, token maps from 1×1 up to H×W.
+
+Scale k quantizes the area-downsampled residual, upsamples its code map back to H×W, refines it with φ and
+removes it from the residual, so the token maps of all scales sum (through φ) to the feature map f̂.
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tokgen_jax.nn.conv import Conv
+from tokgen_jax.quantizers.base import QuantizerOutput, codebook_statistics
+from tokgen_jax.quantizers.vq import VectorQuantizer
+
+
+def area_weights(in_size: int, out_size: int) -> np.ndarray:
+  """`[out_size, in_size]` exact area-averaging weights: output cell i covers `[i·n/s, (i+1)·n/s)` of the input.
+
+  Entry (i, j) is the length of that cell's overlap with input pixel `[j, j+1)` over the cell length, so each row
+  sums to 1 and every input pixel contributes `s/n` in total, which preserves the global mean for any ratio.
+  (PyTorch's `mode="area"` is adaptive average pooling over whole pixels: the same for integer ratios, not for
+  e.g. 16→13.)
+  """
+  cell = in_size / out_size
+  lo = np.arange(out_size)[:, None] * cell
+  pixel = np.arange(in_size)[None, :]
+  overlap = np.clip(np.minimum(lo + cell, pixel + 1) - np.maximum(lo, pixel), 0.0, None)
+  return (overlap / cell).astype(np.float32)
+
+
+def area_downsample(x: jax.Array, size: int) -> jax.Array:
+  """Area-average `x [B, H, W, D]` to `[B, size, size, D]` as `A_h · x · A_wᵀ` with `area_weights`."""
+  rows = jnp.asarray(area_weights(x.shape[1], size))
+  cols = jnp.asarray(area_weights(x.shape[2], size))
+  return jnp.einsum("ih,bhwd,jw->bijd", rows, x, cols, precision=jax.lax.Precision.HIGHEST)
+
+
+class MultiScaleResidualQuantizer(nn.Module):
+  """VAR's residual quantizer on `z [B, H, W, D]` with `H = W = scales[-1]`, one codebook shared by all scales.
+
+  For each scale s (VAR §3.2, algorithm 1): `r_s = nearest(area(f, s))`, `h = φ(bicubic(e(r_s), H))`,
+  `f̂ += h`, `f -= h`, with `φ(h) = (1-phi_mix)·h + phi_mix·conv(h)`. VAR keeps a few φ convs shared across
+  neighbouring scales; here ONE conv is shared by every scale. The loss is the mean over scales of
+  `β‖sg(f̂_k) - f‖² + ‖f̂_k - sg(f)‖²` (VAR's form: β on the encoder term), and `z_q = f + sg(f̂ - f)`.
+
+  Indices are ONE int32 array `[B, num_tokens]`: the s×s maps flattened row-major and concatenated from the
+  coarsest scale (680 tokens for the default scales); `split_scales` undoes it.
+  """
+
+  codebook_size: int
+  dim: int
+  scales: Sequence[int] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+  beta: float = 0.25
+  phi_mix: float = 0.5
+  phi_kernel: int = 3
+
+  def setup(self):
+    scales = tuple(self.scales)
+    if not scales or any(s < 1 for s in scales) or list(scales) != sorted(set(scales)):
+      raise ValueError(f"MultiScaleResidualQuantizer: scales={scales} must be positive and strictly increasing.")
+    self.vq = VectorQuantizer(self.codebook_size, self.dim, commitment_weight=self.beta)
+    self.phi = Conv(self.dim, (self.phi_kernel, self.phi_kernel))
+
+  @property
+  def num_tokens(self) -> int:
+    return sum(s * s for s in self.scales)
+
+  @property
+  def bits_per_token(self) -> float:
+    return float(np.log2(self.codebook_size))
+
+  def _num_scales(self, num_tokens: int) -> int:
+    """How many leading scales a flat token sequence of this length holds."""
+    prefix = np.cumsum([s * s for s in self.scales])
+    if num_tokens not in prefix:
+      raise ValueError(f"MultiScaleResidualQuantizer: {num_tokens} tokens is not a whole number of scales; "
+                       f"valid lengths for scales={tuple(self.scales)} are {prefix.tolist()}.")
+    return int(np.searchsorted(prefix, num_tokens)) + 1
+
+  def split_scales(self, indices: jax.Array) -> list[jax.Array]:
+    """`[B, n]` → `[B, s, s]` per scale; n may cover only the first scales (a coarse-to-fine prefix)."""
+    maps, start = [], 0
+    for s in self.scales[:self._num_scales(indices.shape[-1])]:
+      maps.append(indices[:, start:start + s * s].reshape(indices.shape[0], s, s))
+      start += s * s
+    return maps
+
+  def _contribution(self, code_map: jax.Array) -> jax.Array:
+    """φ(bicubic(code_map)) at full resolution: what one scale adds to f̂."""
+    size = self.scales[-1]
+    if code_map.shape[1] != size:  # the finest scale is already full size (VAR skips the resize too)
+      code_map = jax.image.resize(code_map, code_map.shape[:1] + (size, size) + code_map.shape[3:], "bicubic")
+    return (1.0 - self.phi_mix) * code_map + self.phi_mix * self.phi(code_map)
+
+  def codes_from_indices(self, indices: jax.Array) -> jax.Array:
+    """f̂ `[B, H, W, D]` from flat indices `[B, n]`; a prefix of scales gives the coarser reconstruction."""
+    f_hat = jnp.zeros((indices.shape[0], self.scales[-1], self.scales[-1], self.dim), jnp.float32)
+    for scale_indices in self.split_scales(indices):
+      f_hat = f_hat + self._contribution(self.vq.codes_from_indices(scale_indices))
+    return f_hat
+
+  def __call__(self, z: jax.Array, train: bool = False) -> tuple[jax.Array, QuantizerOutput]:
+    size = self.scales[-1]
+    if z.ndim != 4 or z.shape[1:] != (size, size, self.dim):
+      raise ValueError(f"MultiScaleResidualQuantizer: expected z of shape [B, {size}, {size}, {self.dim}] "
+                       f"(H = W = scales[-1]), got {z.shape}; match the encoder's latent size to scales[-1].")
+    f = z.astype(jnp.float32)
+    rest = jax.lax.stop_gradient(f)  # only picks codes: no gradient flows through the argmin path
+    f_hat = jnp.zeros_like(f)
+    indices, commitment, codebook_loss = [], 0.0, 0.0
+    for s in self.scales:
+      down = rest if s == size else area_downsample(rest, s)
+      _, out = self.vq(down, train=train)
+      h = self._contribution(self.vq.codes_from_indices(out.indices))
+      f_hat = f_hat + h
+      rest = rest - jax.lax.stop_gradient(h)
+      indices.append(out.indices.reshape(z.shape[0], s * s))
+      commitment = commitment + jnp.mean(jnp.square(jax.lax.stop_gradient(f_hat) - f))
+      codebook_loss = codebook_loss + jnp.mean(jnp.square(f_hat - jax.lax.stop_gradient(f)))
+    commitment = commitment / len(self.scales)
+    codebook_loss = codebook_loss / len(self.scales)
+    indices = jnp.concatenate(indices, axis=1)
+    metrics = {"codebook_loss": codebook_loss, "commitment": commitment,
+               **codebook_statistics(indices, self.codebook_size)}
+    z_q = f + jax.lax.stop_gradient(f_hat - f)  # straight-through: d z_q / d z = identity
+    return z_q, QuantizerOutput(indices=indices, loss=codebook_loss + self.beta * commitment, metrics=metrics)
