@@ -2,6 +2,7 @@
 
 import ml_collections
 
+from tokgen_jax.configs import quantizers
 from tokgen_jax.errors import ConfigError
 
 SIZES = {
@@ -12,16 +13,10 @@ SIZES = {
 }
 
 
-def vq(codebook_size: int = 1024, dim: int = 8, commitment_weight: float = 0.25,
-       l2_normalize: bool = True) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(name="vq", codebook_size=codebook_size, dim=dim,
-                                        commitment_weight=commitment_weight, l2_normalize=l2_normalize))
-
-
 def vqgan(size: str = "local", quantizer: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
   if size not in SIZES:
     raise ConfigError(f"VQGAN size {size!r} is not a preset; choose one of {sorted(SIZES)}.")
   channels, multipliers, res_blocks, attention, groups = SIZES[size]
   return ml_collections.ConfigDict(dict(
       name="vqgan", channels=channels, channel_multipliers=multipliers, num_res_blocks=res_blocks,
-      use_attention=attention, num_groups=groups, dropout=0.0, quantizer=quantizer or vq()))
+      use_attention=attention, num_groups=groups, dropout=0.0, quantizer=quantizer or quantizers.vq()))

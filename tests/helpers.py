@@ -13,16 +13,24 @@ TINY_OVERRIDES = {
 }
 
 
-def tiny_config(**overrides):
-  config = load_experiment(QUICKSTART)
+def set_fields(config, overrides: dict):
+  """Set dotted keys (`"model.quantizer.dim": 4`) on an unlocked copy's fields."""
   with config.unlocked():
-    for key, value in (TINY_OVERRIDES | overrides).items():
-      node = config
+    for key, value in overrides.items():
       *parents, leaf = key.split(".")
+      node = config
       for parent in parents:
         node = node[parent]
       node[leaf] = value
   return config
+
+
+def tiny_config(experiment: str = QUICKSTART, quantizer_overrides: dict | None = None, **overrides):
+  """The experiment at test size; `quantizer_overrides` replaces the VQ-specific tiny settings."""
+  tiny = dict(TINY_OVERRIDES)
+  if quantizer_overrides is not None:
+    tiny = {k: v for k, v in tiny.items() if not k.startswith("model.quantizer.")} | quantizer_overrides
+  return set_fields(load_experiment(experiment), tiny | overrides)
 
 
 def cli_overrides(**overrides) -> list[str]:

@@ -40,3 +40,21 @@ def test_sharded_step_equals_unsharded(photo_batch):
   sharded, params_sharded = _train_losses(config, jax.devices(), photo_batch, 2)
   np.testing.assert_allclose(sharded, single, rtol=1e-4)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-3), params_sharded, params_single)
+
+
+QUANTIZER_OVERRIDES = {
+    "vq": {"model.quantizer.codebook_size": 64, "model.quantizer.dim": 4},
+    "lfq": {"model.quantizer.bits": 6},
+    "fsq": {"model.quantizer.levels": (5, 5, 5)},
+    "rvq": {"model.quantizer.depth": 2, "model.quantizer.codebook_size": 64, "model.quantizer.dim": 4},
+    "msrq": {"model.quantizer.codebook_size": 64, "model.quantizer.dim": 4, "model.quantizer.scales": (1, 2, 4, 8),
+             "data.eval_image_size": 16},
+}
+
+
+@pytest.mark.parametrize("name", sorted(QUANTIZER_OVERRIDES))
+def test_quickstart_trains_with_every_registered_quantizer(name, photo_batch):
+  config = tiny_config(f"experiments/quickstart.py:quantizer={name}", QUANTIZER_OVERRIDES[name],
+                       **{"optimizer.learning_rate": 3e-3})
+  losses, _ = _train_losses(config, jax.devices()[:1], photo_batch, 8)
+  assert np.all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0], losses

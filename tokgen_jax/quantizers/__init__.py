@@ -1,4 +1,8 @@
-"""Quantizers: one interface `z_q, out = quantizer(z, train=...)`, chosen by name from a registry."""
+"""Quantizers: one interface `z_q, out = quantizer(z, train=...)`, chosen by name from a registry.
+
+Every quantizer returns `z_q` with the straight-through gradient of `z` and a `QuantizerOutput` (indices, loss,
+metrics), and has `codes_from_indices(indices)`, `bits_per_token` and `dim`.
+"""
 
 from typing import Any
 
@@ -6,10 +10,19 @@ import flax.linen as nn
 
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.quantizers.base import QuantizerOutput, codebook_statistics
+from tokgen_jax.quantizers.bits import bits_per_pixel, tokens_per_image
+from tokgen_jax.quantizers.fsq import FiniteScalarQuantizer
+from tokgen_jax.quantizers.lfq import LookupFreeQuantizer, factorize_indices, merge_indices
+from tokgen_jax.quantizers.multiscale import MultiScaleResidualQuantizer
+from tokgen_jax.quantizers.residual import ResidualQuantizer
 from tokgen_jax.quantizers.vq import VectorQuantizer
 
 REGISTRY: dict[str, type[nn.Module]] = {
     "vq": VectorQuantizer,
+    "lfq": LookupFreeQuantizer,
+    "fsq": FiniteScalarQuantizer,
+    "rvq": ResidualQuantizer,
+    "msrq": MultiScaleResidualQuantizer,
 }
 
 
@@ -18,7 +31,16 @@ def build(name: str, **kwargs: Any) -> nn.Module:
   if name not in REGISTRY:
     raise ConfigError(f"config.model.quantizer.name={name!r} is not a known quantizer; "
                       f"choose one of {sorted(REGISTRY)}.")
-  return REGISTRY[name](**kwargs)
+  try:
+    return REGISTRY[name](**kwargs)
+  except TypeError as error:
+    raise ConfigError(f"config.model.quantizer ({name}) has arguments {sorted(kwargs)} that "
+                      f"{REGISTRY[name].__name__} does not take ({error}); use the preset in "
+                      f"configs/quantizers.py for {name!r}.") from error
 
 
-__all__ = ["QuantizerOutput", "VectorQuantizer", "REGISTRY", "build", "codebook_statistics"]
+__all__ = [
+    "QuantizerOutput", "VectorQuantizer", "LookupFreeQuantizer", "FiniteScalarQuantizer", "ResidualQuantizer",
+    "MultiScaleResidualQuantizer", "REGISTRY", "build", "codebook_statistics", "bits_per_pixel",
+    "tokens_per_image", "factorize_indices", "merge_indices",
+]

@@ -15,6 +15,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tokgen_jax.quantizers.base import QuantizerOutput, codebook_statistics
 
@@ -103,15 +104,19 @@ def per_sample_entropy(logits: jax.Array) -> jax.Array:
   return jnp.mean(jnp.sum(binary_entropies(logits), axis=-1))
 
 
-def _code_probabilities(p_pos: jax.Array, p_neg: jax.Array) -> jax.Array:
-  """Per-bit probabilities `[N, g]` → probabilities of all 2^g codes `[N, 2^g]`, little-endian code order.
+def _code_probabilities(log_pos: jax.Array, log_neg: jax.Array) -> jax.Array:
+  """Per-bit log-probabilities `[N, g]` → probabilities of all 2^g codes `[N, 2^g]`, little-endian code order.
 
-  The outer product over bits: appending bit i doubles the table, its 0-half first (code c + bit_i·2^i).
+  The outer product over bits, taken in log space as one matmul with the constant 0/1 bit table:
+  log q(c) = Σ_i [bit_i(c)·log p_i + (1 - bit_i(c))·log(1 - p_i)]. Every term is ≤ 0, so a likely code sums
+  only small terms (no large logits cancelling) and an unlikely one underflows to exactly 0.
   """
-  probs = jnp.ones((p_pos.shape[0], 1), jnp.float32)
-  for i in range(p_pos.shape[-1]):
-    probs = jnp.concatenate([probs * p_neg[:, i:i + 1], probs * p_pos[:, i:i + 1]], axis=-1)
-  return probs
+  g = log_pos.shape[-1]
+  bits = ((np.arange(2 ** g)[:, None] >> np.arange(g)) & 1).astype(np.float32)  # [2^g, g]
+  selector = np.concatenate([bits, 1.0 - bits], axis=-1).T  # [2g, 2^g]
+  log_table = jnp.matmul(jnp.concatenate([log_pos, log_neg], axis=-1), selector,
+                         precision=jax.lax.Precision.HIGHEST)
+  return jnp.exp(log_table)
 
 
 def _entropy(probs: jax.Array) -> jax.Array:
@@ -120,17 +125,17 @@ def _entropy(probs: jax.Array) -> jax.Array:
   return -jnp.sum(jnp.where(positive, probs * jnp.log(jnp.where(positive, probs, 1.0)), 0.0))
 
 
-def _group_entropy(p_pos: jax.Array, p_neg: jax.Array) -> jax.Array:
-  """Exact H(E_z[q(c_group|z)]) for one group of g bits, from per-bit probabilities `[N, g]`.
+def _group_entropy(log_pos: jax.Array, log_neg: jax.Array) -> jax.Array:
+  """Exact H(E_z[q(c_group|z)]) for one group of g bits, from per-bit log-probabilities `[N, g]`.
 
   The batch mean of the 2^g code probabilities is formed as `A^T B / N` with A, B the code tables of the low
   and high half of the group (`[N, 2^(g/2)]` each): the same numbers as averaging the full `[N, 2^g]` table,
   without building it. HIGHEST precision keeps TPU matmuls in float32 rather than bfloat16 passes.
   """
-  low = p_pos.shape[-1] // 2
-  table_low = _code_probabilities(p_pos[:, :low], p_neg[:, :low])
-  table_high = _code_probabilities(p_pos[:, low:], p_neg[:, low:])
-  mean = jnp.matmul(table_low.T, table_high, precision=jax.lax.Precision.HIGHEST) / p_pos.shape[0]
+  low = log_pos.shape[-1] // 2
+  table_low = _code_probabilities(log_pos[:, :low], log_neg[:, :low])
+  table_high = _code_probabilities(log_pos[:, low:], log_neg[:, low:])
+  mean = jnp.matmul(table_low.T, table_high, precision=jax.lax.Precision.HIGHEST) / log_pos.shape[0]
   return _entropy(mean)
 
 
@@ -144,10 +149,15 @@ def codebook_entropy(logits: jax.Array, group_size: int) -> jax.Array:
   if group_size < 1:
     raise ValueError(f"LFQ group_size must be ≥ 1, got {group_size}.")
   logits = logits.astype(jnp.float32).reshape(-1, logits.shape[-1])
-  p_pos, p_neg = jax.nn.sigmoid(logits), jax.nn.sigmoid(-logits)  # both directly: 1 - p loses precision
-  d = logits.shape[-1]
-  return sum(_group_entropy(p_pos[:, s:s + group_size], p_neg[:, s:s + group_size])
-             for s in range(0, d, group_size))
+  log_pos, log_neg = jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits)  # log p, log(1 - p), both stable
+  n, d = logits.shape
+  full = d // group_size  # the equal-size groups run as one batched (vmapped) computation: one compile, not many
+  split = full * group_size
+  to_groups = lambda x: jnp.swapaxes(x[:, :split].reshape(n, full, group_size), 0, 1)  # [groups, N, g]
+  entropy = jnp.sum(jax.vmap(_group_entropy)(to_groups(log_pos), to_groups(log_neg))) if full else 0.0
+  if split < d:
+    entropy = entropy + _group_entropy(log_pos[:, split:], log_neg[:, split:])
+  return entropy
 
 
 class LookupFreeQuantizer(nn.Module):

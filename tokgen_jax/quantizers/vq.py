@@ -145,8 +145,10 @@ class VectorQuantizer(nn.Module):
   def setup(self):
     self._validate()
     shape = (self.codebook_size, self.code_dim)
-    uniform = nn.initializers.uniform(scale=2.0 / self.codebook_size)
-    code_init = lambda key, shape: uniform(key, shape) - 1.0 / self.codebook_size  # U(-1/K, 1/K)
+    # Unit-variance codes match the scale of a normalized encoder's outputs. taming-transformers' U(-1/K, 1/K)
+    # starts every code near zero, so the decoder sees no signal until the codebook grows (and residual levels of
+    # an RVQ never get there in short runs).
+    code_init = nn.initializers.normal(stddev=1.0)
     if self.projected:
       self.project_in = nn.Dense(
           self.code_dim, kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", None)),

@@ -14,6 +14,7 @@ import optax
 
 from tokgen_jax.losses import reconstruction_loss
 from tokgen_jax.metrics import psnr, ssim
+from tokgen_jax.quantizers import bits_per_pixel, tokens_per_image
 from tokgen_jax.tasks.base import TrainState
 from tokgen_jax.tasks.optimizers import ema_update
 
@@ -80,4 +81,13 @@ class AutoencoderTask:
     # SSIM is not shift-invariant in intensity: report it on [0, 1] images, as papers do.
     to_unit = lambda x: (x + 1.0) / 2.0
     return {"reconstruction": reconstruction, "psnr": psnr(reconstruction, images, data_range=2.0),
-            "ssim": ssim(to_unit(reconstruction), to_unit(images), data_range=1.0)}
+            "ssim": ssim(to_unit(reconstruction), to_unit(images), data_range=1.0),
+            "bpp": jnp.full(images.shape[:1], self.bits_per_pixel(images.shape))}
+
+  def bits_per_pixel(self, image_shape: tuple[int, ...]) -> float:
+    """Bits per pixel of the token representation of one image of `image_shape` ([B, H, W, C])."""
+    height, width = image_shape[-3:-1]
+    factor = self.model.downsample_factor
+    quantizer = self.model.quantizer
+    tokens = tokens_per_image(quantizer, (height // factor, width // factor))
+    return bits_per_pixel(tokens, quantizer.bits_per_token, height * width)

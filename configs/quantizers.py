@@ -1,0 +1,48 @@
+"""Quantizer presets, one per registry name; `by_name(name)` gives the default of each."""
+
+import ml_collections
+
+from tokgen_jax.errors import ConfigError
+
+
+def vq(codebook_size: int = 1024, dim: int = 8, commitment_weight: float = 0.25, l2_normalize: bool = True,
+       ema_decay: float = 0.0, restart_after_steps: int = 0, lookup_dim: int = 0) -> ml_collections.ConfigDict:
+  """VQ; l2-normalized low-dimensional codes as in ViT-VQGAN/LlamaGen keep usage high."""
+  return ml_collections.ConfigDict(dict(
+      name="vq", codebook_size=codebook_size, dim=dim, commitment_weight=commitment_weight,
+      l2_normalize=l2_normalize, ema_decay=ema_decay, restart_after_steps=restart_after_steps,
+      lookup_dim=lookup_dim))
+
+
+def lfq(bits: int = 10, entropy_weight: float = 0.1, commitment_weight: float = 0.25,
+        inv_temperature: float = 100.0, group_size: int = 9) -> ml_collections.ConfigDict:
+  """MAGVIT-v2 lookup-free quantization: vocabulary 2^bits (2^18 in the paper), entropy weight 0.1."""
+  return ml_collections.ConfigDict(dict(
+      name="lfq", bits=bits, entropy_weight=entropy_weight, commitment_weight=commitment_weight,
+      inv_temperature=inv_temperature, group_size=group_size))
+
+
+def fsq(levels: tuple[int, ...] = (8, 5, 5, 5)) -> ml_collections.ConfigDict:
+  """Finite scalar quantization; (8, 5, 5, 5) has 1000 codes."""
+  return ml_collections.ConfigDict(dict(name="fsq", levels=levels))
+
+
+def rvq(depth: int = 4, codebook_size: int = 1024, dim: int = 8, shared_codebook: bool = False,
+        l2_normalize: bool = False) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(name="rvq", depth=depth, codebook_size=codebook_size, dim=dim,
+                                        shared_codebook=shared_codebook, l2_normalize=l2_normalize))
+
+
+def msrq(codebook_size: int = 4096, dim: int = 32,
+         scales: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)) -> ml_collections.ConfigDict:
+  """VAR multi-scale residual quantization; the last scale must equal the latent grid size."""
+  return ml_collections.ConfigDict(dict(name="msrq", codebook_size=codebook_size, dim=dim, scales=scales))
+
+
+PRESETS = {"vq": vq, "lfq": lfq, "fsq": fsq, "rvq": rvq, "msrq": msrq}
+
+
+def by_name(name: str) -> ml_collections.ConfigDict:
+  if name not in PRESETS:
+    raise ConfigError(f"quantizer preset {name!r} is not known; choose one of {sorted(PRESETS)}.")
+  return PRESETS[name]()
