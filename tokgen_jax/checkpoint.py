@@ -58,19 +58,26 @@ class Manager:
     self._manager.close()
 
 
+def _latest_state(directory: pathlib.Path, abstract_state: Any) -> Any | None:
+  if not directory.is_dir():
+    return None
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                                  item_names=("state", "data", "config"))
+  step = manager.latest_step()
+  if step is None:
+    return None
+  return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))).state
+
+
 def restore_params(path: str, abstract_state: Any) -> Any:
   """The latest state stored under `path` (a workdir, its checkpoints/ folder or one step folder), for init_from."""
   root = pathlib.Path(path).absolute()
-  for candidate in (root / "checkpoints", root):
-    if candidate.is_dir() and ocp.CheckpointManager(candidate, options=ocp.CheckpointManagerOptions(
-        read_only=True), item_names=("state",)).latest_step() is not None:
-      manager = ocp.CheckpointManager(candidate, options=ocp.CheckpointManagerOptions(read_only=True),
-                                      item_names=("state", "data", "config"))
-      step = manager.latest_step()
-      return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))).state
-  state_dir = root / "state"
-  if state_dir.is_dir():
-    return ocp.StandardCheckpointer().restore(state_dir, abstract_state)
+  for directory in (root / "checkpoints", root):
+    state = _latest_state(directory, abstract_state)
+    if state is not None:
+      return state
+  if (root / "state").is_dir():
+    return ocp.StandardCheckpointer().restore(root / "state", abstract_state)
   raise ConfigError(f"config.init_from={path!r} holds no checkpoint; point it at a workdir, its checkpoints/ "
                     f"folder or a step folder of a finished run.")
 
