@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from tokgen_jax.data import DEFAULT_LAVFI_SOURCES
+
 
 def images(source: str = "photos", image_size: int = 64, eval_image_size: int = 128, **overrides) -> ml_collections.ConfigDict:
   """Every field the image pipeline reads; `source` is 'photos' (offline), 'folder' or 'tfds'."""
@@ -17,3 +19,14 @@ def imagenet(image_size: int = 256, data_dir: str = "") -> ml_collections.Config
   """ImageNet-1k from TFDS ArrayRecord (`tfds build imagenet2012 --file_format=array_record`)."""
   return images("tfds", image_size, image_size, name="imagenet2012", data_dir=data_dir,
                 eval_split="validation", resize=image_size)
+
+
+def videos(source: str = "lavfi", num_frames: int = 17, image_size: int = 64, eval_image_size: int = 64,
+           **overrides) -> ml_collections.ConfigDict:
+  """Every field the video pipeline reads; `source` is 'lavfi' (offline ffmpeg renders), 'gif' (the animated GIF
+  scikit-image ships), 'video_folder' or 'tfds_video'. Clips are `num_frames` frames sampled at `fps`."""
+  config = images(source, image_size, eval_image_size)
+  config.update(dict(num_frames=num_frames, fps=8, lavfi_sources=DEFAULT_LAVFI_SOURCES, clip_seconds=9.0,
+                     lavfi_codec="libx264", max_corrupt_fraction=0.0))
+  config.update(overrides)
+  return config

@@ -25,6 +25,7 @@ import numpy as np
 
 from tokgen_jax.data import sources
 from tokgen_jax.data import transforms
+from tokgen_jax.data import video
 from tokgen_jax.errors import ConfigError
 
 SPLITS = ("train", "eval")
@@ -34,6 +35,10 @@ _PADDING = (-1, 0, 0)  # eval tile spec (record index, top, left) of a padding e
 def make_pipeline(data_config, split: str, *, global_batch_size: int, process_index: int | None = None,
                   process_count: int | None = None) -> grain.DatasetIterator:
   """Returns an iterator of `{'image': float32 [B, S, S, 3] in [-1, 1]}` (eval adds `'mask': bool [B]`).
+
+  Video sources (`video.VIDEO_SOURCE_KINDS`) yield `{'video': float32 [B, T, S, S, 3]}` instead; see
+  `video_pipeline` for them and their extra fields (num_frames, fps, lavfi_sources, clip_seconds, lavfi_codec,
+  max_corrupt_fraction).
 
   Args:
     data_config: `config.data` (fields: source, name, data_dir, path, train_split, eval_split, image_size,
@@ -48,6 +53,10 @@ def make_pipeline(data_config, split: str, *, global_batch_size: int, process_in
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   local_batch_size = _local_batch_size(global_batch_size, process_index, process_count)
+  if str(data_config.source) in video.VIDEO_SOURCE_KINDS:
+    from tokgen_jax.data import video_pipeline  # pylint: disable=g-import-not-at-top  (it imports this module)
+    return video_pipeline.make_video_pipeline(data_config, split, local_batch_size=local_batch_size,
+                                              process_index=process_index, process_count=process_count)
   source = _open_configured_source(data_config, split)
   if split == "train":
     dataset = _train_dataset(source, data_config, local_batch_size, process_index, process_count)

@@ -212,4 +212,5 @@ def open_source(kind: str, *, split: str, name: str = "", data_dir: str = "", pa
     return folder_source(path, split_name, split_key)
   if kind == "tfds":
     return tfds_source(name, data_dir, split_name, split_key)
-  raise ConfigError(f'Unknown config.data.source {kind!r}; valid sources: {", ".join(SOURCE_KINDS)}.')
+  raise ConfigError(f'Unknown config.data.source {kind!r}; valid image sources: {", ".join(SOURCE_KINDS)}; '
+                    f'video sources: lavfi, gif, video_folder, tfds_video.')

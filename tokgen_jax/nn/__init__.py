@@ -4,5 +4,13 @@ from tokgen_jax.nn.conv import Conv, Downsample2D, Upsample2D
 from tokgen_jax.nn.norms import group_norm
 from tokgen_jax.nn.resblock import ResBlock2D
 from tokgen_jax.nn.attention import SpatialSelfAttention
+from tokgen_jax.nn.adaptive_norm import AdaptiveGroupNorm, group_standardize
+from tokgen_jax.nn.blur import BlurPool2D, BlurPool3D
+from tokgen_jax.nn.causal_conv import CausalConv3D, check_frame_count
+from tokgen_jax.nn.depth_to_space import DepthToSpaceUpsample3D, depth_to_space, space_to_depth
 
-__all__ = ["Conv", "Downsample2D", "Upsample2D", "group_norm", "ResBlock2D", "SpatialSelfAttention"]
+__all__ = [
+    "Conv", "Downsample2D", "Upsample2D", "group_norm", "ResBlock2D", "SpatialSelfAttention", "AdaptiveGroupNorm",
+    "group_standardize", "BlurPool2D", "BlurPool3D", "CausalConv3D", "check_frame_count", "DepthToSpaceUpsample3D",
+    "depth_to_space", "space_to_depth",
+]
