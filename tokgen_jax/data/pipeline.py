@@ -55,16 +55,21 @@ def make_pipeline(data_config, split: str, *, global_batch_size: int, process_in
   local_batch_size = _local_batch_size(global_batch_size, process_index, process_count)
   if str(data_config.source) in video.VIDEO_SOURCE_KINDS:
     from tokgen_jax.data import video_pipeline  # pylint: disable=g-import-not-at-top  (it imports this module)
-    return video_pipeline.make_video_pipeline(data_config, split, local_batch_size=local_batch_size,
-                                              process_index=process_index, process_count=process_count)
-  source = _open_configured_source(data_config, split)
-  if split == "train":
-    dataset = _train_dataset(source, data_config, local_batch_size, process_index, process_count)
+    dataset = video_pipeline.make_video_dataset(data_config, split, local_batch_size=local_batch_size,
+                                                process_index=process_index, process_count=process_count)
   else:
-    dataset = _eval_dataset(source, data_config, local_batch_size, process_index, process_count)
+    dataset = _image_dataset(data_config, split, local_batch_size, process_index, process_count)
   read_options = grain.ReadOptions(num_threads=int(data_config.num_threads),
                                    prefetch_buffer_size=int(data_config.prefetch))
   return iter(dataset.to_iter_dataset(read_options))
+
+
+def _image_dataset(data_config, split: str, local_batch_size: int, process_index: int,
+                   process_count: int) -> grain.MapDataset:
+  source = _open_configured_source(data_config, split)
+  if split == "train":
+    return _train_dataset(source, data_config, local_batch_size, process_index, process_count)
+  return _eval_dataset(source, data_config, local_batch_size, process_index, process_count)
 
 
 def _local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:

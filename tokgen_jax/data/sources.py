@@ -94,11 +94,17 @@ def photos_source(split: str) -> ImageSource:
 
 def list_image_files(root: str) -> list[str]:
   """All image files under `root` (recursively), sorted by their path relative to `root`."""
+  return list_files(root, IMAGE_EXTENSIONS)
+
+
+def list_files(root: str, extensions: tuple[str, ...]) -> list[str]:
+  """Files under `root` (recursively) whose lower-cased name ends with one of `extensions`, sorted by their path
+  relative to `root` with '/' separators, so the order is the same on every platform."""
   relative_paths = []
   for directory, subdirectories, filenames in os.walk(root):
     subdirectories.sort()  # a deterministic walk; the final order comes from the sort below anyway
     for filename in filenames:
-      if filename.lower().endswith(IMAGE_EXTENSIONS):
+      if filename.lower().endswith(extensions):
         relative_paths.append(os.path.relpath(os.path.join(directory, filename), root))
   relative_paths.sort(key=lambda relative: relative.replace(os.sep, "/"))
   return [os.path.join(root, relative) for relative in relative_paths]

@@ -236,14 +236,7 @@ def gif_source(split: str, *, fps: float, num_frames: int) -> VideoSource:
 
 def list_video_files(root: str) -> list[str]:
   """All video files under `root` (recursively), sorted by their path relative to `root`."""
-  relative_paths = []
-  for directory, subdirectories, filenames in os.walk(root):
-    subdirectories.sort()
-    for filename in filenames:
-      if filename.lower().endswith(VIDEO_EXTENSIONS):
-        relative_paths.append(os.path.relpath(os.path.join(directory, filename), root))
-  relative_paths.sort(key=lambda relative: relative.replace(os.sep, "/"))
-  return [os.path.join(root, relative) for relative in relative_paths]
+  return sources.list_files(root, VIDEO_EXTENSIONS)
 
 
 def _video_folder_error(split_dir: str, problem: str, split_key: str) -> FileNotFoundError:

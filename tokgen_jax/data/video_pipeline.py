@@ -55,17 +55,13 @@ def _num_frames(data_config) -> int:
   return num_frames
 
 
-def make_video_pipeline(data_config, split: str, *, local_batch_size: int, process_index: int,
-                        process_count: int) -> grain.DatasetIterator:
-  """`make_pipeline` for video sources (split, process and batch size already validated by the caller)."""
+def make_video_dataset(data_config, split: str, *, local_batch_size: int, process_index: int,
+                       process_count: int) -> grain.MapDataset:
+  """The batched dataset `make_pipeline` iterates for video sources (arguments already validated there)."""
   source = open_configured_video_source(data_config, split)
   if split == "train":
-    dataset = _train_dataset(source, data_config, local_batch_size, process_index, process_count)
-  else:
-    dataset = _eval_dataset(source, data_config, local_batch_size, process_index, process_count)
-  read_options = grain.ReadOptions(num_threads=int(data_config.num_threads),
-                                   prefetch_buffer_size=int(data_config.prefetch))
-  return iter(dataset.to_iter_dataset(read_options))
+    return _train_dataset(source, data_config, local_batch_size, process_index, process_count)
+  return _eval_dataset(source, data_config, local_batch_size, process_index, process_count)
 
 
 # ------------------------------------------------------------------------------------------------------- train
