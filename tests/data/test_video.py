@@ -220,3 +220,12 @@ def test_tfds_video_missing_dataset_says_how_to_build_it(tmp_path):
     video.open_video_source("tfds_video", split="eval", num_frames=_T, name="tokgen_no_such_video",
                             data_dir=data_dir, split_name="test")
   assert f"tfds build tokgen_no_such_video --data_dir={data_dir} --file_format=array_record" in str(error.value)
+
+
+def test_eval_clip_specs_closed_form():
+  """Held-out GIF part: 6 frames of 25x14 → one 5-frame window x 3 row-major 8x8 tiles (rows 0, 8, 16; col 0)."""
+  from tokgen_jax.data import video_pipeline
+
+  held_out = video.open_video_source("gif", split="eval", num_frames=5, fps=0)
+  specs = video_pipeline.eval_clip_specs(held_out, num_frames=5, tile_size=8, resize=0)
+  assert specs == [(0, 0, 0, 0), (0, 0, 8, 0), (0, 0, 16, 0)]

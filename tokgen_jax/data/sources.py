@@ -110,25 +110,33 @@ def list_files(root: str, extensions: tuple[str, ...]) -> list[str]:
   return [os.path.join(root, relative) for relative in relative_paths]
 
 
-def _folder_error(split_dir: str, problem: str, split_key: str) -> FileNotFoundError:
+def _folder_error(split_dir: str, problem: str, split_key: str, source: str, kind: str,
+                  extensions: tuple[str, ...]) -> FileNotFoundError:
   return FileNotFoundError(
-      f'{problem}: {split_dir!r}. The folder source reads image files ({", ".join(IMAGE_EXTENSIONS)}) under '
-      f"<config.data.path>/<config.data.{split_key}>. Put training images in <path>/train and held-out images in "
+      f'{problem}: {split_dir!r}. The {source} source reads {kind} files ({", ".join(extensions)}) under '
+      f"<config.data.path>/<config.data.{split_key}>. Put training {kind}s in <path>/train and held-out {kind}s in "
       "<path>/eval (subfolders are fine), or point config.data.path, config.data.train_split and "
       "config.data.eval_split at your folders.")
 
 
-def folder_source(path: str, split_folder: str, split_key: str) -> ImageSource:
-  """Image files under `path/split_folder`; `split_key` ('train_split' | 'eval_split') is named in errors."""
+def split_folder_files(path: str, split_folder: str, split_key: str, *, source: str = "folder",
+                       kind: str = "image", extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> tuple[str, list[str]]:
+  """The folder `path/split_folder` and its `kind` files (sorted); a clear FileNotFoundError when there are none."""
+  fail = lambda where, problem: _folder_error(where, problem, split_key, source, kind, extensions)
   if not path:
-    raise _folder_error(os.path.join("<empty config.data.path>", split_folder), "No image folder configured",
-                        split_key)
+    raise fail(os.path.join("<empty config.data.path>", split_folder), f"No {kind} folder configured")
   split_dir = os.path.abspath(os.path.join(os.path.expanduser(path), split_folder))
   if not os.path.isdir(split_dir):
-    raise _folder_error(split_dir, "Image folder not found", split_key)
-  files = list_image_files(split_dir)
+    raise fail(split_dir, f"{kind.capitalize()} folder not found")
+  files = list_files(split_dir, extensions)
   if not files:
-    raise _folder_error(split_dir, "No image files found in folder", split_key)
+    raise fail(split_dir, f"No {kind} files found in folder")
+  return split_dir, files
+
+
+def folder_source(path: str, split_folder: str, split_key: str) -> ImageSource:
+  """Image files under `path/split_folder`; `split_key` ('train_split' | 'eval_split') is named in errors."""
+  split_dir, files = split_folder_files(path, split_folder, split_key)
   return ImageSource(records=files, decode=transforms.load_image_file,
                      read_shape=lambda index: transforms.read_image_file_shape(files[index]),
                      description=f"folder {split_dir} ({len(files)} images)")

@@ -234,19 +234,6 @@ def gif_source(split: str, *, fps: float, num_frames: int) -> VideoSource:
 # ------------------------------------------------------------------------------------------------ video folder
 
 
-def list_video_files(root: str) -> list[str]:
-  """All video files under `root` (recursively), sorted by their path relative to `root`."""
-  return sources.list_files(root, VIDEO_EXTENSIONS)
-
-
-def _video_folder_error(split_dir: str, problem: str, split_key: str) -> FileNotFoundError:
-  return FileNotFoundError(
-      f'{problem}: {split_dir!r}. The video_folder source reads video files ({", ".join(VIDEO_EXTENSIONS)}) under '
-      f"<config.data.path>/<config.data.{split_key}>. Put training videos in <path>/train and held-out videos in "
-      "<path>/eval (subfolders are fine), or point config.data.path, config.data.train_split and "
-      "config.data.eval_split at your folders.")
-
-
 class _Probe(NamedTuple):
   info: VideoInfo
   stride: int
@@ -363,15 +350,8 @@ def _probe_or_none(path: str, fps: float) -> _Probe | None:
 def video_folder_source(path: str, split_folder: str, split_key: str, *, fps: float, max_corrupt_fraction: float,
                         num_threads: int = 1) -> VideoSource:
   """Video files under `path/split_folder`, probed in parallel; corrupt files are skipped and counted."""
-  if not path:
-    raise _video_folder_error(os.path.join("<empty config.data.path>", split_folder), "No video folder configured",
-                              split_key)
-  split_dir = os.path.abspath(os.path.join(os.path.expanduser(path), split_folder))
-  if not os.path.isdir(split_dir):
-    raise _video_folder_error(split_dir, "Video folder not found", split_key)
-  files = list_video_files(split_dir)
-  if not files:
-    raise _video_folder_error(split_dir, "No video files found in folder", split_key)
+  split_dir, files = sources.split_folder_files(path, split_folder, split_key, source="video_folder",
+                                                kind="video", extensions=VIDEO_EXTENSIONS)
   with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
     probes = list(pool.map(functools.partial(_probe_or_none, fps=fps), files))
   corrupt = [file for file, probe in zip(files, probes) if probe is None]
