@@ -93,3 +93,16 @@ def test_spatial_padding_is_symmetric_for_stride_one_and_vqgan_like_for_stride_t
   grad = np.asarray(jax.grad(lambda x: layer.apply(variables, x)[0, 0, 0, 0].sum())(x))
   assert np.all(grad[0, 1:] == 0) and np.all(grad[0, :, 3:] == 0) and np.all(grad[0, :, :, 3:] == 0)
   assert np.all(np.abs(grad[0, 0, :3, :3]).sum(-1) > 0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("frames,strides", [(5, (1, 1, 1)), (5, (2, 2, 2)), (5, (2, 1, 1)), (1, (1, 1, 1)),
+                                            (1, (2, 2, 2))])
+def test_temporal_tap_implementation_equals_one_3d_conv(mode, frames, strides):
+  """The CPU path (a 2D conv per temporal tap; one folded kernel for a single frame) and XLA's 3D conv share
+  parameters and agree."""
+  x = jax.random.normal(jax.random.key(0), (2, frames, 8, 8, 3))
+  taps = CausalConv3D(4, strides=strides, temporal_padding=mode, implementation="conv2d_taps")
+  variables = taps.init(jax.random.key(1), x)
+  one_conv = taps.clone(implementation="conv3d")
+  np.testing.assert_allclose(taps.apply(variables, x), one_conv.apply(variables, x), atol=1e-5)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokgen_jax.errors import ConfigError
+from tokgen_jax.nn.blur import filter_subsample
 from tokgen_jax.nn.conv import Conv
 
 _LEAKY_SLOPE = 0.2
@@ -40,24 +41,16 @@ def _half_padding(size: int, taps: int) -> tuple[int, int]:
 def _blur_downsample(x: jax.Array, axes: Sequence[int], blur: bool = True) -> jax.Array:
   """Depthwise low-pass filter along each of `axes` (indices into x's dims) with stride 2 there: size n → ceil(n/2).
 
-  The separable kernel is the outer product of the 1D taps on the halved axes and a single tap elsewhere; the taps
-  sum to 1, so a constant input stays constant away from the zero-padded border.
+  Separable: one 1D pass per halved axis, as weighted sums of strided slices (XLA's CPU backend runs the
+  equivalent depthwise convolution ~40x slower). The taps sum to 1, so a constant input stays constant away from
+  the zero-padded border.
   """
-  spatial = x.shape[1:-1]
-  channels = x.shape[-1]
   taps = _BLUR_TAPS if blur else _BOX_TAPS
-  kernel = np.ones((), np.float32)
-  for axis in range(1, x.ndim - 1):
-    kernel = np.multiply.outer(kernel, taps if axis in axes else np.ones(1, np.float32))
-  kernel = np.broadcast_to(kernel[..., None, None], kernel.shape + (1, channels))
-  letters = "DHW"[3 - len(spatial):]
-  return jax.lax.conv_general_dilated(
-      x, jnp.asarray(kernel, x.dtype),
-      window_strides=tuple(2 if axis in axes else 1 for axis in range(1, x.ndim - 1)),
-      padding=tuple(_half_padding(n, len(taps)) if axis in axes else (0, 0)
-                    for axis, n in enumerate(spatial, start=1)),
-      dimension_numbers=("N" + letters + "C", letters + "IO", "N" + letters + "C"),
-      feature_group_count=channels)
+  for axis in axes:
+    pads = [(0, 0)] * x.ndim
+    pads[axis] = _half_padding(x.shape[axis], len(taps))
+    x = filter_subsample(jnp.pad(x, pads), axis, 2, taps)
+  return x
 
 
 def _conv3(features: int, window: tuple[int, ...]) -> Conv:

@@ -35,7 +35,7 @@ def binomial_kernel(size: int) -> np.ndarray:
   return (taps / taps.sum()).astype(np.float32)
 
 
-def _blur_subsample(x: jax.Array, axis: int, stride: int, taps: np.ndarray) -> jax.Array:
+def filter_subsample(x: jax.Array, axis: int, stride: int, taps: np.ndarray) -> jax.Array:
   """out[j] = sum_k taps[k] · x[j·stride + k] along a padded axis, as a weighted sum of strided slices."""
   n_out = (x.shape[axis] - len(taps)) // stride + 1
   out = 0.0
@@ -53,7 +53,7 @@ def _blur_spatial(x: jax.Array, axis: int, stride: int, filter_size: int, mode: 
   low, high = spatial_padding(x.shape[axis], filter_size + stride - 1, stride, where)
   pads = [(0, 0)] * x.ndim
   pads[axis] = (low, high)
-  return _blur_subsample(jnp.pad(x, pads, mode=mode), axis, stride, binomial_kernel(filter_size))
+  return filter_subsample(jnp.pad(x, pads, mode=mode), axis, stride, binomial_kernel(filter_size))
 
 
 def _check_spatial_mode(mode: str, where: str) -> None:
@@ -97,7 +97,7 @@ class BlurPool3D(nn.Module):
     check_frame_count(x.shape[1], st, where)
     if st > 1:
       # Replicating frame 0 (not zeros) keeps a constant video constant at its start.
-      x = _blur_subsample(pad_past(x, self.filter_size - 1, "replicate", where), 1, st,
+      x = filter_subsample(pad_past(x, self.filter_size - 1, "replicate", where), 1, st,
                           binomial_kernel(self.filter_size))
     x = _blur_spatial(x, 2, sh, self.filter_size, self.spatial_padding, where)
     return _blur_spatial(x, 3, sw, self.filter_size, self.spatial_padding, where)
