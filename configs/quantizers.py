@@ -39,7 +39,12 @@ def msrq(codebook_size: int = 4096, dim: int = 32,
   return ml_collections.ConfigDict(dict(name="msrq", codebook_size=codebook_size, dim=dim, scales=scales))
 
 
-PRESETS = {"vq": vq, "lfq": lfq, "fsq": fsq, "rvq": rvq, "msrq": msrq}
+def kl(dim: int = 8, kl_weight: float = 1e-6) -> ml_collections.ConfigDict:
+  """Continuous KL bottleneck for latent diffusion: 8 channels as in W.A.L.T., LDM's KL weight 1e-6."""
+  return ml_collections.ConfigDict(dict(name="kl", dim=dim, kl_weight=kl_weight))
+
+
+PRESETS = {"vq": vq, "lfq": lfq, "fsq": fsq, "rvq": rvq, "msrq": msrq, "kl": kl}
 
 
 def by_name(name: str) -> ml_collections.ConfigDict:

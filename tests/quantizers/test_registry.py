@@ -15,7 +15,9 @@ SMALL = {
     "fsq": dict(levels=(5, 4, 3)),
     "rvq": dict(depth=2, codebook_size=16, dim=4),
     "msrq": dict(codebook_size=32, dim=4, scales=(1, 2, 4)),
+    "kl": dict(dim=4),
 }
+CONTINUOUS = {"kl"}  # no token ids: codes_from_indices raises (tested in test_kl.py)
 
 
 def _preset(name):
@@ -34,8 +36,9 @@ def test_interface_and_sharded_equals_single_device(name):
   z_q, out = apply(z)
   assert z_q.shape == z.shape and out.indices.dtype == jnp.int32 and out.loss.shape == ()
   assert quantizer.bits_per_token > 0
-  np.testing.assert_allclose(quantizer.apply(variables, out.indices, method=quantizer.codes_from_indices), z_q,
-                             atol=1e-5)
+  if name not in CONTINUOUS:
+    np.testing.assert_allclose(quantizer.apply(variables, out.indices, method=quantizer.codes_from_indices), z_q,
+                               atol=1e-5)
   sharded_z = jax.device_put(z, NamedSharding(Mesh(np.asarray(jax.devices()), ("data",)), P("data")))
   sharded_q, sharded_out = apply(sharded_z)
   np.testing.assert_array_equal(sharded_out.indices, out.indices)

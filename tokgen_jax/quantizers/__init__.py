@@ -12,6 +12,7 @@ from tokgen_jax.errors import ConfigError
 from tokgen_jax.quantizers.base import QuantizerOutput, codebook_statistics
 from tokgen_jax.quantizers.bits import bits_per_pixel, tokens_per_image
 from tokgen_jax.quantizers.fsq import FiniteScalarQuantizer
+from tokgen_jax.quantizers.kl import KLBottleneck
 from tokgen_jax.quantizers.lfq import LookupFreeQuantizer, factorize_indices, merge_indices
 from tokgen_jax.quantizers.multiscale import MultiScaleResidualQuantizer
 from tokgen_jax.quantizers.residual import ResidualQuantizer
@@ -23,6 +24,7 @@ REGISTRY: dict[str, type[nn.Module]] = {
     "fsq": FiniteScalarQuantizer,
     "rvq": ResidualQuantizer,
     "msrq": MultiScaleResidualQuantizer,
+    "kl": KLBottleneck,  # continuous: no tokens, for latent diffusion
 }
 
 
@@ -41,6 +43,6 @@ def build(name: str, **kwargs: Any) -> nn.Module:
 
 __all__ = [
     "QuantizerOutput", "VectorQuantizer", "LookupFreeQuantizer", "FiniteScalarQuantizer", "ResidualQuantizer",
-    "MultiScaleResidualQuantizer", "REGISTRY", "build", "codebook_statistics", "bits_per_pixel",
+    "MultiScaleResidualQuantizer", "KLBottleneck", "REGISTRY", "build", "codebook_statistics", "bits_per_pixel",
     "tokens_per_image", "factorize_indices", "merge_indices",
 ]
