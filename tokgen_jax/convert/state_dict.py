@@ -1,0 +1,137 @@
+"""Read flat weight dicts from safetensors or PyTorch files, and write safetensors atomically.
+
+A state dict here is `{"features.0.weight": np.ndarray, ...}`: PyTorch's own key names, PyTorch's own layouts
+(OIHW convs, `[out, in]` linears). Model-specific importers (`convert/lpips.py`, ...) rename and transpose.
+
+PyTorch files are loaded with `torch.load(..., weights_only=True)`, which only rebuilds tensors and plain
+containers: a pickle is a program, and a weight file from the internet must not get to run it. torch is imported
+only when a PyTorch file is read, so safetensors files load without it.
+"""
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from tokgen_jax.errors import ConfigError
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """The tensors of a `.safetensors` or PyTorch (`.pth/.pt/.bin/.ckpt`) file as numpy arrays, keyed by name.
+
+  Nested dicts in a PyTorch file (e.g. `{"state_dict": {...}, "epoch": 3}`) are flattened with "." joins, as
+  `nn.Module.state_dict()` names them; non-tensor leaves (step counters, strings) are dropped. bfloat16 tensors
+  come back as float32, which numpy can hold.
+  """
+  path = Path(path)
+  _check_file(path)
+  suffix = path.suffix.lower()
+  if suffix in SAFETENSORS_SUFFIXES:
+    return _load_safetensors(path)
+  if suffix in TORCH_SUFFIXES:
+    return _load_torch(path)
+  raise ConfigError(f"{path}: unknown weight file suffix {path.suffix!r}; expected one of "
+                    f"{', '.join(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)}. Rename the file if it is one of those "
+                    "formats, or convert it to .safetensors")
+
+
+def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None
+                     ) -> Path:
+  """Write `{name: array}` to `path` as safetensors; returns the path.
+
+  Written to a temporary file in the same folder and renamed over `path`, so a crash or a full disk never leaves
+  a half-written file under the final name (a reader sees the old file or the new one).
+  """
+  path = Path(path)
+  arrays = {}
+  for name, value in tensors.items():
+    if not isinstance(name, str):
+      raise ConfigError(f"save_safetensors({path}): key {name!r} is not a string; flatten nested params first")
+    arrays[name] = np.ascontiguousarray(np.asarray(value))
+  path.parent.mkdir(parents=True, exist_ok=True)
+  temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")  # same folder: the rename is atomic
+  from safetensors.numpy import save
+  data = save(arrays, metadata=dict(metadata) if metadata else None)
+  try:
+    with open(temp, "wb") as file:  # not safetensors' save_file, which makes the file private (0600)
+      file.write(data)
+      file.flush()
+      os.fsync(file.fileno())
+    os.replace(temp, path)
+  finally:
+    if os.path.exists(temp):
+      os.remove(temp)
+  return path
+
+
+def _check_file(path: Path) -> None:
+  if not path.exists():
+    raise ConfigError(f"{path}: weight file not found; check the path (relative paths start at {Path.cwd()})")
+  if not path.is_file():
+    raise ConfigError(f"{path}: is not a file; pass the weight file itself, not its folder")
+  if path.stat().st_size == 0:
+    raise ConfigError(f"{path}: weight file is empty (0 bytes), likely an interrupted download or copy; "
+                      "fetch it again")
+
+
+def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
+  from safetensors.numpy import load_file
+  try:
+    return dict(load_file(path))
+  except Exception as error:  # safetensors raises its own SafetensorError, or OSError / TypeError for odd dtypes.
+    raise ConfigError(f"{path}: cannot read as safetensors ({type(error).__name__}: {error}); the file is "
+                      "truncated or corrupt, or not safetensors: fetch or convert it again") from error
+
+
+def _load_torch(path: Path) -> dict[str, np.ndarray]:
+  try:
+    import torch
+  except ImportError as error:
+    raise ConfigError(f"{path}: reading PyTorch weight files needs torch; `pip install torch` once, or convert "
+                      "the file to .safetensors on a machine that has torch (then torch is not needed)") from error
+  try:
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as error:  # UnpicklingError, the zip reader's RuntimeError, EOFError, ...
+    detail = _torch_error_detail(str(error))
+    if "GLOBAL" in detail:
+      raise ConfigError(
+          f"{path}: refused to load: its pickle names a Python callable or class ({detail}), which a plain state "
+          "dict never does and torch.load(weights_only=True) rejects, because unpickling it could run code. Do not "
+          "load it with weights_only=False unless you trust its source; then re-save only its state dict (or "
+          "safetensors) in a separate environment") from error
+    raise ConfigError(f"{path}: cannot read as a PyTorch weight file ({type(error).__name__}: {detail}); the file "
+                      "is truncated or corrupt, or not a torch.save file: download it again") from error
+  if not isinstance(loaded, Mapping):
+    raise ConfigError(f"{path}: holds a {type(loaded).__name__}, not a state dict of named tensors; save "
+                      "`model.state_dict()` instead of the model or a single tensor")
+  flat = {}
+  _flatten_torch(loaded, "", flat, torch)
+  if not flat:
+    raise ConfigError(f"{path}: holds no tensors; is this a weight file (keys: {sorted(loaded)[:10]})?")
+  return flat
+
+
+def _torch_error_detail(message: str) -> str:
+  """The informative line of a torch.load error: weights_only errors open with a long generic preamble."""
+  lines = [line.strip() for line in message.splitlines() if line.strip()]
+  for line in lines:
+    if "GLOBAL" in line or "Unsupported" in line or ("failed" in line.lower() and "Weights only" not in line):
+      return line
+  return lines[0] if lines else "no message"
+
+
+def _flatten_torch(tree: Mapping, prefix: str, out: dict[str, np.ndarray], torch) -> None:
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      _flatten_torch(value, name + ".", out, torch)
+    elif isinstance(value, torch.Tensor):
+      tensor = value.detach().cpu()
+      if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()
+      out[name] = tensor.numpy().copy()
