@@ -30,7 +30,7 @@ def test_two_processes_train_evaluate_and_resume(tmp_path):
   assert "step 4/4" in outputs[0] and "step 4/4" not in outputs[1]  # only process 0 prints and writes
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records if "loss" in r] == [2, 4]
-  assert json.loads((tmp_path / "eval" / "step_4.json").read_text())["num_images"] == 88
+  assert json.loads((tmp_path / "eval" / "step_4.json").read_text())["num_examples"] == 88
   outputs = _launch(tmp_path, total_steps=6)  # resumes from step 4 on both processes
   assert "step 6/6" in outputs[0] and "step 2/6" not in outputs[0]
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["4", "6"]

@@ -37,7 +37,7 @@ def test_train_writes_metrics_eval_samples_and_checkpoints(finished_run):
   for key in ("loss", "lr", "steps_per_sec", "examples_per_sec", "data_wait_frac", "codebook_usage", "perplexity"):
     assert key in train_records[-1]
   evaluation = json.loads((workdir / "eval" / "step_6.json").read_text())
-  assert evaluation["num_images"] == 88  # 128x128... 64x64 tiles: chelsea 4x7 + flower 6x10
+  assert evaluation["num_examples"] == 88  # 128x128... 64x64 tiles: chelsea 4x7 + flower 6x10
   assert 0.0 < evaluation["psnr"] < 60.0 and -1.0 <= evaluation["ssim"] <= 1.0
   assert (workdir / "samples" / "eval_step_6.png").is_file()
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["3", "6"]
@@ -105,3 +105,54 @@ def test_unknown_data_source_is_named(tmp_path):
 def test_eval_without_checkpoint_explains_how_to_train(tmp_path):
   with pytest.raises(ConfigError, match="no checkpoint in .* Train first"):
     trainer.run(tiny_config(), str(tmp_path), "eval")
+
+
+VIDEO_OVERRIDES = {
+    "model.channels": 8, "model.num_groups": 4, "model.quantizer.bits": 6,
+    "adversarial.discriminator.channels": 4, "adversarial.discriminator.channel_multipliers": (2, 2),
+    "adversarial.start_step": 2,
+    "data.num_frames": 5, "data.image_size": 16, "data.eval_image_size": 16, "data.lavfi_sources": ("testsrc2",),
+    "data.clip_seconds": 3.0, "data.num_threads": 1, "data.prefetch": 1,
+    "batch_size": 8, "eval.batch_size": 8, "total_steps": 4, "log_every_steps": 2, "eval_every_steps": 4,
+    "checkpoint_every_steps": 4, "optimizer.warmup_steps": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def video_run(tmp_path_factory):
+  """The MAGVIT-v2 video experiment at test size: lavfi clips, causal 3D CNN + LFQ, GAN from step 2."""
+  from tests.helpers import set_fields
+  from tokgen_jax.config import load_experiment
+  workdir = tmp_path_factory.mktemp("video")
+  config = set_fields(load_experiment("experiments/magvit2_video.py:local"), VIDEO_OVERRIDES)
+  summary = trainer.run(config, str(workdir), "train")
+  return workdir, config, summary
+
+
+def test_video_experiment_trains_both_groups_and_writes_video_samples(video_run):
+  workdir, _, summary = video_run
+  assert summary["step"] == 4 and np.isfinite(summary["loss"])
+  last = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if "loss" in line][-1]
+  assert last["discriminator_loss"] > 0.0 and last["generator_adversarial_loss"] != 0.0
+  evaluation = json.loads((workdir / "eval" / "step_4.json").read_text())
+  assert evaluation["num_examples"] > 0 and 0.0 < evaluation["psnr"] < 60.0
+  # 5x16x16 clips → 3x4x4 tokens of 6 bits.
+  np.testing.assert_allclose(evaluation["bpp"], 3 * 4 * 4 * 6 / (5 * 16 * 16))
+  for name in ("eval_step_4.mp4", "eval_step_4.gif", "eval_step_4_frames.png"):
+    assert (workdir / "samples" / name).stat().st_size > 0, name
+  from PIL import Image
+  strip = Image.open(workdir / "samples" / "eval_step_4_frames.png")
+  assert strip.size[0] == 5 * 16 + 4 * 2  # one column per frame, 2-pixel gutters
+
+
+def test_video_sample_mode_reconstructs_a_video_file(video_run, tmp_path):
+  import imageio.v3 as iio
+  workdir, config, _ = video_run
+  clip = tmp_path / "clip.mp4"
+  frames = np.random.default_rng(0).integers(0, 255, (7, 20, 18, 3), dtype=np.uint8)
+  iio.imwrite(clip, frames, extension=".mp4", fps=8, macro_block_size=2)
+  with config.unlocked():
+    config.sample.inputs = str(clip)
+  written = trainer.run(config, str(workdir), "sample")
+  assert written[str(clip)].endswith("recon_clip.mp4")
+  assert (workdir / "samples" / "recon_clip.gif").is_file() and (workdir / "samples" / "recon_clip_frames.png").is_file()

@@ -16,7 +16,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -57,15 +56,10 @@ class Run:
     return jax.jit(self.task.eval_step, in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)))
 
   def init_state(self) -> Any:
-    example = _example_batch(self.config)
+    example = self.task.example_batch()
     init = jax.jit(lambda rng: nn.unbox(self.task.init(rng, example)), out_shardings=self.state_shardings)
     with self.context():
       return init(jax.random.PRNGKey(self.config.seed))
-
-
-def _example_batch(config) -> dict[str, jax.Array]:
-  size = config.data.image_size
-  return {"image": jnp.zeros((1, size, size, 3), jnp.float32)}
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str, devices: list | None = None) -> Run:
@@ -74,7 +68,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices: list | None 
   sharding.check_batch_size(config.eval.batch_size, mesh)
   rules = sharding.logical_rules(config.mesh)
   task = tasks.build(config)
-  example = _example_batch(config)
+  example = task.example_batch()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(lambda rng: task.init(rng, example), jax.random.PRNGKey(0))
   state_shardings = sharding.state_shardings(boxed, mesh, rules)
@@ -249,32 +243,48 @@ def _gather(tree: Any) -> Any:
 
 
 def evaluate(run_: Run, state: Any, step: int, writer: writers.MetricWriter | None = None) -> dict[str, float]:
-  """Mean per-example metrics over the held-out split; writes eval/step_<N>.json and a sample grid."""
+  """Mean per-example metrics over the held-out split; writes eval/step_<N>.json and sample grids."""
   config = run_.config
+  key = run_.task.input_key
   totals: dict[str, float] = {}
   count = 0
-  grid = None
+  examples = None
   for local_batch in data.make_pipeline(config.data, "eval", global_batch_size=config.eval.batch_size):
     batch = sharding.global_batch(local_batch, run_.mesh)
     with run_.context():
-      outputs = _gather(run_.eval_fn(state, {"image": batch["image"]}))
+      outputs = _gather(run_.eval_fn(state, {key: batch[key]}))
     mask = _gather(batch["mask"]).astype(bool)
     for name, values in outputs.items():
       if name != "reconstruction":
         totals[name] = totals.get(name, 0.0) + float(np.sum(np.asarray(values, np.float64)[mask]))
     count += int(mask.sum())
-    if grid is None:
-      grid = (_gather(batch["image"])[mask], outputs["reconstruction"][mask])
+    if examples is None:
+      examples = (_gather(batch[key])[mask], outputs["reconstruction"][mask])
   results = {name: total / max(count, 1) for name, total in totals.items()}
   if run_.is_chief:
-    writers.write_json_atomic(run_.workdir / "eval" / f"step_{step}.json", {"step": step, "num_images": count,
+    writers.write_json_atomic(run_.workdir / "eval" / f"step_{step}.json", {"step": step, "num_examples": count,
                                                                           **results})
-    writers.save_image_grid(run_.workdir / "samples" / f"eval_step_{step}.png", list(grid),
-                            max_rows=config.eval.num_grid_images)
+    _save_examples(run_.workdir / "samples", f"eval_step_{step}", *examples, config.eval.num_grid_images,
+                   fps=float(config.data.get("fps", 8)))
     print(f"eval step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()), flush=True)
   if writer is not None:
     writer.write(step, {f"eval_{name}": value for name, value in results.items()})
   return {f"eval_{name}": value for name, value in results.items()}
+
+
+def _save_examples(directory: pathlib.Path, stem: str, originals: np.ndarray, reconstructions: np.ndarray,
+                   max_rows: int, fps: float) -> None:
+  """Images: one PNG grid (original | reconstruction). Videos: the same side by side as MP4 and GIF, plus a PNG
+  strip with one column per frame and the original and reconstruction rows of each clip one above the other."""
+  if originals.ndim == 4:
+    writers.save_image_grid(directory / f"{stem}.png", [originals, reconstructions], max_rows=max_rows)
+    return
+  for suffix in (".mp4", ".gif"):
+    writers.save_image_grid(directory / f"{stem}{suffix}", [originals, reconstructions], max_rows=max_rows, fps=fps)
+  rows = min(max_rows, len(originals))
+  interleaved = np.stack([originals[:rows], reconstructions[:rows]], axis=1).reshape((2 * rows,) + originals.shape[1:])
+  writers.save_image_grid(directory / f"{stem}_frames.png", list(interleaved.transpose(1, 0, 2, 3, 4)),
+                          max_rows=2 * rows)
 
 
 def _restore_latest(run_: Run) -> tuple[Any, int]:
@@ -296,32 +306,46 @@ def evaluate_latest(run_: Run) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------------- sample
 
 
-def _center_crop_to_multiple(image: np.ndarray, factor: int) -> np.ndarray:
-  height, width = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-  top, left = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
-  return image[top:top + height, left:left + width]
+def _center_crop_to_multiple(frames: np.ndarray, factor: int) -> np.ndarray:
+  """Center-crop the last-but-one two axes (H, W) of an image `[H, W, C]` or video `[T, H, W, C]` to multiples."""
+  height, width = (frames.shape[-3] // factor) * factor, (frames.shape[-2] // factor) * factor
+  top, left = (frames.shape[-3] - height) // 2, (frames.shape[-2] - width) // 2
+  return frames[..., top:top + height, left:left + width, :]
+
+
+def _load_sample_input(run_: Run, path: str) -> np.ndarray:
+  """One file as a model input `[1, (T,) H, W, 3]` in [-1, 1]: a video keeps the longest valid frame count
+  (1 + k·s_t for a temporally downsampling tokenizer) of at most config.data.num_frames frames."""
+  model = run_.task.model
+  if run_.task.input_key == "video":
+    frames = data.load_video_file(path, fps=float(run_.config.data.fps))[:int(run_.config.data.num_frames)]
+    stride = getattr(model, "temporal_downsample_factor", 1)
+    frames = frames[:1 + (len(frames) - 1) // stride * stride]
+  else:
+    frames = data.load_image_file(path)
+  frames = _center_crop_to_multiple(frames, model.downsample_factor)
+  return (frames.astype(np.float32) / 127.5 - 1.0)[None]
 
 
 def sample(run_: Run) -> dict[str, Any]:
-  """Reconstruct every file in config.sample.inputs into workdir/samples/recon_<name>.png."""
+  """Reconstruct every file in config.sample.inputs into workdir/samples/recon_<name>.png (.mp4/.gif for videos)."""
   paths = [p.strip() for p in run_.config.sample.inputs.split(",") if p.strip()]
   if not paths:
-    raise ConfigError("config.sample.inputs is empty: --mode=sample reconstructs given images; pass "
-                      "--config.sample.inputs=a.png,b.jpg.")
+    raise ConfigError("config.sample.inputs is empty: --mode=sample reconstructs given images or videos; pass "
+                      "--config.sample.inputs=a.png,b.mp4.")
   state, step = _restore_latest(run_)
   replicated = NamedSharding(run_.mesh, PartitionSpec())
   reconstruct = jax.jit(run_.task.reconstruct)
-  factor = run_.task.model.downsample_factor
   written = {}
   for path in paths:
-    image = _center_crop_to_multiple(data.load_image_file(path), factor)
-    pixels = (image.astype(np.float32) / 127.5 - 1.0)[None]
+    pixels = _load_sample_input(run_, path)
     with run_.context():
-      recon = _gather(reconstruct(state, jax.make_array_from_process_local_data(replicated, pixels)))
-    out = run_.workdir / "samples" / f"recon_{pathlib.Path(path).stem}.png"
+      recon = np.asarray(_gather(reconstruct(state, jax.make_array_from_process_local_data(replicated, pixels))))
+    stem = f"recon_{pathlib.Path(path).stem}"
+    out = run_.workdir / "samples" / (f"{stem}.mp4" if pixels.ndim == 5 else f"{stem}.png")
     if run_.is_chief:
-      writers.save_image_grid(out, [pixels, np.asarray(recon)])
-      mse = float(np.mean((np.asarray(recon) - pixels) ** 2))
+      _save_examples(out.parent, stem, pixels, recon, max_rows=1, fps=float(run_.config.data.get("fps", 8)))
+      mse = float(np.mean((recon - pixels) ** 2))
       print(f"sample {path} → {out} (step {step}, psnr {10 * np.log10(4.0 / max(mse, 1e-12)):.2f} dB)", flush=True)
     written[path] = str(out)
   return written

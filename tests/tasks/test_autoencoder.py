@@ -58,3 +58,33 @@ def test_quickstart_trains_with_every_registered_quantizer(name, photo_batch):
                        **{"optimizer.learning_rate": 3e-3})
   losses, _ = _train_losses(config, jax.devices()[:1], photo_batch, 8)
   assert np.all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0], losses
+
+
+@pytest.fixture(scope="module")
+def lpips_file(tmp_path_factory):
+  """Random LPIPS weights (a stand-in for converted real ones) saved in the converted-file format."""
+  from tokgen_jax.convert import lpips as lpips_convert
+  from tokgen_jax.losses import LPIPS
+  params = LPIPS().init(jax.random.key(0), *(np.zeros((1, 16, 16, 3), np.float32),) * 2)["params"]
+  return str(lpips_convert.save_lpips(tmp_path_factory.mktemp("lpips") / "lpips.safetensors",
+                                      jax.device_get(params)))
+
+
+def test_perceptual_loss_enters_the_objective_when_weights_are_given(photo_batch, lpips_file):
+  from tokgen_jax import tasks
+  config = tiny_config(**{"loss.perceptual_weight": 0.5, "loss.lpips_weights": lpips_file})
+  task = tasks.build(config)
+  state = jax.jit(task.init)(jax.random.key(0), task.example_batch())
+  _, metrics = jax.jit(task.train_step)(state, {"image": photo_batch["image"]})
+  assert metrics["perceptual_loss"] > 0.0
+  np.testing.assert_allclose(metrics["loss"], metrics["reconstruction_loss"] + metrics["quantizer_loss"]
+                             + metrics["perceptual_loss"], rtol=1e-5)
+  outputs = jax.jit(task.eval_step)(state, {"image": photo_batch["image"]})
+  assert outputs["lpips"].shape == (8,) and np.all(outputs["lpips"] > 0.0)
+
+
+def test_perceptual_loss_is_off_with_a_logged_reason_without_weights(caplog):
+  from tokgen_jax import tasks
+  task = tasks.build(tiny_config(**{"loss.perceptual_weight": 1.0}))
+  assert task.perceptual_params is None
+  assert "LPIPS perceptual loss is off" in caplog.text

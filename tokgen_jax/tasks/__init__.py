@@ -2,11 +2,17 @@
 
 from typing import Any
 
-from tokgen_jax import quantizers, tokenizers
+from absl import logging
+
+from tokgen_jax import losses, quantizers, tokenizers
+from tokgen_jax.data import VIDEO_SOURCE_KINDS
 from tokgen_jax.errors import ConfigError
+from tokgen_jax.tasks.adversarial import AdversarialTraining
 from tokgen_jax.tasks.autoencoder import AutoencoderTask
 from tokgen_jax.tasks.base import Task, TrainState
 from tokgen_jax.tasks.optimizers import learning_rate_schedule, make_optimizer
+
+DISCRIMINATORS = {"stylegan2d": losses.StyleGANDiscriminator2D, "stylegan3d": losses.StyleGANDiscriminator3D}
 
 
 def _model_kwargs(model_config: Any) -> dict[str, Any]:
@@ -35,6 +41,50 @@ def _check_image_size(config: Any, model: Any) -> None:
           f"e.g. {max(factor, size // factor * factor)}.")
 
 
+def input_shape(data_config: Any) -> tuple[int, ...]:
+  """One training example's shape: `(T, S, S, 3)` for video sources, `(S, S, 3)` for image sources."""
+  size = data_config.image_size
+  if str(data_config.source) in VIDEO_SOURCE_KINDS:
+    return (int(data_config.num_frames), size, size, 3)
+  return (size, size, 3)
+
+
+def _build_adversarial(config: Any) -> AdversarialTraining | None:
+  gan = config.adversarial
+  if not gan.enabled:
+    return None
+  kwargs = gan.discriminator.to_dict()
+  name = kwargs.pop("name")
+  if name not in DISCRIMINATORS:
+    raise ConfigError(f"config.adversarial.discriminator.name={name!r} is not known; choose one of "
+                      f"{sorted(DISCRIMINATORS)}.")
+  return AdversarialTraining(
+      discriminator=DISCRIMINATORS[name](**kwargs),
+      optimizer=make_optimizer(gan.optimizer, config.total_steps),
+      learning_rate=learning_rate_schedule(gan.optimizer, config.total_steps),
+      start_step=gan.start_step, generator_weight=gan.generator_weight,
+      discriminator_weight=gan.discriminator_weight, generator_loss=gan.generator_loss,
+      discriminator_loss=gan.discriminator_loss, lecam_weight=gan.lecam_weight, lecam_decay=gan.lecam_decay,
+      r1_weight=gan.r1_weight)
+
+
+def _build_perceptual(loss_config: Any) -> dict[str, Any]:
+  """LPIPS module and weights, or nothing (with one log line saying why) when no weights file is configured."""
+  weight, path = loss_config.perceptual_weight, loss_config.lpips_weights
+  if not weight:
+    return {}
+  if not path:
+    logging.warning("LPIPS perceptual loss is off although config.loss.perceptual_weight=%g: "
+                    "config.loss.lpips_weights is empty and no weights can be downloaded. Convert them once with "
+                    "`python -m tokgen_jax.convert.lpips` (see its docstring) and pass the .safetensors path.",
+                    weight)
+    return {}
+  from tokgen_jax.convert import lpips as lpips_convert  # pylint: disable=g-import-not-at-top  (torch-free)
+  from tokgen_jax.losses import perceptual  # pylint: disable=g-import-not-at-top
+  return dict(perceptual=perceptual.LPIPS(), perceptual_weight=weight,
+              perceptual_params=lpips_convert.load_lpips(path))
+
+
 def _build_autoencoder(config: Any) -> AutoencoderTask:
   model = build_tokenizer(config.model)
   _check_image_size(config, model)
@@ -42,8 +92,11 @@ def _build_autoencoder(config: Any) -> AutoencoderTask:
       model=model,
       optimizer=make_optimizer(config.optimizer, config.total_steps),
       learning_rate=learning_rate_schedule(config.optimizer, config.total_steps),
+      input_shape=input_shape(config.data),
       l1_weight=config.loss.l1_weight, l2_weight=config.loss.l2_weight,
-      ema_decay=config.optimizer.ema_decay)
+      ema_decay=config.optimizer.ema_decay,
+      adversarial=_build_adversarial(config),
+      **_build_perceptual(config.loss))
 
 
 BUILDERS = {"autoencoder": _build_autoencoder}
@@ -55,4 +108,5 @@ def build(config: Any) -> Task:
   return BUILDERS[config.task](config)
 
 
-__all__ = ["Task", "TrainState", "AutoencoderTask", "build", "build_tokenizer"]
+__all__ = ["Task", "TrainState", "AutoencoderTask", "AdversarialTraining", "build", "build_tokenizer",
+           "input_shape"]

@@ -1,10 +1,16 @@
-"""Autoencoder task: train a tokenizer to reconstruct its input through a quantized bottleneck.
+"""Autoencoder task: train a tokenizer to reconstruct images or videos through its bottleneck.
 
-Loss = reconstruction (L1/L2) + the quantizer's own loss. Parameters live in the group 'autoencoder'; the state
-layout (groups, EMA, model_state) leaves room for a discriminator group with its own optimizer.
+Generator objective = L1/L2 reconstruction + `perceptual_weight`·LPIPS (when weights are given) + the
+quantizer's own loss + the adversarial term of `AdversarialTraining` (when a discriminator is configured).
+
+State layout, keyed by parameter group: params/opt_state {'autoencoder', 'discriminator'}; ema_params
+{'autoencoder'} (the generator's EMA only); model_state {'autoencoder': the model's non-trainable collections,
+'discriminator': LeCAM anchors, 'perceptual': the frozen LPIPS weights}. Everything a step reads is in the
+checkpointed state, so a resumed run is bit-identical.
 """
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -15,79 +21,134 @@ import optax
 from tokgen_jax.losses import reconstruction_loss
 from tokgen_jax.metrics import psnr, ssim
 from tokgen_jax.quantizers import bits_per_pixel, tokens_per_image
+from tokgen_jax.tasks import adversarial as adversarial_lib
 from tokgen_jax.tasks.base import TrainState
 from tokgen_jax.tasks.optimizers import ema_update
 
 GROUP = "autoencoder"
+PERCEPTUAL = "perceptual"
 
 
 @dataclasses.dataclass(frozen=True)
 class AutoencoderTask:
+  """`input_shape` is one example without batch: `(H, W, 3)` for images, `(T, H, W, 3)` for videos."""
+
   model: nn.Module
   optimizer: optax.GradientTransformation
   learning_rate: optax.Schedule
+  input_shape: tuple[int, ...]
   l1_weight: float = 1.0
   l2_weight: float = 0.0
   ema_decay: float = 0.0
+  adversarial: adversarial_lib.AdversarialTraining | None = None
+  perceptual: nn.Module | None = None
+  perceptual_weight: float = 0.0
+  perceptual_params: Any = dataclasses.field(default=None, hash=False, compare=False)
+
+  @property
+  def input_key(self) -> str:
+    return "video" if len(self.input_shape) == 4 else "image"
+
+  def example_batch(self) -> dict[str, jax.Array]:
+    return {self.input_key: jnp.zeros((1,) + tuple(self.input_shape), jnp.float32)}
 
   def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
-    init_rng, state_rng = jax.random.split(rng)
-    variables = self.model.init({"params": init_rng, "dropout": init_rng}, batch["image"], train=False)
+    model_rng, disc_rng, state_rng = jax.random.split(rng, 3)
+    x = batch[self.input_key]
+    variables = self.model.init({"params": model_rng, "dropout": model_rng, "noise": model_rng}, x, train=False)
     params = {GROUP: variables.pop("params")}
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state={GROUP: self.optimizer.init(params[GROUP])},
-        ema_params=params if self.ema_decay else {},
-        model_state=dict(variables),
-        rng=state_rng,
-    )
+    opt_state = {GROUP: self.optimizer.init(params[GROUP])}
+    model_state = {GROUP: dict(variables)}
+    if self.adversarial is not None:
+      group = adversarial_lib.GROUP
+      params[group], opt_state[group], model_state[group] = self.adversarial.init(disc_rng, x)
+    if self.perceptual_params is not None:
+      model_state[PERCEPTUAL] = jax.tree.map(jnp.asarray, self.perceptual_params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
+                      ema_params={GROUP: params[GROUP]} if self.ema_decay else {}, model_state=model_state,
+                      rng=state_rng)
 
-  def _loss(self, params: Any, model_state: dict, images: jax.Array, rng: jax.Array):
-    (reconstruction, aux), new_model_state = self.model.apply(
-        {"params": params, **model_state}, images, train=True, rngs={"dropout": rng},
-        mutable=list(model_state))
+  def _perceptual_loss(self, state: TrainState, reconstruction: jax.Array, x: jax.Array) -> jax.Array:
+    if self.perceptual_params is None or not self.perceptual_weight:
+      return jnp.zeros((), jnp.float32)
+    distances = self.perceptual.apply({"params": state.model_state[PERCEPTUAL]}, reconstruction, x)
+    return self.perceptual_weight * jnp.mean(distances)
+
+  def _generator_loss(self, params: Any, state: TrainState, x: jax.Array, rng: jax.Array):
+    dropout_rng, noise_rng = jax.random.split(rng)
+    collections = state.model_state[GROUP]
+    (reconstruction, aux), new_collections = self.model.apply(
+        {"params": params, **collections}, x, train=True, rngs={"dropout": dropout_rng, "noise": noise_rng},
+        mutable=list(collections))
     quantized = aux["quantizer"]
-    rec_loss = reconstruction_loss(reconstruction, images, self.l1_weight, self.l2_weight)
-    loss = rec_loss + quantized.loss
-    metrics = {"loss": loss, "reconstruction_loss": rec_loss, "quantizer_loss": quantized.loss,
-               **quantized.metrics}
-    return loss, (metrics, new_model_state)
+    rec_loss = reconstruction_loss(reconstruction, x, self.l1_weight, self.l2_weight)
+    perceptual = self._perceptual_loss(state, reconstruction, x)
+    adversarial = (self.adversarial.generator_term(state.params[adversarial_lib.GROUP], reconstruction, state.step)
+                   if self.adversarial is not None else jnp.zeros((), jnp.float32))
+    loss = rec_loss + perceptual + quantized.loss + adversarial
+    metrics = {"loss": loss, "reconstruction_loss": rec_loss, "quantizer_loss": quantized.loss, **quantized.metrics}
+    if self.perceptual_params is not None:
+      metrics["perceptual_loss"] = perceptual
+    if self.adversarial is not None:
+      metrics["generator_adversarial_loss"] = adversarial
+    return loss, (metrics, dict(new_collections), reconstruction)
 
   def train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(state.rng, state.step)
-    grad_fn = jax.grad(self._loss, has_aux=True)
-    grads, (metrics, model_state) = grad_fn(state.params[GROUP], state.model_state, batch["image"], rng)
-    updates, opt_state = self.optimizer.update(grads, state.opt_state[GROUP], state.params[GROUP])
-    params = {GROUP: optax.apply_updates(state.params[GROUP], updates)}
-    ema_params = ema_update(state.ema_params, params, self.ema_decay) if self.ema_decay else {}
+    x = batch[self.input_key]
+    grads, (metrics, collections, reconstruction) = jax.grad(self._generator_loss, has_aux=True)(
+        state.params[GROUP], state, x, rng)
+    updates, group_opt_state = self.optimizer.update(grads, state.opt_state[GROUP], state.params[GROUP])
+    params = dict(state.params, **{GROUP: optax.apply_updates(state.params[GROUP], updates)})
+    opt_state = dict(state.opt_state, **{GROUP: group_opt_state})
+    model_state = dict(state.model_state, **{GROUP: collections})
     metrics |= {"grad_norm": optax.global_norm(grads), "update_norm": optax.global_norm(updates),
-                "param_norm": optax.global_norm(params), "lr": self.learning_rate(state.step)}
-    new_state = state.replace(step=state.step + 1, params=params, opt_state={GROUP: opt_state},
-                              ema_params=ema_params, model_state=model_state)
+                "param_norm": optax.global_norm(params[GROUP]), "lr": self.learning_rate(state.step)}
+    if self.adversarial is not None:
+      group = adversarial_lib.GROUP
+      params[group], opt_state[group], model_state[group], disc_metrics = self.adversarial.update(
+          state.params[group], state.opt_state[group], state.model_state[group], x, reconstruction, state.step)
+      metrics |= disc_metrics
+    ema_params = ({GROUP: ema_update(state.ema_params[GROUP], params[GROUP], self.ema_decay)}
+                  if self.ema_decay else {})
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params,
+                              model_state=model_state)
     return new_state, metrics
 
   def eval_params(self, state: TrainState) -> Any:
     """The EMA weights when they exist, else the live ones."""
     return (state.ema_params or state.params)[GROUP]
 
-  def reconstruct(self, state: TrainState, images: jax.Array) -> jax.Array:
-    reconstruction, _ = self.model.apply({"params": self.eval_params(state), **state.model_state}, images)
+  def reconstruct(self, state: TrainState, x: jax.Array) -> jax.Array:
+    variables = {"params": self.eval_params(state), **state.model_state[GROUP]}
+    reconstruction, _ = self.model.apply(variables, x)
     return jnp.clip(reconstruction, -1.0, 1.0)  # evaluate what a viewer would see
 
   def eval_step(self, state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    images = batch["image"]
-    reconstruction = self.reconstruct(state, images)
+    """Per-example metrics; for videos PSNR and SSIM are taken per frame and averaged over frames."""
+    x = batch[self.input_key]
+    reconstruction = self.reconstruct(state, x)
     # SSIM is not shift-invariant in intensity: report it on [0, 1] images, as papers do.
-    to_unit = lambda x: (x + 1.0) / 2.0
-    return {"reconstruction": reconstruction, "psnr": psnr(reconstruction, images, data_range=2.0),
-            "ssim": ssim(to_unit(reconstruction), to_unit(images), data_range=1.0),
-            "bpp": jnp.full(images.shape[:1], self.bits_per_pixel(images.shape))}
+    to_unit = lambda v: (v + 1.0) / 2.0
+    outputs = {"reconstruction": reconstruction, "psnr": psnr(reconstruction, x, data_range=2.0),
+               "ssim": ssim(to_unit(reconstruction), to_unit(x), data_range=1.0),
+               "bpp": jnp.full(x.shape[:1], self.bits_per_pixel(x.shape))}
+    if self.perceptual_params is not None:
+      outputs["lpips"] = self.perceptual.apply({"params": state.model_state[PERCEPTUAL]}, reconstruction, x)
+    return outputs
 
-  def bits_per_pixel(self, image_shape: tuple[int, ...]) -> float:
-    """Bits per pixel of the token representation of one image of `image_shape` ([B, H, W, C])."""
-    height, width = image_shape[-3:-1]
+  def latent_grid(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The token grid of one example of `input_shape` (`[..., H, W, C]`, with T first for videos)."""
+    height, width = input_shape[-3:-1]
     factor = self.model.downsample_factor
+    grid = (height // factor, width // factor)
+    if len(input_shape) == 4 and input_shape[-4] > 0 and hasattr(self.model, "temporal_downsample_factor"):
+      grid = (1 + (input_shape[-4] - 1) // self.model.temporal_downsample_factor,) + grid
+    return grid
+
+  def bits_per_pixel(self, batch_shape: tuple[int, ...]) -> float:
+    """Bits per pixel of the token representation of one example of `batch_shape` ([B, (T,) H, W, C])."""
+    example_shape = tuple(batch_shape[1:])
     quantizer = self.model.quantizer
-    tokens = tokens_per_image(quantizer, (height // factor, width // factor))
-    return bits_per_pixel(tokens, quantizer.bits_per_token, height * width)
+    tokens = tokens_per_image(quantizer, self.latent_grid(example_shape))
+    return bits_per_pixel(tokens, quantizer.bits_per_token, math.prod(example_shape[:-1]))

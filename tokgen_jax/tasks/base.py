@@ -11,9 +11,9 @@ class TrainState:
   """Everything a step reads and writes, as one pytree (checkpointed whole).
 
   params and opt_state are keyed by parameter group ('autoencoder'; a GAN adds 'discriminator' with its own
-  optimizer). ema_params mirrors params (empty when EMA is off); model_state holds non-trainable collections
-  (e.g. quantizer statistics, LeCAM EMAs). Per-step randomness is `fold_in(rng, step)`, so a resumed run draws
-  the same numbers.
+  optimizer). ema_params holds EMA copies of the groups that keep one (empty when EMA is off); model_state holds
+  non-trainable state by group (quantizer statistics, LeCAM anchors, frozen perceptual weights).
+  Per-step randomness is `fold_in(rng, step)`, so a resumed run draws the same numbers.
   """
 
   step: jax.Array
@@ -26,6 +26,9 @@ class TrainState:
 
 class Task(Protocol):
   """Pure functions over a TrainState; the trainer jits and shards them."""
+
+  def example_batch(self) -> dict[str, jax.Array]:
+    """A one-example batch of the task's input shapes (zeros), for abstract and real initialization."""
 
   def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
     """A fresh state; parameters may be `nn.Partitioned` boxes carrying logical axis names."""
