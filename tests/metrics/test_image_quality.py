@@ -1,4 +1,4 @@
-"""PSNR and SSIM against scikit-image, on random data and on real photographs."""
+"""PSNR, SSIM and MS-SSIM against scikit-image, on random data and on real photographs."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +8,8 @@ import skimage.data
 from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from tokgen_jax.metrics import psnr, ssim
+from tokgen_jax.metrics import ms_ssim, psnr, ssim
+from tokgen_jax.metrics.image_quality import MS_SSIM_WEIGHTS
 
 ATOL = 1e-4
 
@@ -165,9 +166,21 @@ def test_video_shapes_and_reductions():
     # SSIM: mean of per-frame SSIM.
     per_frame = np.stack([reference_ssim(videos[:, t], recon[:, t]) for t in range(3)], axis=1)
     np.testing.assert_allclose(video_ssim, per_frame.mean(axis=1), atol=ATOL)
-    # PSNR: one MSE over the whole video.
-    mse = np.mean((videos.astype(np.float64) - recon) ** 2, axis=(1, 2, 3, 4))
-    np.testing.assert_allclose(video_psnr, 10 * np.log10(4.0 / mse), atol=ATOL)
+    # PSNR: mean of per-frame PSNR.
+    per_frame_psnr = np.stack([reference_psnr(videos[:, t], recon[:, t]) for t in range(3)], axis=1)
+    np.testing.assert_allclose(video_psnr, per_frame_psnr.mean(axis=1), atol=ATOL)
+
+
+def test_video_psnr_is_mean_of_per_frame_psnr_closed_form():
+    """Frame t of video b is off by a constant d_bt, so its MSE is d_bt^2 and its PSNR 10 log10(4 / d_bt^2)."""
+    offsets = np.array([[0.1, 0.2, 0.4, 0.05], [0.01, 0.01, 0.3, 0.3]])
+    videos = np.zeros((2, 4, 8, 8, 3), np.float32)
+    recon = videos + offsets[:, :, None, None, None].astype(np.float32)
+    expected = np.mean(10 * np.log10(4.0 / offsets**2), axis=1)
+    np.testing.assert_allclose(psnr(videos, recon), expected, atol=ATOL)
+    # The PSNR of the whole-video MSE is smaller (Jensen), so the two conventions are told apart.
+    whole_video = 10 * np.log10(4.0 / np.mean(offsets**2, axis=1))
+    assert np.all(expected - whole_video > 1.0)
 
 
 def test_bad_shapes_raise_clear_errors():
@@ -177,3 +190,128 @@ def test_bad_shapes_raise_clear_errors():
         psnr(np.zeros((16, 16, 3)), np.zeros((16, 16, 3)))
     with pytest.raises(ValueError, match="at least 11x11"):
         ssim(np.zeros((1, 8, 8, 3)), np.zeros((1, 8, 8, 3)))
+
+
+# MS-SSIM reference: an independent float64 NumPy implementation of Wang et al. 2003 with TF's
+# `tf.image.ssim_multiscale` conventions, whose per-scale pieces are checked against scikit-image.
+
+
+def reference_ssim_cs(a: np.ndarray, b: np.ndarray, data_range: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean SSIM and mean contrast-structure of one [H, W, C] pair, scikit-image's way."""
+    ssims, css = [], []
+    for channel in range(a.shape[-1]):
+        x, y = a[..., channel], b[..., channel]
+        mssim, ssim_map = structural_similarity(
+            x, y, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=data_range, full=True
+        )
+        # skimage.filters.gaussian(mode="reflect", truncate=3.5) is this ndimage call.
+        blur = lambda z: ndimage.gaussian_filter(z, sigma=1.5, truncate=3.5, mode="reflect")  # noqa: E731
+        mu_x, mu_y = blur(x), blur(y)
+        var_x, var_y = blur(x * x) - mu_x**2, blur(y * y) - mu_y**2
+        cov_xy = blur(x * y) - mu_x * mu_y
+        c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+        luminance = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
+        cs_map = (2 * cov_xy + c2) / (var_x + var_y + c2)
+        # Our split reproduces scikit-image's SSIM map exactly, so cs is computed the way its SSIM is.
+        np.testing.assert_allclose(luminance * cs_map, ssim_map, rtol=0, atol=1e-12)
+        ssims.append(mssim)
+        css.append(cs_map[5:-5, 5:-5].mean())  # scikit-image's crop of (win_size - 1) // 2
+    return np.array(ssims), np.array(css)
+
+
+def reference_downsample(image: np.ndarray) -> np.ndarray:
+    """2x2 mean of [H, W, C]; odd sizes repeat the last row/column first (TF's SYMMETRIC padding)."""
+    height, width = image.shape[:2]
+    image = np.pad(image, ((0, height % 2), (0, width % 2), (0, 0)), mode="symmetric")
+    return image.reshape(image.shape[0] // 2, 2, image.shape[1] // 2, 2, -1).mean(axis=(1, 3))
+
+
+def reference_ms_ssim(x: np.ndarray, y: np.ndarray, data_range: float = 2.0) -> np.ndarray:
+    """MS-SSIM of each [H, W, C] pair of a batch, in float64."""
+    scores = []
+    for a, b in zip(x.astype(np.float64), y.astype(np.float64)):
+        factors = []
+        for scale in range(5):
+            if scale:
+                a, b = reference_downsample(a), reference_downsample(b)
+            ssim_c, cs_c = reference_ssim_cs(a, b, data_range)
+            factors.append(ssim_c if scale == 4 else cs_c)
+        # Wang et al. 2003, Eq. 7, with TF's relu on every per-channel factor; then the mean over channels.
+        per_channel = np.prod(np.maximum(np.stack(factors), 0.0) ** np.array(MS_SSIM_WEIGHTS)[:, None], axis=0)
+        scores.append(per_channel.mean())
+    return np.array(scores)
+
+
+def test_ms_ssim_weights_are_the_papers():
+    assert MS_SSIM_WEIGHTS == (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+    np.testing.assert_allclose(sum(MS_SSIM_WEIGHTS), 1.0, atol=1e-4)
+
+
+# Every MS-SSIM test below scores a batch of two 176x176x3 (or 181x197x3) pairs, so the five-scale kernel compiles
+# only twice (~5 s each on CPU).
+
+
+def two_photos(height: int, width: int) -> np.ndarray:
+    astronaut = skimage.data.astronaut()[20 : 20 + height, 150 : 150 + width]
+    chelsea = skimage.data.chelsea()[40 : 40 + height, 120 : 120 + width]
+    return to_model_range(np.stack([astronaut, chelsea]))
+
+
+@pytest.mark.parametrize("size", [(176, 176), (181, 197)])
+def test_ms_ssim_matches_reference_on_photos(size):
+    """Real photographs, a mild and a strong distortion; (181, 197) exercises the odd-size padding at every
+    coarser scale (181 -> 91 -> 46 -> 23 -> 12, 197 -> 99 -> 50 -> 25 -> 13)."""
+    clean = two_photos(*size)
+    distorted = np.concatenate([degrade(clean[:1], 0.05, 0.7, seed=7), degrade(clean[1:], 0.4, 2.0, seed=8)])
+    scores = np.asarray(ms_ssim(clean, distorted))
+    np.testing.assert_allclose(scores, reference_ms_ssim(clean, distorted), atol=ATOL)
+    assert np.all((scores > 0.0) & (scores < 1.0))
+    # The same photos on the [0, 1] scale with data_range=1, as papers report it.
+    unit_clean, unit_distorted = (clean + 1) / 2, (distorted + 1) / 2
+    np.testing.assert_allclose(
+        ms_ssim(unit_clean, unit_distorted, data_range=1.0),
+        reference_ms_ssim(unit_clean, unit_distorted, 1.0),
+        atol=ATOL,
+    )
+
+
+def test_ms_ssim_identical_inputs_and_ordering():
+    clean = two_photos(176, 176)
+    np.testing.assert_allclose(ms_ssim(clean, clean), np.ones(2), atol=1e-6)
+    same_photo = np.repeat(clean[:1], 2, axis=0)
+    noisier = np.concatenate([degrade(clean[:1], 0.05, 0.0, seed=9), degrade(clean[:1], 0.3, 0.0, seed=9)])
+    mild, strong = np.asarray(ms_ssim(same_photo, noisier))
+    assert 1.0 > mild > strong, (mild, strong)
+
+
+def test_ms_ssim_clamps_negative_contrast_structure_to_zero():
+    """Mirrored fluctuations around one mean make cs < 0 at the finest scale; TF's relu scores that 0, where
+    an unclamped fractional power would give NaN."""
+    texture = np.random.default_rng(10).uniform(-1, 1, (2, 176, 176, 3)).astype(np.float32)
+    x, y = 0.5 + 0.4 * texture, 0.5 - 0.4 * texture
+    scores = np.asarray(ms_ssim(x, y))
+    assert np.all(np.isfinite(scores))
+    np.testing.assert_allclose(scores, reference_ms_ssim(x, y), atol=ATOL)
+    np.testing.assert_allclose(scores, 0.0, atol=1e-6)
+
+
+def test_ms_ssim_video_is_mean_of_frames():
+    videos = two_photos(176, 176)[None]  # two photos become the two frames of one video
+    noise_std = np.array([0.05, 0.3])[None, :, None, None, None]
+    noise = noise_std * np.random.default_rng(11).standard_normal(videos.shape)
+    recon = np.clip(videos + noise, -1, 1).astype(np.float32)
+    video_score = np.asarray(ms_ssim(videos, recon))
+    assert video_score.shape == (1,)
+    per_frame = np.asarray(ms_ssim(videos[0], recon[0]))
+    np.testing.assert_allclose(video_score, per_frame.mean(keepdims=True), atol=1e-6)
+    np.testing.assert_allclose(per_frame, reference_ms_ssim(videos[0], recon[0]), atol=ATOL)
+    assert abs(per_frame[0] - per_frame[1]) > 0.01  # distinct frames, so the mean is not trivially either one
+
+
+def test_ms_ssim_too_small_raises_naming_the_minimum():
+    with pytest.raises(ValueError, match="at least 176x176"):
+        ms_ssim(np.zeros((1, 175, 200, 3)), np.zeros((1, 175, 200, 3)))
+    with pytest.raises(ValueError, match="at least 176x176"):
+        ms_ssim(np.zeros((1, 2, 200, 96, 3)), np.zeros((1, 2, 200, 96, 3)))
+    with pytest.raises(ValueError, match="same shape"):
+        ms_ssim(np.zeros((1, 176, 176, 3)), np.zeros((1, 176, 177, 3)))

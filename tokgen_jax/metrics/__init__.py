@@ -1,5 +1,6 @@
 """Metrics for tokenizers and generators."""
 
-from tokgen_jax.metrics.image_quality import psnr, ssim
+from tokgen_jax.metrics.frechet import FeatureStatistics, frechet_distance
+from tokgen_jax.metrics.image_quality import ms_ssim, psnr, ssim
 
-__all__ = ["psnr", "ssim"]
+__all__ = ["psnr", "ssim", "ms_ssim", "frechet_distance", "FeatureStatistics"]
