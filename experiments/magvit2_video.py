@@ -14,7 +14,7 @@ Then any of `steps=N`, `batch=N`, `gan=0|1` (discriminator off/on), `lpips=/path
 import ml_collections
 
 from tokgen_jax.config import parse_arg
-from tokgen_jax.configs import data, gan, losses, magvit2, mesh, optimizer, quantizers
+from tokgen_jax.configs import data, evaluation, gan, losses, magvit2, mesh, optimizer, quantizers
 
 PAPER_DATASETS = {"ucf101": "ucf101", "kinetics600": "kinetics600"}
 
@@ -52,6 +52,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer = optimizer.adamw(learning_rate=1e-3 if local else 1e-4, warmup_steps=100 if local else 5_000,
                                      weight_decay=0.0, ema_decay=0.99 if local else 0.999)
   config.mesh = mesh.mesh()
-  config.eval = ml_collections.ConfigDict(dict(batch_size=8, num_grid_images=4))
+  config.eval = evaluation.evaluation(batch_size=8, num_grid_images=4)
   config.sample = ml_collections.ConfigDict(dict(inputs=""))
   return config

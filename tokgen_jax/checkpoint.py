@@ -28,6 +28,9 @@ class Manager:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
   def save(self, step: int, state: Any, data_iterator: Any, config_json: dict) -> bool:
     """Start an asynchronous save of `step` unless it is already saved; returns whether one started."""
     if step == self.latest_step():

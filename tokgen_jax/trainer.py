@@ -2,8 +2,9 @@
 
 train:  init or resume → jitted, sharded train_step → log / eval / checkpoint on their schedules; SIGTERM saves
         the current step and returns.
-eval:   restore the latest checkpoint and evaluate it on the held-out split.
+eval:   restore config.eval.checkpoint_step (0: the latest) and evaluate it on the held-out split.
 sample: restore the latest checkpoint and reconstruct the images named by `config.sample.inputs`.
+stats:  compute the feature statistics (InceptionV3 / I3D) of the eval split once, for generator FID/FVD.
 """
 
 import contextlib
@@ -25,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tokgen_jax import checkpoint, config as config_lib, data, sharding, tasks, writers
 from tokgen_jax.errors import ConfigError
 
-MODES = ("train", "eval", "sample")
+MODES = ("train", "eval", "sample", "stats")
 
 
 @dataclasses.dataclass
@@ -55,6 +56,10 @@ class Run:
   def eval_fn(self):
     return jax.jit(self.task.eval_step, in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)))
 
+  @functools.cached_property
+  def feature_networks(self) -> dict[str, Any]:
+    return tasks.feature_networks(self.config.eval, is_video=self.task.input_key == "video")
+
   def init_state(self) -> Any:
     example = self.task.example_batch()
     init = jax.jit(lambda rng: nn.unbox(self.task.init(rng, example)), out_shardings=self.state_shardings)
@@ -82,7 +87,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> dict[str,
     raise ConfigError(f"--mode={mode!r} is not known; choose one of {MODES}.")
   state_run = setup(config, workdir)
   logging.info("mesh %s; %d parameters", dict(state_run.mesh.shape), _count_params(state_run.abstract_state))
-  return {"train": train, "eval": evaluate_latest, "sample": sample}[mode](state_run)
+  return {"train": train, "eval": evaluate_checkpoint, "sample": sample, "stats": compute_statistics}[mode](state_run)
 
 
 def _count_params(abstract_state: Any) -> int:
@@ -246,21 +251,19 @@ def evaluate(run_: Run, state: Any, step: int, writer: writers.MetricWriter | No
   """Mean per-example metrics over the held-out split; writes eval/step_<N>.json and sample grids."""
   config = run_.config
   key = run_.task.input_key
-  totals: dict[str, float] = {}
-  count = 0
+  evaluator = tasks.ReconstructionEvaluator(run_.feature_networks, codebook_size=run_.task.codebook_size)
   examples = None
   for local_batch in data.make_pipeline(config.data, "eval", global_batch_size=config.eval.batch_size):
     batch = sharding.global_batch(local_batch, run_.mesh)
     with run_.context():
       outputs = _gather(run_.eval_fn(state, {key: batch[key]}))
     mask = _gather(batch["mask"]).astype(bool)
-    for name, values in outputs.items():
-      if name != "reconstruction":
-        totals[name] = totals.get(name, 0.0) + float(np.sum(np.asarray(values, np.float64)[mask]))
-    count += int(mask.sum())
+    originals = _gather(batch[key])
+    evaluator.update(outputs, originals, mask)
     if examples is None:
-      examples = (_gather(batch[key])[mask], outputs["reconstruction"][mask])
-  results = {name: total / max(count, 1) for name, total in totals.items()}
+      examples = (originals[mask], outputs["reconstruction"][mask])
+  results = evaluator.results()
+  count = evaluator.count
   if run_.is_chief:
     writers.write_json_atomic(run_.workdir / "eval" / f"step_{step}.json", {"step": step, "num_examples": count,
                                                                           **results})
@@ -270,6 +273,26 @@ def evaluate(run_: Run, state: Any, step: int, writer: writers.MetricWriter | No
   if writer is not None:
     writer.write(step, {f"eval_{name}": value for name, value in results.items()})
   return {f"eval_{name}": value for name, value in results.items()}
+
+
+def compute_statistics(run_: Run) -> dict[str, Any]:
+  """--mode=stats: reference feature statistics of the eval split, saved as .npz (`mu`, `sigma`, `count`)."""
+  config = run_.config
+  key = run_.task.input_key
+
+  def batches():
+    for local_batch in data.make_pipeline(config.data, "eval", global_batch_size=config.eval.batch_size):
+      batch = sharding.global_batch(local_batch, run_.mesh)
+      yield _gather(batch[key]), _gather(batch["mask"])
+
+  statistics = tasks.reference_statistics(run_.feature_networks, key == "video", batches())
+  path = pathlib.Path(config.eval.reference_statistics or
+                      run_.workdir / "stats" / f"{config.data.source}_{config.data.eval_split}.npz")
+  if run_.is_chief:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    statistics.save(path)
+    print(f"stats: {statistics.count} examples, {statistics.dim}-d features → {path}", flush=True)
+  return {"path": str(path), "count": statistics.count}
 
 
 def _save_examples(directory: pathlib.Path, stem: str, originals: np.ndarray, reconstructions: np.ndarray,
@@ -287,20 +310,30 @@ def _save_examples(directory: pathlib.Path, stem: str, originals: np.ndarray, re
                           max_rows=2 * rows)
 
 
-def _restore_latest(run_: Run) -> tuple[Any, int]:
+def _restore(run_: Run, step: int = 0) -> tuple[Any, int]:
+  """The checkpoint of `step` (0: the latest) in the workdir."""
   manager = checkpoint.Manager(str(run_.workdir), keep=run_.config.keep_checkpoints)
-  step = manager.latest_step()
-  if step is None:
+  steps = manager.all_steps()
+  if not steps:
     raise ConfigError(f"no checkpoint in {manager.directory}: --mode=eval and --mode=sample need a trained run. "
                       f"Train first with --mode=train --workdir={run_.workdir}, or point --workdir at a run.")
+  if step and step not in steps:
+    raise ConfigError(f"config.eval.checkpoint_step={step} is not a checkpoint in {manager.directory}; it has "
+                      f"steps {sorted(steps)}. Pick one of them, or 0 for the latest.")
+  step = step or max(steps)
   state = manager.restore(step, run_.abstract_state)
   manager.close()
   return state, step
 
 
-def evaluate_latest(run_: Run) -> dict[str, float]:
-  state, step = _restore_latest(run_)
-  return evaluate(run_, state, step)
+def evaluate_checkpoint(run_: Run) -> dict[str, float]:
+  """--mode=eval: config.eval.checkpoint_step (0: the latest), with results in eval/ and TensorBoard."""
+  state, step = _restore(run_, run_.config.eval.checkpoint_step)
+  writer = writers.MetricWriter(str(run_.workdir), enabled=run_.is_chief)
+  try:
+    return evaluate(run_, state, step, writer)
+  finally:
+    writer.close()
 
 
 # ----------------------------------------------------------------------------------------------------- sample
@@ -333,7 +366,7 @@ def sample(run_: Run) -> dict[str, Any]:
   if not paths:
     raise ConfigError("config.sample.inputs is empty: --mode=sample reconstructs given images or videos; pass "
                       "--config.sample.inputs=a.png,b.mp4.")
-  state, step = _restore_latest(run_)
+  state, step = _restore(run_)
   replicated = NamedSharding(run_.mesh, PartitionSpec())
   reconstruct = jax.jit(run_.task.reconstruct)
   written = {}

@@ -10,6 +10,7 @@ from tokgen_jax.errors import ConfigError
 from tokgen_jax.tasks.adversarial import AdversarialTraining
 from tokgen_jax.tasks.autoencoder import AutoencoderTask
 from tokgen_jax.tasks.base import Task, TrainState
+from tokgen_jax.tasks.evaluation import ReconstructionEvaluator, feature_networks, reference_statistics
 from tokgen_jax.tasks.optimizers import learning_rate_schedule, make_optimizer
 
 DISCRIMINATORS = {"stylegan2d": losses.StyleGANDiscriminator2D, "stylegan3d": losses.StyleGANDiscriminator3D}
@@ -109,4 +110,5 @@ def build(config: Any) -> Task:
 
 
 __all__ = ["Task", "TrainState", "AutoencoderTask", "AdversarialTraining", "build", "build_tokenizer",
-           "input_shape"]
+           "input_shape", "ReconstructionEvaluator",
+           "feature_networks", "reference_statistics"]

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from tokgen_jax.losses import reconstruction_loss
-from tokgen_jax.metrics import psnr, ssim
+from tokgen_jax.metrics import ms_ssim, psnr, ssim
 from tokgen_jax.quantizers import bits_per_pixel, tokens_per_image
 from tokgen_jax.tasks import adversarial as adversarial_lib
 from tokgen_jax.tasks.base import TrainState
@@ -27,6 +27,7 @@ from tokgen_jax.tasks.optimizers import ema_update
 
 GROUP = "autoencoder"
 PERCEPTUAL = "perceptual"
+MS_SSIM_MIN_SIZE = 176  # five scales: the coarsest (1/16) must still hold the 11-tap window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,23 +120,40 @@ class AutoencoderTask:
     """The EMA weights when they exist, else the live ones."""
     return (state.ema_params or state.params)[GROUP]
 
-  def reconstruct(self, state: TrainState, x: jax.Array) -> jax.Array:
+  def _reconstruct_and_tokens(self, state: TrainState, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     variables = {"params": self.eval_params(state), **state.model_state[GROUP]}
-    reconstruction, _ = self.model.apply(variables, x)
-    return jnp.clip(reconstruction, -1.0, 1.0)  # evaluate what a viewer would see
+    reconstruction, aux = self.model.apply(variables, x)
+    # Evaluate what a viewer would see: decoders overshoot [-1, 1].
+    return jnp.clip(reconstruction, -1.0, 1.0), aux["quantizer"].indices
+
+  def reconstruct(self, state: TrainState, x: jax.Array) -> jax.Array:
+    return self._reconstruct_and_tokens(state, x)[0]
 
   def eval_step(self, state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """Per-example metrics; for videos PSNR and SSIM are taken per frame and averaged over frames."""
+    """Per-example metrics and the reconstruction and token ids of every example (`tokens` `[B, N]`, or
+    `[B, N, L]` for L codebook levels). Videos are scored per frame and averaged over frames. MS-SSIM needs
+    frames of at least `MS_SSIM_MIN_SIZE` pixels and is left out for smaller ones."""
     x = batch[self.input_key]
-    reconstruction = self.reconstruct(state, x)
+    reconstruction, indices = self._reconstruct_and_tokens(state, x)
     # SSIM is not shift-invariant in intensity: report it on [0, 1] images, as papers do.
     to_unit = lambda v: (v + 1.0) / 2.0
     outputs = {"reconstruction": reconstruction, "psnr": psnr(reconstruction, x, data_range=2.0),
                "ssim": ssim(to_unit(reconstruction), to_unit(x), data_range=1.0),
-               "bpp": jnp.full(x.shape[:1], self.bits_per_pixel(x.shape))}
-    if self.perceptual_params is not None:
-      outputs["lpips"] = self.perceptual.apply({"params": state.model_state[PERCEPTUAL]}, reconstruction, x)
+               "bpp": jnp.full(x.shape[:1], self.bits_per_pixel(x.shape)),
+               "tokens": self._flat_tokens(indices, x.shape)}
+    if min(x.shape[-3:-1]) >= MS_SSIM_MIN_SIZE:
+      outputs["ms_ssim"] = ms_ssim(to_unit(reconstruction), to_unit(x), data_range=1.0)
     return outputs
+
+  def _flat_tokens(self, indices: jax.Array, batch_shape: tuple[int, ...]) -> jax.Array:
+    grid_ndim = len(self.latent_grid(tuple(batch_shape[1:])))
+    has_levels = indices.ndim > 1 + grid_ndim
+    return indices.reshape((indices.shape[0], -1) + ((indices.shape[-1],) if has_levels else ()))
+
+  @property
+  def codebook_size(self) -> int:
+    """Entries per codebook (level), 0 for a continuous bottleneck."""
+    return int(getattr(self.model.quantizer, "codebook_size", 0))
 
   def latent_grid(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
     """The token grid of one example of `input_shape` (`[..., H, W, C]`, with T first for videos)."""

@@ -1,0 +1,129 @@
+"""Reconstruction evaluation over a whole held-out split: per-example means, codebook usage, and the metrics
+that need a feature network (LPIPS, rFID, rFVD).
+
+`AutoencoderTask.eval_step` gives per-example metrics (PSNR, SSIM, MS-SSIM, bpp), reconstructions and tokens on
+device; `ReconstructionEvaluator.update` takes their host copies batch by batch (padding rows masked out) and
+`results()` returns every metric by name. A feature-network metric runs only when its converted weights file is
+configured (`config.eval.{lpips,inception,i3d}_weights`); otherwise it is left out and one log line says why —
+never reported as a number.
+
+- LPIPS: mean distance between original and reconstruction (videos: mean over frames).
+- rFID (images): Fréchet distance between InceptionV3 pool features of the originals and of the reconstructions.
+- rFVD (videos): the same on I3D logits (FVD's embedding), clips resized to 224x224.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from tokgen_jax.errors import ConfigError
+from tokgen_jax.metrics import CodebookUsage, FeatureStatistics, frechet_distance
+
+_MAX_USAGE_VOCABULARY = 2 ** 31  # token ids in one int32 word
+
+
+def _bind(fn, variables):
+  """`fn(variables, *inputs)` jitted once, with the weights as an argument (not baked into the program)."""
+  jitted = jax.jit(fn)
+  return lambda *inputs: jitted(variables, *inputs)
+
+
+def feature_networks(eval_config: Any, is_video: bool) -> dict[str, Any]:
+  """{metric: features(x) or distance(x, y)} for every configured weights file; logs once why others are off.
+
+  Load these once per run and pass them to every `ReconstructionEvaluator`: loading and compiling them is the
+  slow part.
+  """
+  networks, skipped = {}, []
+  if eval_config.lpips_weights:
+    from tokgen_jax.convert.lpips import load_lpips  # pylint: disable=g-import-not-at-top
+    from tokgen_jax.losses.perceptual import LPIPS  # pylint: disable=g-import-not-at-top
+    networks["lpips"] = _bind(lambda p, x, y: LPIPS().apply({"params": p}, x, y), load_lpips(eval_config.lpips_weights))
+  else:
+    skipped.append("lpips (config.eval.lpips_weights is empty; convert with python -m tokgen_jax.convert.lpips)")
+  if is_video:
+    if eval_config.i3d_weights:
+      from tokgen_jax.convert.i3d import load_i3d  # pylint: disable=g-import-not-at-top
+      from tokgen_jax.metrics.i3d import I3D, preprocess_for_i3d  # pylint: disable=g-import-not-at-top
+      networks["rfvd"] = _bind(lambda v, x: I3D().apply(v, preprocess_for_i3d(x)).features,
+                               load_i3d(eval_config.i3d_weights))
+    else:
+      skipped.append("rfvd (config.eval.i3d_weights is empty; convert with python -m tokgen_jax.convert.i3d)")
+  elif eval_config.inception_weights:
+    from tokgen_jax.convert.inception import load_inception  # pylint: disable=g-import-not-at-top
+    from tokgen_jax.metrics.inception import FIDInceptionV3  # pylint: disable=g-import-not-at-top
+    networks["rfid"] = _bind(lambda p, x: FIDInceptionV3().apply({"params": p}, x)["pool"],
+                             load_inception(eval_config.inception_weights))
+  else:
+    skipped.append("rfid (config.eval.inception_weights is empty; convert with python -m tokgen_jax.convert.inception)")
+  for reason in skipped:
+    logging.info("eval: not computing %s", reason)
+  return networks
+
+
+def reference_statistics(networks: dict[str, Any], is_video: bool, batches) -> FeatureStatistics:
+  """Feature statistics (I3D for videos, InceptionV3 for images) of the real examples in `batches`, an iterable
+  of `(examples, mask)` host arrays: what generator evaluation compares samples against."""
+  name, weights_key = ("rfvd", "i3d_weights") if is_video else ("rfid", "inception_weights")
+  if name not in networks:
+    raise ConfigError(f"reference statistics need the {'I3D' if is_video else 'InceptionV3'} weights: set "
+                      f"config.eval.{weights_key} to a file converted with python -m tokgen_jax.convert."
+                      f"{'i3d' if is_video else 'inception'}.")
+  statistics = FeatureStatistics()
+  for examples, mask in batches:
+    mask = np.asarray(mask, bool)
+    if mask.any():
+      statistics.update(np.asarray(networks[name](jnp.asarray(examples[mask])), np.float64))
+  return statistics
+
+
+class ReconstructionEvaluator:
+  """Accumulates one evaluation pass with `feature_networks(...)`; `codebook_size` 0 leaves usage out."""
+
+  def __init__(self, networks: dict[str, Any], codebook_size: int):
+    self._networks = networks
+    # A continuous bottleneck has no tokens; LFQ ids over 31 bits span several int32 words.
+    self._usage = CodebookUsage(codebook_size) if 0 < codebook_size <= _MAX_USAGE_VOCABULARY else None
+    self._sums: dict[str, float] = {}
+    self._count = 0
+    self._statistics = {name: (FeatureStatistics(), FeatureStatistics()) for name in ("rfid", "rfvd")
+                        if name in self._networks}
+
+  def _add(self, name: str, values: np.ndarray) -> None:
+    self._sums[name] = self._sums.get(name, 0.0) + float(np.sum(np.asarray(values, np.float64)))
+
+  def update(self, outputs: dict[str, np.ndarray], originals: np.ndarray, mask: np.ndarray) -> None:
+    """`outputs` from `eval_step` and the batch's originals, all host arrays with the batch's padding rows."""
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+      return
+    originals, reconstructions = originals[mask], outputs["reconstruction"][mask]
+    for name, values in outputs.items():
+      if name not in ("reconstruction", "tokens"):
+        self._add(name, values[mask])
+    if self._usage is not None and "tokens" in outputs:
+      self._usage.update(outputs["tokens"][mask])
+    if "lpips" in self._networks:
+      self._add("lpips", self._networks["lpips"](jnp.asarray(originals), jnp.asarray(reconstructions)))
+    for name, (real, fake) in self._statistics.items():
+      real.update(np.asarray(self._networks[name](jnp.asarray(originals)), np.float64))
+      fake.update(np.asarray(self._networks[name](jnp.asarray(reconstructions)), np.float64))
+    self._count += int(mask.sum())
+
+  @property
+  def count(self) -> int:
+    return self._count
+
+  def results(self) -> dict[str, float]:
+    results = {name: total / max(self._count, 1) for name, total in self._sums.items()}
+    if self._usage is not None:
+      results |= self._usage.results()
+    for name, (real, fake) in self._statistics.items():
+      if real.count < 2:
+        logging.warning("eval: %s needs at least 2 examples, got %d; left out", name, real.count)
+        continue
+      results[name] = frechet_distance(real.mean, real.covariance, fake.mean, fake.covariance)
+    return results
