@@ -166,3 +166,18 @@ def test_gradient_reaches_every_encoder_param_through_quantizer(small):
   norms = {jax.tree_util.keystr(path): float(jnp.linalg.norm(g))
            for path, g in jax.tree_util.tree_leaves_with_path(grads["encoder"])}
   assert len(norms) > 10 and min(norms.values()) > 0.0, {k: v for k, v in norms.items() if v == 0.0}
+
+
+def test_kl_bottleneck_gives_continuous_latents_for_diffusion():
+  """W.A.L.T.-style: the same model with the `kl` bottleneck; eval latents are the posterior mean (deterministic)."""
+  from tokgen_jax.quantizers import KLBottleneck
+  model = small_model(quantizer=KLBottleneck(dim=4))
+  videos = jax.random.uniform(jax.random.key(0), (1, 5, 16, 16, 3), minval=-1, maxval=1)
+  variables = model.init({"params": jax.random.key(1), "noise": jax.random.key(2)}, videos)
+  encode = jax.jit(lambda v, rng, train: model.apply(variables, v, train=train, rngs={"noise": rng}, method="encode"),
+                   static_argnums=2)
+  latent, out = encode(videos, jax.random.key(3), False)
+  chex.assert_shape(latent, (1, 3, 4, 4, 4))
+  np.testing.assert_array_equal(latent, encode(videos, jax.random.key(4), False)[0])
+  sampled, _ = encode(videos, jax.random.key(3), True)
+  assert not np.allclose(sampled, latent) and out.loss > 0.0

@@ -13,12 +13,12 @@ def model_and_variables():
   model = VQGAN(quantizer=VectorQuantizer(64, 4, l2_normalize=True), channels=16, channel_multipliers=(1, 2, 2),
                 num_res_blocks=1, use_attention=True, num_groups=8)
   images = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=-1, maxval=1)
-  return model, model.init(jax.random.key(1), images), images
+  return model, jax.jit(model.init)(jax.random.key(1), images), images
 
 
 def test_shapes_and_dtypes(model_and_variables):
   model, variables, images = model_and_variables
-  reconstruction, aux = model.apply(variables, images)
+  reconstruction, aux = jax.jit(model.apply)(variables, images)
   chex.assert_shape(reconstruction, images.shape)
   chex.assert_type(reconstruction, jnp.float32)
   chex.assert_shape(aux["quantizer"].indices, (2, 4, 4))
@@ -27,9 +27,10 @@ def test_shapes_and_dtypes(model_and_variables):
 
 def test_tokenize_detokenize_equals_forward(model_and_variables):
   model, variables, images = model_and_variables
-  reconstruction, _ = model.apply(variables, images)
-  indices = model.apply(variables, images, method=model.tokenize)
-  chex.assert_trees_all_close(model.apply(variables, indices, method=model.detokenize), reconstruction, atol=1e-5)
+  reconstruction, _ = jax.jit(model.apply)(variables, images)
+  indices = jax.jit(lambda v, x: model.apply(v, x, method=model.tokenize))(variables, images)
+  detokenized = jax.jit(lambda v, i: model.apply(v, i, method=model.detokenize))(variables, indices)
+  chex.assert_trees_all_close(detokenized, reconstruction, atol=1e-5)
 
 
 @pytest.mark.parametrize("multipliers,factor", [((1, 1, 2, 2), 8), ((1, 1, 2, 2, 4), 16)])
@@ -44,7 +45,7 @@ def test_reconstruction_gradient_reaches_encoder_through_quantizer(model_and_var
   """Straight-through estimation: every encoder and decoder weight gets a non-zero reconstruction gradient."""
   model, variables, images = model_and_variables
   loss = lambda params: jnp.mean(jnp.abs(model.apply({"params": params}, images)[0] - images))
-  grads = jax.grad(loss)(variables["params"])
+  grads = jax.jit(jax.grad(loss))(variables["params"])
   for part in ("encoder", "decoder"):
     norms = [float(jnp.linalg.norm(g)) for g in jax.tree.leaves(grads[part])]
     assert min(norms) > 0.0, part
