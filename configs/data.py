@@ -30,3 +30,26 @@ def videos(source: str = "lavfi", num_frames: int = 17, image_size: int = 64, ev
                      lavfi_codec="libx264", max_corrupt_fraction=0.0))
   config.update(overrides)
   return config
+
+
+def shapes(image_size: int = 32, num_frames: int = 0, num_shapes: int | tuple[int, ...] = (1, 2),
+           train_examples: int = 50_000, eval_examples: int = 1_000, world_seed: int = 0,
+           **overrides) -> ml_collections.ConfigDict:
+  """The offline shapes world (`tokgen_jax.data.shapes`): one or two named shapes whose content `shapes.match`
+  reads back from generated pixels, so samples are scored on CPU without FID. `num_frames` 0 gives images (source
+  'shapes'), at least 2 gives clips of moving shapes (source 'shapes_video').
+
+  The world's settings travel in `name` as a spec string, and scenes render at exactly `image_size` (also the eval
+  tile, so an eval tile is a whole scene): set `image_size` here, not as an override. Flips stay off because a
+  mirrored scene contradicts its caption. The pipeline serves pixels only; labels and captions come from
+  `shapes.ShapesSource`.
+  """
+  from tokgen_jax.data import shapes as shapes_world  # pylint: disable=g-import-not-at-top
+  common = dict(name=shapes_world.spec_string(image_size, train_examples, eval_examples, num_shapes, world_seed),
+                random_flip=False, resize=0)
+  if num_frames:
+    config = videos("shapes_video", num_frames, image_size, image_size, **common)
+  else:
+    config = images("shapes", image_size, image_size, **common)
+  config.update(overrides)
+  return config

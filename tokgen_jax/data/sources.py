@@ -34,7 +34,7 @@ from tokgen_jax.errors import ConfigError
 PHOTO_TRAIN = ("astronaut", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
                "colorwheel", "stereo_motorcycle", "china")
 PHOTO_HELD_OUT = ("chelsea", "flower")
-SOURCE_KINDS = ("photos", "folder", "tfds")
+SOURCE_KINDS = ("photos", "folder", "tfds", "shapes")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
 
 _SKLEARN_PHOTOS = ("china", "flower")
@@ -226,5 +226,8 @@ def open_source(kind: str, *, split: str, name: str = "", data_dir: str = "", pa
     return folder_source(path, split_name, split_key)
   if kind == "tfds":
     return tfds_source(name, data_dir, split_name, split_key)
+  if kind == "shapes":  # the synthetic shapes world; config.data.name holds its spec (see shapes.spec_string)
+    from tokgen_jax.data import shapes  # pylint: disable=g-import-not-at-top  (it imports this module)
+    return shapes.image_source(split, name)
   raise ConfigError(f'Unknown config.data.source {kind!r}; valid image sources: {", ".join(SOURCE_KINDS)}; '
-                    f'video sources: lavfi, gif, video_folder, tfds_video.')
+                    f'video sources: lavfi, gif, video_folder, tfds_video, shapes_video.')

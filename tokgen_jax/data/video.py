@@ -41,7 +41,7 @@ from tokgen_jax.data import sources
 from tokgen_jax.data import transforms
 from tokgen_jax.errors import ConfigError
 
-VIDEO_SOURCE_KINDS = ("lavfi", "gif", "video_folder", "tfds_video")
+VIDEO_SOURCE_KINDS = ("lavfi", "gif", "video_folder", "tfds_video", "shapes_video")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".gif", ".mov", ".mkv", ".m4v")
 # Random sources carry an explicit seed (lavfi's default, -1, draws from the clock) and gradients explicit colors
 # (its default colors are random whatever the seed).
@@ -426,4 +426,7 @@ def open_video_source(kind: str, *, split: str, num_frames: int, fps: float = 8.
                                num_threads=num_threads)
   if kind == "tfds_video":
     return tfds_video_source(name, data_dir, split_name, split_key)
+  if kind == "shapes_video":  # moving shapes; config.data.name holds the world's spec (see shapes.spec_string)
+    from tokgen_jax.data import shapes  # pylint: disable=g-import-not-at-top  (it imports this module)
+    return shapes.video_source(split, name, num_frames)
   raise ConfigError(f'Unknown video config.data.source {kind!r}; valid video sources: {", ".join(VIDEO_SOURCE_KINDS)}.')
