@@ -14,3 +14,12 @@ __all__ = [
     "group_standardize", "BlurPool2D", "BlurPool3D", "CausalConv3D", "check_frame_count", "DepthToSpaceUpsample3D",
     "depth_to_space", "space_to_depth",
 ]
+
+from tokgen_jax.nn.rope import apply_rope, default_axis_dims, rope_frequencies
+from tokgen_jax.nn.transformer import (Attention, KVCache, LlamaBlock, LlamaStack, RMSNorm, SwiGLU, attention_mask,
+                                       grouped_query_attention, llama_mlp_dim)
+
+__all__ += [
+    "apply_rope", "default_axis_dims", "rope_frequencies", "Attention", "KVCache", "LlamaBlock", "LlamaStack",
+    "RMSNorm", "SwiGLU", "attention_mask", "grouped_query_attention", "llama_mlp_dim",
+]

@@ -1,0 +1,263 @@
+"""Llama blocks: causality, prefix-LM mask, GQA vs hand MHA, cached decode == full forward, scan == unrolled,
+remat invariance, logical axes, bf16 compute, errors."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tokgen_jax.errors import ConfigError
+from tokgen_jax.nn.rope import rope_frequencies
+from tokgen_jax.nn.transformer import Attention, KVCache, LlamaStack, RMSNorm, SwiGLU, llama_mlp_dim
+
+EMBED, HEADS, KV_HEADS, MLP, LAYERS, VOCAB = 32, 4, 2, 48, 2, 16
+GRID = (2, 5)  # 10 tokens with 2D RoPE positions
+LENGTH = GRID[0] * GRID[1]
+HEAD_DIM = EMBED // HEADS
+
+
+class TinyLM(nn.Module):
+  """Embedding → LlamaStack (2D RoPE from explicit positions) → vocabulary head, as an AR generator uses it."""
+
+  scan_layers: bool = True
+  remat_policy: str = "none"
+  prefix_len: int = 0
+  dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens, positions, cache=None, deterministic=True):
+    x = nn.Embed(VOCAB, EMBED, name="embed")(tokens)
+    cos, sin = rope_frequencies(HEAD_DIM, positions)
+    stack = LlamaStack(LAYERS, HEADS, MLP, num_kv_heads=KV_HEADS, prefix_len=self.prefix_len,
+                       dropout_rate=self.dropout_rate, attention_dropout_rate=self.dropout_rate,
+                       remat_policy=self.remat_policy, scan_layers=self.scan_layers, dtype=self.dtype, name="stack")
+    x, cache = stack(x, cos, sin, cache, deterministic)
+    return nn.Dense(VOCAB, use_bias=False, name="head")(x.astype(jnp.float32)), cache
+
+
+@pytest.fixture(scope="module")
+def data():
+  rng = np.random.default_rng(0)
+  tokens = jnp.asarray(rng.integers(0, VOCAB, size=(2, LENGTH)))
+  # A random order of the grid cells: RoPE follows the explicit coordinates, not the sequence index.
+  positions = np.stack(np.unravel_index(rng.permutation(LENGTH), GRID), axis=-1)
+  return tokens, jnp.asarray(positions)
+
+
+@pytest.fixture(scope="module")
+def scanned(data):
+  model = TinyLM()
+  return model, _init(model, *data)
+
+
+def _init(module, *args, **kwargs):
+  """Jitted init: one compile instead of one per eager op."""
+  return jax.jit(functools.partial(module.init, **kwargs))(jax.random.key(0), *args)
+
+
+def _full_logits(model, variables, data):
+  return np.asarray(jax.jit(model.apply)(variables, *data)[0])
+
+
+def _unstack(params):
+  """Scanned params `{"layers": stacked}` as unrolled `{"layers_i": slice i}` (same values, same tree per layer)."""
+  params = dict(params)
+  stacked = params.pop("layers")
+  return params | {f"layers_{i}": jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(LAYERS)}
+
+
+def _as_unrolled(variables):
+  params = nn.unbox(variables)["params"]
+  return {"params": params | {"stack": _unstack(params["stack"])}}
+
+
+def test_every_param_carries_logical_axis_names(scanned, data):
+  _, variables = scanned
+  leaves = jax.tree_util.tree_leaves_with_path(variables["params"]["stack"],
+                                               is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert leaves
+  for path, leaf in leaves:
+    assert isinstance(leaf, nn.Partitioned), path
+    assert len(leaf.names) == leaf.value.ndim, path
+    assert all(name is not None for name in leaf.names), path
+    assert (leaf.names[0] == "layers") == (path[0].key == "layers"), path
+  layer = variables["params"]["stack"]["layers"]
+  assert layer["attention"]["query"]["kernel"].names == ("layers", "embed", "heads", "kv")
+  assert layer["attention"]["key"]["kernel"].value.shape == (LAYERS, EMBED, KV_HEADS, HEAD_DIM)
+  assert layer["attention"]["out"]["kernel"].names == ("layers", "heads", "kv", "embed")
+  assert layer["mlp"]["down"]["kernel"].names == ("layers", "mlp", "embed")
+  assert variables["params"]["stack"]["final_norm"]["scale"].names == ("embed",)
+  unrolled = jax.eval_shape(TinyLM(scan_layers=False).init, jax.random.key(0), *data)
+  assert unrolled["params"]["stack"]["layers_1"]["mlp"]["gate"]["kernel"].names == ("embed", "mlp")
+
+
+def test_changing_a_later_token_leaves_earlier_outputs_bit_identical(scanned, data):
+  model, variables = scanned
+  tokens, positions = data
+  apply = jax.jit(model.apply)
+  out = np.asarray(apply(variables, tokens, positions)[0])
+  for j in (1, 4, LENGTH - 1):
+    changed = np.asarray(apply(variables, tokens.at[:, j].set((tokens[:, j] + 1) % VOCAB), positions)[0])
+    np.testing.assert_array_equal(changed[:, :j], out[:, :j])
+    assert np.abs(changed[:, j:] - out[:, j:]).max(axis=(0, 2)).min() > 0
+
+
+def test_prefix_tokens_attend_bidirectionally_and_the_rest_causally(data):
+  x = jax.random.normal(jax.random.key(1), (1, 6, EMBED))
+  layer = Attention(HEADS, KV_HEADS, prefix_len=3)
+  variables = _init(layer, x)
+  apply = jax.jit(layer.apply)
+  out = np.asarray(apply(variables, x)[0])
+  in_prefix = np.asarray(apply(variables, x.at[:, 2].add(1.0))[0])
+  assert np.abs(in_prefix[:, :2] - out[:, :2]).min() > 0  # earlier prefix tokens see a later prefix token
+  after_prefix = np.asarray(apply(variables, x.at[:, 3].add(1.0))[0])
+  np.testing.assert_array_equal(after_prefix[:, :3], out[:, :3])
+
+
+def _hand_mha(x, params, heads):
+  """Standard multi-head attention with a causal mask, written out per head in numpy."""
+  p = jax.tree.map(np.asarray, nn.unbox(params))
+  x = np.asarray(x, np.float64)
+  length, out = x.shape[1], np.zeros(x.shape)
+  causal = np.tril(np.ones((length, length), bool))
+  for h in range(heads):
+    q, k, v = (x @ p[name]["kernel"][:, h] for name in ("query", "key", "value"))
+    logits = np.where(causal, q @ k.transpose(0, 2, 1) / np.sqrt(q.shape[-1]), -np.inf)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    out += (weights @ v) @ p["out"]["kernel"][h]
+  return out
+
+
+def test_gqa_with_as_many_kv_heads_as_heads_is_standard_mha():
+  x = jax.random.normal(jax.random.key(3), (2, 7, EMBED))
+  layer = Attention(HEADS, num_kv_heads=HEADS)
+  variables = _init(layer, x)
+  np.testing.assert_allclose(jax.jit(layer.apply)(variables, x)[0], _hand_mha(x, variables["params"], HEADS), atol=1e-5)
+
+
+def test_gqa_equals_mha_whose_kv_heads_repeat_for_each_group():
+  x = jax.random.normal(jax.random.key(5), (2, 7, EMBED))
+  gqa = Attention(HEADS, num_kv_heads=KV_HEADS)
+  params = nn.unbox(_init(gqa, x))["params"]
+  group = HEADS // KV_HEADS
+  repeated = {name: {"kernel": jnp.repeat(params[name]["kernel"], group, axis=1)} for name in ("key", "value")}
+  mha_params = params | repeated
+  np.testing.assert_allclose(jax.jit(gqa.apply)({"params": params}, x)[0],
+                             _hand_mha(x, mha_params, HEADS), atol=1e-5)
+
+
+def _decode(model, variables, data, prefill):
+  """Logits of a prefill of `prefill` tokens, then one token a step, through the KV cache."""
+  tokens, positions = data
+  cache = LlamaStack(LAYERS, HEADS, MLP, num_kv_heads=KV_HEADS).init_cache(tokens.shape[0], LENGTH + 2, EMBED)
+  step = jax.jit(model.apply)
+  logits, cache = step(variables, tokens[:, :prefill], positions[:prefill], cache)
+  outputs = [logits]
+  for i in range(prefill, LENGTH):
+    logits, cache = step(variables, tokens[:, i:i + 1], positions[i:i + 1], cache)
+    outputs.append(logits)
+  np.testing.assert_array_equal(cache.index, LENGTH)
+  return np.concatenate(outputs, axis=1)
+
+
+@pytest.mark.parametrize("prefill", (1, 3))
+def test_cached_decoding_equals_the_full_forward(scanned, data, prefill):
+  model, variables = scanned
+  np.testing.assert_allclose(_decode(model, variables, data, prefill), _full_logits(model, variables, data),
+                             atol=1e-5)
+
+
+def test_cached_decoding_with_a_bidirectional_prefix_and_unrolled_layers(scanned, data):
+  _, variables = scanned
+  model = TinyLM(scan_layers=False, prefix_len=3)
+  unrolled = _as_unrolled(variables)
+  np.testing.assert_allclose(_decode(model, unrolled, data, prefill=3), _full_logits(model, unrolled, data),
+                             atol=1e-5)
+
+
+def test_cache_layout_and_error():
+  cache = LlamaStack(LAYERS, HEADS, MLP, num_kv_heads=KV_HEADS).init_cache(2, 12, EMBED)
+  assert isinstance(cache, KVCache)
+  assert cache.k.shape == (LAYERS, 2, 12, KV_HEADS, HEAD_DIM) and cache.index.shape == (LAYERS,)
+  layer = Attention(HEADS, KV_HEADS)
+  x = jnp.zeros((2, 13, EMBED))
+  with pytest.raises(ConfigError, match="13 new tokens do not fit a KV cache of max_len=12"):
+    layer.init(jax.random.key(0), x, cache=jax.tree.map(lambda a: a[0], cache))
+
+
+def _logits_and_grads(model, variables, data):
+  """Full-sequence logits and the gradient of mean(logits²) w.r.t. the params, from one compiled program."""
+  loss = lambda p: (lambda logits: (jnp.mean(logits ** 2), logits))(model.apply({"params": p}, *data)[0])
+  (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(nn.unbox(variables)["params"])
+  return np.asarray(logits), grads
+
+
+@pytest.fixture(scope="module")
+def reference(scanned, data):
+  model, variables = scanned
+  return _logits_and_grads(model, variables, data)
+
+
+def test_scan_equals_unrolled_with_restacked_params(scanned, data, reference):
+  _, variables = scanned
+  logits, grads = _logits_and_grads(TinyLM(scan_layers=False), _as_unrolled(variables), data)
+  np.testing.assert_allclose(logits, reference[0], atol=1e-5)
+  expected = reference[1] | {"stack": _unstack(reference[1]["stack"])}
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), grads, expected)
+
+
+@pytest.mark.parametrize("policy", ("full", "dots_saveable"))
+def test_remat_policies_change_neither_outputs_nor_gradients(scanned, data, reference, policy):
+  _, variables = scanned
+  logits, grads = _logits_and_grads(TinyLM(remat_policy=policy), variables, data)
+  np.testing.assert_allclose(logits, reference[0], rtol=1e-6, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads, reference[1])
+
+
+def test_bf16_compute_keeps_float32_params_and_tracks_float32(scanned, data, reference):
+  _, variables = scanned
+  model = TinyLM(dtype=jnp.bfloat16)
+  x = jax.ShapeDtypeStruct((2, 5, EMBED), jnp.float32)
+  stack = LlamaStack(LAYERS, HEADS, MLP, num_kv_heads=KV_HEADS, dtype=jnp.bfloat16)
+  (out, _), stack_vars = jax.eval_shape(stack.init_with_output, jax.random.key(0), x)
+  assert out.dtype == jnp.bfloat16
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(nn.unbox(stack_vars)))
+  np.testing.assert_allclose(_full_logits(model, variables, data), reference[0], atol=0.1, rtol=0.05)
+
+
+def test_dropout_is_active_only_when_not_deterministic(scanned, data, reference):
+  _, variables = scanned
+  model = TinyLM(dropout_rate=0.5)
+  np.testing.assert_allclose(_full_logits(model, variables, data), reference[0], atol=1e-6)
+  train = jax.jit(lambda key: model.apply(variables, *data, deterministic=False, rngs={"dropout": key})[0])
+  assert not np.allclose(train(jax.random.key(9)), reference[0])
+  assert not np.allclose(train(jax.random.key(9)), train(jax.random.key(10)))
+
+
+def test_rmsnorm_and_swiglu_match_their_formulas():
+  x = jax.random.normal(jax.random.key(11), (2, 3, EMBED)) * 5
+  norm = RMSNorm(epsilon=1e-6)
+  expected = x / np.sqrt(np.mean(np.square(x), -1, keepdims=True) + 1e-6)
+  np.testing.assert_allclose(jax.jit(norm.apply)(_init(norm, x), x), expected, rtol=1e-5)
+  mlp = SwiGLU(MLP)
+  p = jax.tree.map(np.asarray, nn.unbox(_init(mlp, x))["params"])
+  x = np.asarray(x)
+  gate, up = x @ p["gate"]["kernel"], x @ p["up"]["kernel"]
+  swish = gate / (1 + np.exp(-gate))
+  np.testing.assert_allclose(jax.jit(mlp.apply)({"params": p}, x), (swish * up) @ p["down"]["kernel"], atol=1e-5)
+  assert llama_mlp_dim(4096) == 11008  # Llama-7B
+
+
+def test_bad_head_counts_and_remat_policy_name_the_fix():
+  x = jnp.zeros((1, 2, EMBED))
+  with pytest.raises(ConfigError, match="num_kv_heads=3 must divide num_heads=4"):
+    Attention(HEADS, num_kv_heads=3).init(jax.random.key(0), x)
+  with pytest.raises(ConfigError, match="width 32 is not divisible by num_heads=5"):
+    Attention(5).init(jax.random.key(0), x)
+  with pytest.raises(ConfigError, match="remat_policy='sometimes' is unknown"):
+    LlamaStack(LAYERS, HEADS, MLP, remat_policy="sometimes").init(jax.random.key(0), x)
