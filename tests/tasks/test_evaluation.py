@@ -82,3 +82,15 @@ def test_stats_mode_without_weights_says_which_file_to_set(tmp_path):
   from tokgen_jax.errors import ConfigError
   with pytest.raises(ConfigError, match="config.eval.inception_weights"):
     trainer.run(tiny_config(), str(tmp_path), "stats")
+
+
+def test_codebook_usage_counts_distinct_ids_over_all_batches_and_levels():
+  from tokgen_jax.tasks import ReconstructionEvaluator
+  blank = lambda n: {"reconstruction": np.zeros((n, 1)), "psnr": np.zeros(n)}
+  one_level = ReconstructionEvaluator({}, codebook_size=16)
+  one_level.update(blank(2) | {"tokens": np.array([[0, 1, 1], [2, 2, 2]])}, np.zeros((2, 1)), np.ones(2, bool))
+  one_level.update(blank(2) | {"tokens": np.array([[3, 0, 0], [9, 9, 9]])}, np.zeros((2, 1)), np.array([True, False]))
+  assert one_level.results()["codebook_usage"] == 4 / 16  # ids 0-3; the masked-out row's 9s do not count
+  levels = ReconstructionEvaluator({}, codebook_size=4)
+  levels.update(blank(1) | {"tokens": np.array([[[0, 1], [1, 1], [2, 1]]])}, np.zeros((1, 1)), np.ones(1, bool))
+  assert levels.results()["codebook_usage"] == (3 / 4 + 1 / 4) / 2

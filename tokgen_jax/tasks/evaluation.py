@@ -105,7 +105,8 @@ class ReconstructionEvaluator:
       if name not in ("reconstruction", "tokens"):
         self._add(name, values[mask])
     if self._usage is not None and "tokens" in outputs:
-      self._usage.update(outputs["tokens"][mask])
+      tokens = outputs["tokens"][mask]  # [B, N] ids, or [B, N, L] for L codebook levels
+      self._usage.update(tokens.reshape(-1) if tokens.ndim == 2 else tokens.reshape(-1, tokens.shape[-1]))
     if "lpips" in self._networks:
       self._add("lpips", self._networks["lpips"](jnp.asarray(originals), jnp.asarray(reconstructions)))
     for name, (real, fake) in self._statistics.items():
