@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tokgen_jax.convert import inception as convert
+from tokgen_jax.convert import inception as convert, state_dict
 from tokgen_jax.convert.state_dict import load_state_dict, save_safetensors
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.metrics.inception import FIDInceptionV3
@@ -320,7 +320,7 @@ def test_other_network_is_named_as_such():
 
 
 def test_load_inception_rejects_an_incomplete_file(params, tmp_path):
-  flat = convert.flatten(params)
+  flat = state_dict.flatten(params)
   del flat["Mixed_7b/branch3x3_2a/bias"]
   path = save_safetensors(tmp_path / "partial.safetensors", flat)
   with pytest.raises(ConfigError, match=r"partial\.safetensors.*\n.*missing Mixed_7b/branch3x3_2a/bias"):

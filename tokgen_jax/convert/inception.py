@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokgen_jax.convert.lpips import flatten, unflatten
-from tokgen_jax.convert.state_dict import load_state_dict, save_safetensors
+from tokgen_jax.convert.state_dict import (check_output_suffix, fail_on_problems, load_converted, load_state_dict,
+                                           save_converted, unflatten)
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.metrics.inception import BN_EPS, MIN_SIZE, FIDInceptionV3
 
@@ -49,13 +49,6 @@ def _conv_layers() -> dict[str, tuple[int, ...]]:
   """Flax module path ("Mixed_5b/branch1x1") → HWIO kernel shape, for the 94 convs."""
   return {key[:-len("/kernel")]: shape for key, shape in expected_shapes().items()
           if key.endswith("/kernel") and not key.startswith("fc/")}
-
-
-def _fail(what: str, problems: Sequence[str], fix: str) -> None:
-  """Raise one ConfigError listing every problem (none: return), so a wrong file is diagnosed in one go."""
-  if problems:
-    shown = "\n  ".join(problems[:20]) + ("\n  ..." if len(problems) > 20 else "")
-    raise ConfigError(f"{what}: {len(problems)} problem(s):\n  {shown}\n{fix}")
 
 
 def _take(state_dict: Mapping[str, np.ndarray], key: str, shape: tuple[int, ...], problems: list[str]
@@ -114,7 +107,7 @@ def inception_params_from_torch(state_dict: Mapping[str, np.ndarray]) -> dict:
   problems += [f"unexpected key {key}" for key in unknown]
   if len(unknown) == len(state_dict):
     problems.insert(0, f"no FID InceptionV3 key found; the file's keys begin {sorted(state_dict)[:5]}")
-  _fail("FID InceptionV3 state dict", problems,
+  fail_on_problems("FID InceptionV3 state dict", problems,
         f"Pass pytorch-fid's FID weights, {WEIGHTS_FILE} (not torchvision's ImageNet InceptionV3, which has 1000 "
         "classes and AuxLogits).")
   return unflatten({f"{path}/{name}": value for path, layer in params.items() for name, value in layer.items()})
@@ -125,28 +118,18 @@ def load_inception_params(path: str | os.PathLike) -> dict:
   return inception_params_from_torch(load_state_dict(path))
 
 
-def _check_params(flat: Mapping[str, np.ndarray], where: str) -> None:
-  expected = expected_shapes()
-  problems = [f"missing {key} (shape {shape})" for key, shape in expected.items() if key not in flat]
-  problems += [f"{key} has shape {tuple(np.shape(flat[key]))}, expected {shape}"
-               for key, shape in expected.items() if key in flat and tuple(np.shape(flat[key])) != shape]
-  problems += [f"unexpected key {key}" for key in sorted(flat) if key not in expected]
-  _fail(where, problems, f"Convert the weights again with `python -m tokgen_jax.convert.inception "
-        f"--weights={WEIGHTS_FILE} --out=fid_inception.safetensors`.")
+_RECONVERT = (f"Convert the weights again with `python -m tokgen_jax.convert.inception --weights={WEIGHTS_FILE} "
+              "--out=fid_inception.safetensors`.")
 
 
 def save_inception(path: str | os.PathLike, params: Mapping) -> Path:
   """Write `FIDInceptionV3` params (nested, BatchNorm folded) to one safetensors file, atomically."""
-  flat = {key: np.asarray(value, np.float32) for key, value in flatten(params).items()}
-  _check_params(flat, f"save_inception({path})")
-  return save_safetensors(path, flat, metadata={"format": FORMAT})
+  return save_converted(path, params, expected_shapes(), FORMAT, _RECONVERT)
 
 
 def load_inception(path: str | os.PathLike) -> dict:
   """`FIDInceptionV3` params from a file `save_inception` (or this module's CLI) wrote; needs no torch."""
-  flat = load_state_dict(path)
-  _check_params(flat, f"{path} (FID InceptionV3 weights)")
-  return unflatten(flat)
+  return load_converted(path, expected_shapes(), "FID InceptionV3 weights", _RECONVERT)
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -156,8 +139,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
   parser.add_argument("--weights", required=True, help=f"pytorch-fid's FID InceptionV3 weights, {WEIGHTS_FILE}")
   parser.add_argument("--out", required=True, help="the .safetensors file to write")
   args = parser.parse_args(argv)
-  if not str(args.out).endswith(".safetensors"):
-    raise ConfigError(f"--out={args.out}: name the output *.safetensors, the format `load_inception` reads")
+  check_output_suffix(args.out, "load_inception")
   out = save_inception(args.out, load_inception_params(args.weights))
   print(f"wrote {out} (FID InceptionV3 from {args.weights}, BatchNorm folded into the convs)")
   return out

@@ -20,7 +20,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from tokgen_jax.convert.state_dict import load_state_dict, save_safetensors
+from tokgen_jax.convert.state_dict import (check_output_suffix, fail_on_problems, load_converted, load_state_dict,
+                                           save_converted)
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.losses.perceptual import VGG16_BLOCKS, vgg16_conv_names
 
@@ -44,13 +45,6 @@ def _vgg16_layout() -> list[tuple[int, str, int, int]]:
 
 def _head_channels() -> list[int]:
   return [widths[-1] for widths in VGG16_BLOCKS]
-
-
-def _fail(what: str, problems: Sequence[str], fix: str) -> None:
-  """Raise one ConfigError listing every problem (none: return), so a wrong file is diagnosed in one go."""
-  if problems:
-    shown = "\n  ".join(problems[:20]) + ("\n  ..." if len(problems) > 20 else "")
-    raise ConfigError(f"{what}: {len(problems)} problem(s):\n  {shown}\n{fix}")
 
 
 def vgg16_params_from_torch(state_dict: Mapping[str, np.ndarray]) -> dict:
@@ -77,7 +71,7 @@ def vgg16_params_from_torch(state_dict: Mapping[str, np.ndarray]) -> dict:
   problems += [f"unexpected key {key}" for key in sorted(state_dict) if key.startswith("features.") and key not in used]
   if not params:
     problems.insert(0, f"no torchvision VGG16 conv found; the file's keys begin {sorted(state_dict)[:5]}")
-  _fail("VGG16 state dict", problems,
+  fail_on_problems("VGG16 state dict", problems,
         f"Pass torchvision's plain (not batch-norm) VGG16 ImageNet weights, {VGG16_FILE}.")
   return params
 
@@ -99,7 +93,7 @@ def lpips_heads_from_torch(state_dict: Mapping[str, np.ndarray]) -> dict:
     else:
       params[f"lin{k}"] = {"kernel": np.asarray(state_dict[key], np.float32).reshape(channels, 1)}
   problems += [f"unexpected key {key}" for key in sorted(state_dict) if key.startswith("lin") and key not in used]
-  _fail("LPIPS heads state dict", problems, f"Pass the lpips package's VGG v0.1 heads, {HEADS_FILE}.")
+  fail_on_problems("LPIPS heads state dict", problems, f"Pass the lpips package's VGG v0.1 heads, {HEADS_FILE}.")
   return params
 
 
@@ -120,51 +114,17 @@ def expected_shapes() -> dict[str, tuple[int, ...]]:
   return shapes
 
 
-def flatten(params: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
-  """Nested param dict → `{"vgg/conv1_1/kernel": array, ...}`."""
-  flat = {}
-  for key, value in params.items():
-    if isinstance(value, Mapping):
-      flat.update(flatten(value, f"{prefix}{key}/"))
-    else:
-      flat[f"{prefix}{key}"] = np.asarray(value)
-  return flat
-
-
-def unflatten(flat: Mapping[str, np.ndarray]) -> dict:
-  """`{"a/b": x}` → `{"a": {"b": x}}`."""
-  tree = {}
-  for key, value in flat.items():
-    *parents, leaf = key.split("/")
-    node = tree
-    for parent in parents:
-      node = node.setdefault(parent, {})
-    node[leaf] = value
-  return tree
-
-
-def _check_params(flat: Mapping[str, np.ndarray], where: str) -> None:
-  expected = expected_shapes()
-  problems = [f"missing {key} (shape {shape})" for key, shape in expected.items() if key not in flat]
-  problems += [f"{key} has shape {tuple(np.shape(flat[key]))}, expected {shape}"
-               for key, shape in expected.items() if key in flat and tuple(np.shape(flat[key])) != shape]
-  problems += [f"unexpected key {key}" for key in sorted(flat) if key not in expected]
-  _fail(where, problems, "Convert the weights again with `python -m tokgen_jax.convert.lpips --vgg=... "
-        "--heads=... --out=...`.")
+_RECONVERT = "Convert the weights again with `python -m tokgen_jax.convert.lpips --vgg=... --heads=... --out=...`."
 
 
 def save_lpips(path: str | os.PathLike, params: Mapping) -> Path:
   """Write `LPIPS` params (nested, as `load_lpips_params` returns them) to one safetensors file, atomically."""
-  flat = {key: np.asarray(value, np.float32) for key, value in flatten(params).items()}
-  _check_params(flat, f"save_lpips({path})")
-  return save_safetensors(path, flat, metadata={"format": FORMAT})
+  return save_converted(path, params, expected_shapes(), FORMAT, _RECONVERT)
 
 
 def load_lpips(path: str | os.PathLike) -> dict:
   """`LPIPS` params from a file `save_lpips` (or this module's CLI) wrote; needs no torch."""
-  flat = load_state_dict(path)
-  _check_params(flat, f"{path} (LPIPS weights)")
-  return unflatten(flat)
+  return load_converted(path, expected_shapes(), "LPIPS weights", _RECONVERT)
 
 
 def default_heads_path() -> Path | None:
@@ -189,8 +149,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
   if heads is None:
     raise ConfigError(f"--heads not given and no installed lpips package found; pass --heads=<path to {HEADS_FILE}> "
                       "(`pip download lpips==0.1.4 --no-deps` and unzip the wheel to get it)")
-  if not str(args.out).endswith(".safetensors"):
-    raise ConfigError(f"--out={args.out}: name the output *.safetensors, the format `load_lpips` reads")
+  check_output_suffix(args.out, "load_lpips")
   out = save_lpips(args.out, load_lpips_params(args.vgg, heads))
   print(f"wrote {out} (VGG16 from {args.vgg}, heads from {heads})")
   return out

@@ -135,3 +135,67 @@ def _flatten_torch(tree: Mapping, prefix: str, out: dict[str, np.ndarray], torch
       if tensor.dtype == torch.bfloat16:
         tensor = tensor.float()
       out[name] = tensor.numpy().copy()
+
+
+# ------------------------------------------------------------------------------------ converted-file helpers
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
+  """Nested dict → `{"vgg/conv1_1/kernel": array, ...}` ("/"-joined paths, the converted files' keys)."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update(flatten(value, f"{prefix}{key}/"))
+    else:
+      flat[f"{prefix}{key}"] = np.asarray(value)
+  return flat
+
+
+def unflatten(flat: Mapping[str, np.ndarray]) -> dict:
+  """`{"a/b": x}` → `{"a": {"b": x}}`."""
+  tree = {}
+  for key, value in flat.items():
+    *parents, leaf = key.split("/")
+    node = tree
+    for parent in parents:
+      node = node.setdefault(parent, {})
+    node[leaf] = value
+  return tree
+
+
+def fail_on_problems(what: str, problems: list[str], fix: str) -> None:
+  """Raise one ConfigError listing every problem (none: return), so a wrong file is diagnosed in one go."""
+  if problems:
+    shown = "\n  ".join(problems[:20]) + ("\n  ..." if len(problems) > 20 else "")
+    raise ConfigError(f"{what}: {len(problems)} problem(s):\n  {shown}\n{fix}")
+
+
+def check_shapes(flat: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]], where: str,
+                 fix: str) -> None:
+  """Every expected key present with its shape, and no other key."""
+  problems = [f"missing {key} (shape {shape})" for key, shape in expected.items() if key not in flat]
+  problems += [f"{key} has shape {tuple(np.shape(flat[key]))}, expected {shape}"
+               for key, shape in expected.items() if key in flat and tuple(np.shape(flat[key])) != shape]
+  problems += [f"unexpected key {key}" for key in sorted(flat) if key not in expected]
+  fail_on_problems(where, problems, fix)
+
+
+def save_converted(path: str | os.PathLike, tree: Mapping, expected: Mapping[str, tuple[int, ...]],
+                   file_format: str, fix: str) -> Path:
+  """Check a converted (nested) tree against `expected` shapes and write it as float32 safetensors, atomically."""
+  flat = {key: np.asarray(value, np.float32) for key, value in flatten(tree).items()}
+  check_shapes(flat, expected, f"saving {path}", fix)
+  return save_safetensors(path, flat, metadata={"format": file_format})
+
+
+def load_converted(path: str | os.PathLike, expected: Mapping[str, tuple[int, ...]], what: str, fix: str) -> dict:
+  """A nested tree from a file `save_converted` wrote, checked against `expected` shapes; needs no torch."""
+  flat = load_state_dict(path)
+  check_shapes(flat, expected, f"{path} ({what})", fix)
+  return unflatten(flat)
+
+
+def check_output_suffix(out: str, reader: str) -> None:
+  """Converters write safetensors only: the format the `load_*` functions read without torch."""
+  if not str(out).endswith(".safetensors"):
+    raise ConfigError(f"--out={out}: name the output *.safetensors, the format `{reader}` reads")
