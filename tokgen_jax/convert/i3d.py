@@ -15,18 +15,15 @@ bias}`; `num_batches_tracked` counters and a DataParallel `module.` prefix are i
 variables once; `load_i3d` then reads them without torch, ready for `I3D().apply(variables, videos)`.
 """
 
-import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 from flax import traverse_util
 
-from tokgen_jax.convert.state_dict import (check_output_suffix, fail_on_problems, load_converted, load_state_dict,
-                                           save_converted)
-from tokgen_jax.errors import ConfigError
+from tokgen_jax.convert.state_dict import (check_output_suffix, converter_parser, fail_on_problems, load_converted,
+                                           load_state_dict, run_cli, save_converted)
 from tokgen_jax.metrics.i3d import NUM_CLASSES, POOLED_DIM, unit_layout
 
 FORMAT = "tokgen_jax.i3d_kinetics400"
@@ -125,11 +122,8 @@ def load_i3d(path: str | os.PathLike, num_classes: int = NUM_CLASSES) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-  parser = argparse.ArgumentParser(
-      prog="python -m tokgen_jax.convert.i3d", description=__doc__.split("\n\n")[0],
-      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = converter_parser("i3d", __doc__)
   parser.add_argument("--weights", required=True, help=f"pytorch-i3d Kinetics-400 RGB weights, {WEIGHTS_FILE}")
-  parser.add_argument("--out", required=True, help="the .safetensors file to write")
   parser.add_argument("--num-classes", type=int, default=NUM_CLASSES, help="logits width (Kinetics-400: 400)")
   args = parser.parse_args(argv)
   check_output_suffix(args.out, "load_i3d")
@@ -139,7 +133,4 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-  try:
-    main()
-  except ConfigError as error:
-    sys.exit(f"error: {error}")
+  run_cli(main)

@@ -14,10 +14,8 @@ Then `python -m tokgen_jax.convert.inception --weights=pt_inception-2015-12-05-6
 reads without torch.
 """
 
-import argparse
 import functools
 import os
-import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -25,9 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokgen_jax.convert.state_dict import (check_output_suffix, fail_on_problems, load_converted, load_state_dict,
-                                           save_converted, unflatten)
-from tokgen_jax.errors import ConfigError
+from tokgen_jax.convert.state_dict import (check_output_suffix, converter_parser, fail_on_problems, load_converted,
+                                           load_state_dict, run_cli, save_converted, unflatten)
 from tokgen_jax.metrics.inception import BN_EPS, MIN_SIZE, FIDInceptionV3
 
 FORMAT = "tokgen_jax.fid_inception_v3"
@@ -133,11 +130,8 @@ def load_inception(path: str | os.PathLike) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-  parser = argparse.ArgumentParser(
-      prog="python -m tokgen_jax.convert.inception", description=__doc__.split("\n\n")[0],
-      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = converter_parser("inception", __doc__)
   parser.add_argument("--weights", required=True, help=f"pytorch-fid's FID InceptionV3 weights, {WEIGHTS_FILE}")
-  parser.add_argument("--out", required=True, help="the .safetensors file to write")
   args = parser.parse_args(argv)
   check_output_suffix(args.out, "load_inception")
   out = save_inception(args.out, load_inception_params(args.weights))
@@ -146,7 +140,4 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-  try:
-    main()
-  except ConfigError as error:
-    sys.exit(f"error: {error}")
+  run_cli(main)

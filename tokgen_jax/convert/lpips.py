@@ -11,17 +11,15 @@ Then `python -m tokgen_jax.convert.lpips --vgg=vgg16-397923af.pth --heads=.../lp
 --out=lpips_vgg.safetensors` writes both into one file that `load_lpips` reads without torch.
 """
 
-import argparse
 import importlib.util
 import os
-import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from tokgen_jax.convert.state_dict import (check_output_suffix, fail_on_problems, load_converted, load_state_dict,
-                                           save_converted)
+from tokgen_jax.convert.state_dict import (check_output_suffix, converter_parser, fail_on_problems, load_converted,
+                                           load_state_dict, run_cli, save_converted)
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.losses.perceptual import VGG16_BLOCKS, vgg16_conv_names
 
@@ -137,13 +135,10 @@ def default_heads_path() -> Path | None:
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-  parser = argparse.ArgumentParser(
-      prog="python -m tokgen_jax.convert.lpips", description=__doc__.split("\n\n")[0],
-      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = converter_parser("lpips", __doc__)
   parser.add_argument("--vgg", required=True, help=f"torchvision VGG16 ImageNet weights, {VGG16_FILE}")
   parser.add_argument("--heads", default=None,
                       help=f"LPIPS heads, {HEADS_FILE}; defaults to the installed lpips package's file")
-  parser.add_argument("--out", required=True, help="the .safetensors file to write")
   args = parser.parse_args(argv)
   heads = args.heads or default_heads_path()
   if heads is None:
@@ -156,7 +151,4 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-  try:
-    main()
-  except ConfigError as error:
-    sys.exit(f"error: {error}")
+  run_cli(main)

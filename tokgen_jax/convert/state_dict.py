@@ -8,10 +8,12 @@ containers: a pickle is a program, and a weight file from the internet must not 
 only when a PyTorch file is read, so safetensors files load without it.
 """
 
+import argparse
 import os
+import sys
 import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -199,3 +201,19 @@ def check_output_suffix(out: str, reader: str) -> None:
   """Converters write safetensors only: the format the `load_*` functions read without torch."""
   if not str(out).endswith(".safetensors"):
     raise ConfigError(f"--out={out}: name the output *.safetensors, the format `{reader}` reads")
+
+
+def converter_parser(name: str, doc: str) -> argparse.ArgumentParser:
+  """The command line of `python -m tokgen_jax.convert.<name>`: its docstring as help, and `--out`."""
+  parser = argparse.ArgumentParser(prog=f"python -m tokgen_jax.convert.{name}", description=doc.split("\n\n")[0],
+                                   epilog=doc.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--out", required=True, help="the .safetensors file to write")
+  return parser
+
+
+def run_cli(main: Callable[[], Any]) -> None:
+  """Run a converter's `main`, turning a ConfigError into a one-line message and exit status 1."""
+  try:
+    main()
+  except ConfigError as error:
+    sys.exit(f"error: {error}")
