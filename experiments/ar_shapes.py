@@ -27,7 +27,7 @@ Arguments: `tokenizer` | `local` (default), then `steps=N`, `batch=N`, `shapes=1
 import ml_collections
 
 from tokgen_jax.config import parse_arg
-from tokgen_jax.configs import ar, data, evaluation, gan, losses, mesh, optimizer, quantizers, vqgan
+from tokgen_jax.configs import ar, data, evaluation, gan, guard, losses, mesh, optimizer, quantizers, vqgan
 
 DEFAULT_TOKENIZER_WORKDIR = "/tmp/ar_shapes/tokenizer"
 IMAGE_SIZE = 32
@@ -47,6 +47,7 @@ def _common(config: ml_collections.ConfigDict, steps: int, batch: int) -> None:
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 2
   config.init_from = ""
+  config.guard = guard.guard()
   config.mesh = mesh.mesh()
   config.topology = ""  # CPU-only experiment
 

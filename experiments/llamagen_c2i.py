@@ -17,7 +17,7 @@ Arguments: `tokenizer` (train the VQ tokenizer) or `size=B|L|XL|XXL|3B` (the gen
 import ml_collections
 
 from tokgen_jax.config import parse_arg
-from tokgen_jax.configs import ar, data, evaluation, gan, losses, mesh, optimizer, quantizers, vqgan
+from tokgen_jax.configs import ar, data, evaluation, gan, guard, losses, mesh, optimizer, quantizers, vqgan
 
 IMAGE_SIZE = 256
 IMAGENET_TRAIN = 1_281_167
@@ -35,6 +35,7 @@ def tokenizer_config(steps: int = 0, batch: int = 0) -> ml_collections.ConfigDic
   config.checkpoint_every_steps = 5_000
   config.keep_checkpoints = 3
   config.init_from = ""
+  config.guard = guard.guard()
   config.model = vqgan.vqgan("B", quantizer=quantizers.vq(codebook_size=16384, dim=8))
   config.loss = losses.autoencoder_loss(l1_weight=1.0, l2_weight=1.0)
   config.adversarial = gan.adversarial(enabled=True, start_step=20_000)
@@ -59,6 +60,7 @@ def generator_config(size: str = "B", steps: int = 0, batch: int = 0,
   config.checkpoint_every_steps = 5_000
   config.keep_checkpoints = 3
   config.init_from = ""
+  config.guard = guard.guard()
   config.tokenizer = ml_collections.ConfigDict(dict(experiment=tokenizer_config(), workdir=tokenizer_workdir,
                                                     checkpoint_step=0))
   config.tokenize = ml_collections.ConfigDict(dict(data=data.imagenet(image_size=IMAGE_SIZE), batch_size=256,

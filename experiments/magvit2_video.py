@@ -14,7 +14,7 @@ Then any of `steps=N`, `batch=N`, `gan=0|1` (discriminator off/on), `lpips=/path
 import ml_collections
 
 from tokgen_jax.config import parse_arg
-from tokgen_jax.configs import data, evaluation, gan, losses, magvit2, mesh, optimizer, quantizers
+from tokgen_jax.configs import data, evaluation, gan, guard, losses, magvit2, mesh, optimizer, quantizers
 
 PAPER_DATASETS = {"ucf101": "ucf101", "kinetics600": "kinetics600"}
 
@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 250 if local else 5_000
   config.keep_checkpoints = 2
   config.init_from = ""
+  config.guard = guard.guard()
 
   if local:
     config.model = magvit2.magvit2("local", quantizer=quantizers.lfq(bits=10))

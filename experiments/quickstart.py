@@ -15,7 +15,7 @@ MS-SSIM's five scales take) for PSNR/SSIM/MS-SSIM.
 import ml_collections
 
 from tokgen_jax.config import parse_arg
-from tokgen_jax.configs import data, evaluation, gan, losses, mesh, optimizer, quantizers, vqgan
+from tokgen_jax.configs import data, evaluation, gan, guard, losses, mesh, optimizer, quantizers, vqgan
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -31,6 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 2
   config.init_from = ""
+  config.guard = guard.guard()
 
   quantizer = quantizers.by_name(arg.quantizer)
   image_size = 32 if local else 256

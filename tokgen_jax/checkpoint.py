@@ -1,71 +1,211 @@
 """Orbax checkpoints of one run: items `state` (the TrainState), `data` (the Grain iterator) and `config` (JSON).
 
-Checkpoints live in `workdir/checkpoints/<step>/`, are written asynchronously and atomically (Orbax renames a
-finished temporary directory), and are pruned to the newest `keep`.
+Checkpoints live in `workdir/checkpoints/<step>/`, are written asynchronously and atomically (Orbax writes a
+temporary directory and renames it when complete; a kill leaves only the temporary directory, which the next
+Manager deletes), and are pruned to the newest `keep`.
+
+Damage after the fact (a truncated or deleted file) is caught on restore. Once a save is known complete, the
+chief records the size of every file of the step in `<step>/file_sizes.json`; `restore_latest` checks the newest
+step against it, and a step that fails the check or fails to restore is reported by step and file, moved whole to
+`workdir/checkpoints_damaged/` (evidence kept, never overwritten) and the previous step is tried. A checkpoint
+that does not fit the model (other shapes or parameters) is a config problem, not damage: it raises ConfigError
+and nothing is moved.
 """
 
+import json
+import os
 import pathlib
+import time
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
-from tokgen_jax.errors import ConfigError
+from tokgen_jax.errors import CheckpointError, ConfigError
+
+ITEMS = ("state", "data", "config")
+FILE_SIZES = "file_sizes.json"
+DAMAGED_DIRNAME = "checkpoints_damaged"
+
+
+class DamagedCheckpoint(Exception):
+  """A step whose files are missing, truncated or unreadable; the message names the step and the file."""
 
 
 class Manager:
   def __init__(self, workdir: str, *, keep: int, asynchronous: bool = True):
-    self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    self.workdir = pathlib.Path(workdir).absolute()
+    self.directory = self.workdir / "checkpoints"
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=asynchronous,
-            create=True),
-        item_names=("state", "data", "config"),
+            max_to_keep=keep, enable_async_checkpointing=asynchronous, create=True,
+            cleanup_tmp_directories=True),  # what a killed save left behind
+        item_names=ITEMS,
     )
+    self._unrecorded: list[int] = []  # saves started whose file sizes are not written yet
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def all_steps(self) -> list[int]:
-    return list(self._manager.all_steps())
+    return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, data_iterator: Any, config_json: dict) -> bool:
-    """Start an asynchronous save of `step` unless it is already saved; returns whether one started."""
+    """Start an asynchronous save of `step` unless it is already saved; returns whether one started. Raises
+    CheckpointError if this or the previous (background) save failed, e.g. on a full disk."""
     if step == self.latest_step():
       return False
-    return self._manager.save(step, force=True, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iterator),
-        config=ocp.args.JsonSave(config_json)))
+    self.wait()
+    try:
+      started = self._manager.save(step, force=True, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=grain.checkpoint.CheckpointSave(data_iterator),
+          config=ocp.args.JsonSave(config_json)))
+    except Exception as error:  # pylint: disable=broad-except  (any failure to write is reported the same way)
+      raise self._save_error(step, error) from error
+    if started:
+      self._unrecorded.append(step)
+    return started
+
+  def wait(self) -> None:
+    """Block until the background save is complete, then record its file sizes (chief)."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as error:  # pylint: disable=broad-except
+      raise self._save_error(self._unrecorded[-1] if self._unrecorded else None, error) from error
+    if jax.process_index() == 0:
+      for step in self._unrecorded:
+        if step in self._manager.all_steps():
+          _record_file_sizes(self.directory / str(step))
+    self._unrecorded = []
+
+  def _save_error(self, step: int | None, error: Exception) -> CheckpointError:
+    self._unrecorded = []
+    good = [s for s in self._manager.all_steps() if s != step]
+    kept = f"the last complete checkpoint, step {max(good)}, is intact" if good else "no earlier checkpoint exists"
+    return CheckpointError(
+        f"saving checkpoint step {step} under {self.directory} failed: {error!r}; {kept}. Free disk space (or fix "
+        f"the permissions) there and rerun the same command: training resumes from the last complete checkpoint.")
 
   def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
-    """The state saved at `step`, placed with the shardings of `abstract_state`; restores the iterator in place."""
+    """The state saved at `step`, placed with the shardings of `abstract_state`; restores the iterator in place.
+    Raises ConfigError if the checkpoint does not fit the model, DamagedCheckpoint if its files are damaged."""
+    step_dir = self.directory / str(step)
+    check_file_sizes(step_dir)
+    _check_fits(step_dir, abstract_state)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    except (ValueError, KeyError, FileNotFoundError) as error:
-      raise ConfigError(
-          f"checkpoint {self.directory / str(step)} could not be restored into the current model ({error}). "
-          f"It was written by a different config or is damaged; use a fresh --workdir, or delete that step "
-          f"directory to fall back to an older one.") from error
-    return restored.state
+      return self._manager.restore(step, args=ocp.args.Composite(**items)).state
+    except Exception as error:  # pylint: disable=broad-except  (TensorStore raises plain Exception on bad data)
+      raise DamagedCheckpoint(f"checkpoint step {step} ({step_dir}) could not be read: "
+                              f"{str(error).splitlines()[0][:300]}") from error
 
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
+  def restore_latest(self, abstract_state: Any, data_iterator: Any | None = None) -> tuple[Any, int] | None:
+    """The newest restorable (state, step), moving damaged newer steps aside; None if no step is left."""
+    for step in reversed(self.all_steps()):
+      try:
+        return self.restore(step, abstract_state, data_iterator), step
+      except DamagedCheckpoint as damage:
+        moved = self._move_aside(step)
+        logging.warning("%s. Moved it to %s and falling back to the previous checkpoint.", damage, moved)
+        print(f"warning: {damage}. Moved to {moved}; falling back to the previous checkpoint.", flush=True)
+    return None
+
+  def _move_aside(self, step: int) -> pathlib.Path:
+    target = self.workdir / DAMAGED_DIRNAME / str(step)
+    if target.exists():  # the same step was damaged before: keep both
+      target = target.with_name(f"{step}.{time.strftime('%Y%m%d-%H%M%S')}.{os.getpid()}")
+    if jax.process_index() == 0:
+      target.parent.mkdir(parents=True, exist_ok=True)
+      os.replace(self.directory / str(step), target)
+    self._manager.reload()
+    return target
 
   def close(self) -> None:
     self._manager.close()
+
+
+# -------------------------------------------------------------------------------------------- integrity checks
+
+
+def _files(step_dir: pathlib.Path) -> dict[str, int]:
+  return {str(path.relative_to(step_dir)): path.stat().st_size
+          for path in sorted(step_dir.rglob("*")) if path.is_file() and path.name != FILE_SIZES}
+
+
+def _record_file_sizes(step_dir: pathlib.Path) -> None:
+  temporary = step_dir / f".{FILE_SIZES}.tmp"
+  temporary.write_text(json.dumps(_files(step_dir), indent=0))
+  os.replace(temporary, step_dir / FILE_SIZES)
+
+
+def check_file_sizes(step_dir: pathlib.Path) -> None:
+  """Raise DamagedCheckpoint naming the first file of `step_dir` that is missing or not its recorded size (steps
+  saved before sizes were recorded, or killed before recording them, are only checked for empty files)."""
+  record = step_dir / FILE_SIZES
+  try:
+    expected = json.loads(record.read_text()) if record.exists() else None
+  except (OSError, ValueError) as error:
+    raise DamagedCheckpoint(f"checkpoint step {step_dir.name}: {record} is unreadable ({error})") from error
+  actual = _files(step_dir)
+  if expected is None:
+    empty = [name for name, size in actual.items() if size == 0]  # Orbax writes no empty files
+    if empty:
+      raise DamagedCheckpoint(f"checkpoint step {step_dir.name}: file {step_dir / empty[0]} is empty")
+    return
+  for name, size in expected.items():
+    if name not in actual:
+      raise DamagedCheckpoint(f"checkpoint step {step_dir.name}: file {step_dir / name} is missing")
+    if actual[name] != size:
+      raise DamagedCheckpoint(f"checkpoint step {step_dir.name}: file {step_dir / name} has {actual[name]} bytes, "
+                              f"{size} were written")
+
+
+def _key_name(entry: Any) -> str:
+  for attribute in ("key", "name", "idx"):
+    if hasattr(entry, attribute):
+      return str(getattr(entry, attribute))
+  return str(entry)
+
+
+def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {".".join(_key_name(e) for e in path): tuple(leaf.shape) for path, leaf in leaves if hasattr(leaf, "shape")}
+
+
+def _check_fits(step_dir: pathlib.Path, abstract_state: Any) -> None:
+  """ConfigError if the saved state's parameter names or shapes differ from the model's."""
+  try:
+    metadata = ocp.StandardCheckpointer().metadata(step_dir / "state")
+  except Exception as error:  # pylint: disable=broad-except
+    raise DamagedCheckpoint(f"checkpoint step {step_dir.name}: {step_dir / 'state'} has unreadable metadata "
+                            f"({str(error).splitlines()[0][:300]})") from error
+  saved = _leaf_shapes(getattr(metadata, "item_metadata", metadata))
+  wanted = _leaf_shapes(abstract_state)
+  problems = [f"{name}: saved {saved[name]}, model {shape}" for name, shape in wanted.items()
+              if name in saved and saved[name] != shape]
+  problems += [f"{name}: not in the checkpoint" for name in wanted if name not in saved]
+  problems += [f"{name}: in the checkpoint, not in the model" for name in saved if name not in wanted]
+  if problems:
+    raise ConfigError(
+        f"checkpoint {step_dir} does not fit the current model ({len(problems)} differences, e.g. "
+        f"{'; '.join(problems[:3])}). It was written by a different config: use a fresh --workdir, or restore the "
+        f"config it was trained with (saved in {step_dir / 'config'}).")
+
+
+# ------------------------------------------------------------------------------------------------- init_from
 
 
 def _latest_state(directory: pathlib.Path, abstract_state: Any) -> Any | None:
   if not directory.is_dir():
     return None
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
-                                  item_names=("state", "data", "config"))
+                                  item_names=ITEMS)
   step = manager.latest_step()
   if step is None:
     return None

@@ -57,11 +57,11 @@ def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)  # library INFO chatter (Orbax) hides the progress lines
   _initialize_distributed()
   from tokgen_jax import trainer
-  from tokgen_jax.errors import ConfigError
+  from tokgen_jax.errors import CheckpointError, ConfigError
 
   try:
     summary = trainer.run(_CONFIG.value, _WORKDIR.value, _MODE.value, topology=_TOPOLOGY.value)
-  except (ConfigError, FileNotFoundError) as error:
+  except (ConfigError, CheckpointError, FileNotFoundError) as error:
     logging.error("%s", error)
     sys.exit(f"error: {error}")
   logging.info("done: %s", summary)

@@ -29,7 +29,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tokgen_jax import checkpoint, config as config_lib, data, generation, perf, sharding, tasks, writers
+from tokgen_jax import checkpoint, config as config_lib, data, generation, guard, perf, sharding, tasks, writers
 from tokgen_jax.data import tokens as token_data
 from tokgen_jax.errors import ConfigError
 
@@ -126,31 +126,37 @@ def count_params(abstract_state: Any) -> int:
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop polls; all processes agree before acting on it."""
+  """When to save and exit on preemption. One process: SIGTERM sets a flag the loop polls. Several: JAX's
+  preemption service (its notifier catches SIGTERM on any host) picks one step at which every process saves,
+  `multihost_utils.reached_preemption_sync_point`, as Orbax's `reached_preemption` does."""
 
   def __init__(self):
     self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._single = jax.process_count() == 1
+    if self._single:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
 
-  def agreed(self) -> bool:
-    if jax.process_count() == 1:
+  def reached(self, step: int) -> bool:
+    if self._single:
       return self.requested
-    return bool(multihost_utils.process_allgather(np.asarray(self.requested)).any())
+    return multihost_utils.reached_preemption_sync_point(step)
 
   def restore_handler(self) -> None:
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._single:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _initial_state(run_: Run, manager: checkpoint.Manager, train_iter: Any) -> Any:
-  """Resume order: the workdir's latest checkpoint → config.init_from (parameters only) → scratch."""
-  latest = manager.latest_step()
-  if latest is not None:
-    logging.info("resuming from %s/%d", manager.directory, latest)
-    return manager.restore(latest, run_.abstract_state, train_iter)
+  """Resume order: the workdir's latest good checkpoint (damaged newer ones are moved aside) → config.init_from
+  (parameters only) → scratch."""
+  restored = manager.restore_latest(run_.abstract_state, train_iter)
+  if restored is not None:
+    logging.info("resuming from %s/%d", manager.directory, restored[1])
+    return restored[0]
   state = run_.init_state()
   if run_.config.init_from:
     loaded = checkpoint.restore_params(run_.config.init_from, run_.abstract_state)
@@ -158,10 +164,11 @@ def _initial_state(run_: Run, manager: checkpoint.Manager, train_iter: Any) -> A
   return state
 
 
-def _compile_step(run_: Run, state: Any, batch: Any):
-  """The compiled train step and its FLOPs per device (`perf.count_flops`: scan bodies counted per layer)."""
-  step_fn = jax.jit(run_.task.train_step,
-                    in_shardings=(run_.state_shardings, sharding.batch_sharding(run_.mesh)),
+def _compile_step(run_: Run, state: Any, batch: Any, nonfinite: str = "stop"):
+  """The compiled train step (guarded per `config.guard.nonfinite`) and its FLOPs per device (`perf.count_flops`:
+  scan bodies counted per layer)."""
+  train_step = guard.guarded_step(run_.task.train_step, nonfinite)
+  step_fn = jax.jit(train_step, in_shardings=(run_.state_shardings, sharding.batch_sharding(run_.mesh)),
                     out_shardings=(run_.state_shardings, None), donate_argnums=0)
   with run_.context():
     compiled = step_fn.lower(state, batch).compile()
@@ -169,59 +176,76 @@ def _compile_step(run_: Run, state: Any, batch: Any):
   return compiled, flops
 
 
-def _check_finite(metrics: dict[str, float], step: int) -> None:
-  bad = [name for name, value in metrics.items() if not np.isfinite(value)]
-  if bad:
-    raise FloatingPointError(
-        f"non-finite {bad} at step {step}; the last checkpoint before it is kept. Lower "
-        f"config.optimizer.learning_rate or raise config.optimizer.warmup_steps, then rerun to resume.")
+def _last_good(manager: checkpoint.Manager) -> str:
+  manager.wait()
+  step = manager.latest_step()
+  if step is None:
+    return "there is no checkpoint yet"
+  return f"the last good checkpoint is step {step} ({manager.directory / str(step)})"
 
 
 def train(run_: Run) -> dict[str, Any]:
   config = run_.config
+  settings = guard.settings(config)
   train_iter = data.make_pipeline(config.data, "train", global_batch_size=config.batch_size)
   manager = checkpoint.Manager(str(run_.workdir), keep=config.keep_checkpoints)
   state = _initial_state(run_, manager, train_iter)
   step = int(state.step)
   writer = writers.MetricWriter(str(run_.workdir), enabled=run_.is_chief)
+  record = guard.BatchRecord(run_.workdir, enabled=settings.record_batches and run_.is_chief)
+  monitor = guard.NonFiniteMonitor(settings)
   preemption = _Preemption()
   config_json = config_lib.to_json(config)
   summary: dict[str, Any] = {"step": step}
+  last_good = functools.partial(_last_good, manager)
   try:
     timer = _Timer()
-    pending: list[dict] = []
+    pending: list[tuple[int, Any]] = []
     compiled = flops = metrics = None
     while step < config.total_steps:
       with timer.waiting(metrics):
-        batch = sharding.global_batch(next(train_iter), run_.mesh)
+        local_batch = next(train_iter)
+        record.write(step + 1, local_batch)
+        batch = sharding.global_batch(local_batch, run_.mesh)
       if compiled is None:
-        compiled, flops = _compile_step(run_, state, batch)
+        compiled, flops = _compile_step(run_, state, batch, settings.nonfinite)
         timer.reset()
       state, metrics = compiled(state, batch)
       step += 1
-      pending.append(metrics)
+      pending.append((step, metrics))
       if step % config.log_every_steps == 0 or step == config.total_steps:
-        summary = _log(step, config, pending, timer, flops, writer)
+        summary = _log(step, config, len(pending), monitor.screen(pending, last_good), monitor, timer, flops, writer)
         pending = []
       if config.eval_every_steps and (step % config.eval_every_steps == 0 or step == config.total_steps):
         with timer.paused():
           summary |= evaluate(run_, state, step, writer)
-      if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
-        _check_finite({"loss": float(metrics["loss"])}, step)  # never checkpoint a diverged state
+      preempted = preemption.reached(step)
+      if preempted or step % config.checkpoint_every_steps == 0 or step == config.total_steps:
         with timer.paused():
+          monitor.screen(pending, last_good)  # never checkpoint a diverged state
+          guard.check_state_finite(state, step, last_good())
           manager.save(step, state, train_iter, config_json)
-      if preemption.agreed():
-        logging.warning("SIGTERM: saving step %d and exiting", step)
-        manager.save(step, state, train_iter, config_json)
+      if preempted:
+        logging.warning("preemption: saved step %d, exiting", step)
+        print(f"preempted: saved step {step}; rerun the same command to resume", flush=True)
         summary["preempted"] = True
         break
+    manager.wait()  # a failed background save is reported here, not lost
   finally:
-    manager.wait()
-    manager.close()
-    writer.close()
+    _close_quietly(manager, writer, record)
     preemption.restore_handler()
   summary["step"] = step
   return summary
+
+
+def _close_quietly(manager: checkpoint.Manager, writer: writers.MetricWriter, record: guard.BatchRecord) -> None:
+  """Finish writing on any exit; a failed save was already reported by `manager.wait` or is reported now."""
+  try:
+    manager.wait()
+    manager.close()
+  finally:
+    writer.close()
+    record.close()
 
 
 def _is_ready(tree: Any) -> bool:
@@ -257,16 +281,21 @@ class _Timer:
     self.start += time.perf_counter() - begin
 
 
-def _log(step, config, pending, timer, flops, writer) -> dict[str, float]:
-  means = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(pending))
-  _check_finite(means, step)
+def _log(step, config, num_steps, applied, monitor, timer, flops, writer) -> dict[str, float]:
+  """One log line over the `num_steps` steps since the last: means of those whose update was applied (`applied`:
+  host metrics), throughput figures, and under config.guard.nonfinite=skip the number of steps skipped so far."""
   elapsed = max(time.perf_counter() - timer.start, 1e-9)
-  steps_per_sec = len(pending) / elapsed
-  scalars = {"loss": means.pop("loss"), "lr": means.pop("lr"), "steps_per_sec": steps_per_sec,
-             "examples_per_sec": steps_per_sec * config.batch_size,
-             "tflops_per_device": flops * steps_per_sec / 1e12,
-             "mfu": flops * steps_per_sec / perf.peak_flops(jax.devices()[0]),
-             "data_wait_frac": timer.data_wait / elapsed, **means}
+  steps_per_sec = num_steps / elapsed
+  scalars = {}
+  if applied:
+    means = jax.tree.map(lambda *xs: float(np.mean(xs)), *applied)
+    scalars = {"loss": means.pop("loss"), "lr": means.pop("lr"), **means}
+  scalars |= {"steps_per_sec": steps_per_sec, "examples_per_sec": steps_per_sec * config.batch_size,
+              "tflops_per_device": flops * steps_per_sec / 1e12,
+              "mfu": flops * steps_per_sec / perf.peak_flops(jax.devices()[0]),
+              "data_wait_frac": timer.data_wait / elapsed}
+  if monitor.policy == "skip":
+    scalars["skipped_steps"] = monitor.skipped
   writer.write(step, scalars)
   if jax.process_index() == 0:
     print(writers.format_progress(step, config.total_steps, scalars), flush=True)
