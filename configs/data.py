@@ -10,7 +10,7 @@ def images(source: str = "photos", image_size: int = 64, eval_image_size: int = 
   config = ml_collections.ConfigDict(dict(
       source=source, name="", data_dir="", path="", train_split="train", eval_split="eval",
       image_size=image_size, eval_image_size=eval_image_size, resize=0, random_flip=True, seed=0,
-      num_threads=2, prefetch=4))
+      num_threads=2, prefetch=4, max_corrupt_fraction=0.0))  # folders: share of undecodable files skipped
   config.update(overrides)
   return config
 
@@ -27,7 +27,7 @@ def videos(source: str = "lavfi", num_frames: int = 17, image_size: int = 64, ev
   scikit-image ships), 'video_folder' or 'tfds_video'. Clips are `num_frames` frames sampled at `fps`."""
   config = images(source, image_size, eval_image_size)
   config.update(dict(num_frames=num_frames, fps=8, lavfi_sources=DEFAULT_LAVFI_SOURCES, clip_seconds=9.0,
-                     lavfi_codec="libx264", max_corrupt_fraction=0.0))
+                     lavfi_codec="libx264"))
   config.update(overrides)
   return config
 

@@ -20,8 +20,10 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 from tokgen_jax.errors import CheckpointError, ConfigError
 
@@ -96,24 +98,29 @@ class Manager:
     step_dir = self.directory / str(step)
     check_file_sizes(step_dir)
     _check_fits(step_dir, abstract_state)
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
-      return self._manager.restore(step, args=ocp.args.Composite(**items)).state
+      state = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
     except Exception as error:  # pylint: disable=broad-except  (TensorStore raises plain Exception on bad data)
       raise DamagedCheckpoint(f"checkpoint step {step} ({step_dir}) could not be read: "
                               f"{str(error).splitlines()[0][:300]}") from error
+    if data_iterator is not None:
+      _restore_data(step_dir / "data", data_iterator)
+    return state.state
 
   def restore_latest(self, abstract_state: Any, data_iterator: Any | None = None) -> tuple[Any, int] | None:
     """The newest restorable (state, step), moving damaged newer steps aside; None if no step is left."""
     for step in reversed(self.all_steps()):
+      damage = None
       try:
-        return self.restore(step, abstract_state, data_iterator), step
-      except DamagedCheckpoint as damage:
-        moved = self._move_aside(step)
-        logging.warning("%s. Moved it to %s and falling back to the previous checkpoint.", damage, moved)
-        print(f"warning: {damage}. Moved to {moved}; falling back to the previous checkpoint.", flush=True)
+        state = self.restore(step, abstract_state, data_iterator)
+      except DamagedCheckpoint as error:
+        damage = error
+      if not _on_any_process(damage is not None):
+        return state, step
+      moved = self._move_aside(step)
+      logging.warning("%s. Moved it to %s and falling back to the previous checkpoint.", damage, moved)
+      print(f"warning: {damage or 'another process found checkpoint step %d damaged' % step}. Moved to {moved}; "
+            f"falling back to the previous checkpoint.", flush=True)
     return None
 
   def _move_aside(self, step: int) -> pathlib.Path:
@@ -123,11 +130,20 @@ class Manager:
     if jax.process_index() == 0:
       target.parent.mkdir(parents=True, exist_ok=True)
       os.replace(self.directory / str(step), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"tokgen_moved_damaged_step_{step}")
     self._manager.reload()
     return target
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _on_any_process(flag: bool) -> bool:
+  """All processes take the same branch: whether `flag` holds on any of them."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(multihost_utils.process_allgather(np.asarray(flag)).any())
 
 
 # -------------------------------------------------------------------------------------------- integrity checks
@@ -164,6 +180,31 @@ def check_file_sizes(step_dir: pathlib.Path) -> None:
     if actual[name] != size:
       raise DamagedCheckpoint(f"checkpoint step {step_dir.name}: file {step_dir / name} has {actual[name]} bytes, "
                               f"{size} were written")
+
+
+def _restore_data(directory: pathlib.Path, data_iterator: Any) -> None:
+  """Set the iterator to its saved position. Grain names the file by process index and count; when the count has
+  changed since the save, every saved file holds the same position (a count of global batches: each process's
+  iterator yields its share of every global batch, `pipeline.global_stream`), which then applies to any layout."""
+  own = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+  saved = sorted(directory.glob("process_*-of-*.json"))
+  if own.exists():
+    text = own.read_text()
+  elif not saved:
+    raise DamagedCheckpoint(f"checkpoint step {directory.parent.name}: the input position {own} is missing")
+  else:
+    positions = {path.read_text() for path in saved}
+    if len(positions) != 1:
+      raise ConfigError(f"{directory} holds different input positions for the {len(saved)} processes that saved it, "
+                        f"so it resumes only with that many processes ({jax.process_count()} now).")
+    text = positions.pop()
+  try:
+    data_iterator.set_state(json.loads(text))
+  except ValueError as error:
+    raise DamagedCheckpoint(f"checkpoint step {directory.parent.name}: the input position in {directory} is "
+                            f"unreadable ({error})") from error
+  if hasattr(data_iterator, "start_prefetch"):  # as Grain's own restore does
+    data_iterator.start_prefetch()
 
 
 def _key_name(entry: Any) -> str:

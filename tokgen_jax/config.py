@@ -27,13 +27,37 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
       if not isinstance(default, bool):
         raise ConfigError(f"experiment argument {name!r} needs a value, e.g. {name}={default}.")
       parsed[name] = True
-    elif isinstance(default, bool):
-      parsed[name] = value.lower() in ("1", "true", "yes")
-    elif isinstance(default, str):
-      parsed[name] = value
     else:
-      parsed[name] = type(default)(ast.literal_eval(value))
+      parsed[name] = _cast(name, value, default, arg)
   return parsed
+
+
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
+
+
+def _cast(name: str, value: str, default: Any, arg: str) -> Any:
+  """`value` as the type of `default`; a ConfigError rather than a silent False, truncation or a bare ast error."""
+  if isinstance(default, bool):
+    if value.lower() in _TRUE + _FALSE:
+      return value.lower() in _TRUE
+    raise ConfigError(f"experiment argument {name}={value!r} in {arg!r} is not a boolean; write {name}=true or "
+                      f"{name}=false (or {name} alone for true).")
+  if isinstance(default, str):
+    return value
+  try:
+    literal = ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    literal = None
+  # int(1.5) would silently drop the fraction, and bool is an int subclass: accept only the default's kind.
+  if isinstance(default, int):
+    kind, fits = "an integer", isinstance(literal, int) and not isinstance(literal, bool)
+  elif isinstance(default, float):
+    kind, fits = "a number", isinstance(literal, (int, float)) and not isinstance(literal, bool)
+  else:
+    kind, fits = f"a {type(default).__name__}", isinstance(literal, type(default))
+  if not fits:
+    raise ConfigError(f"experiment argument {name}={value!r} in {arg!r} is not {kind}; write e.g. {name}={default!r}.")
+  return type(default)(literal)
 
 
 def to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from tokgen_jax import writers
 from tokgen_jax.errors import ConfigError
 
 NONFINITE_POLICIES = ("stop", "skip")
@@ -113,7 +114,11 @@ class BatchRecord:
   """Appends `{"step", "crc32"}` of each batch (this process's share) to WORKDIR/batches.jsonl when enabled."""
 
   def __init__(self, workdir: pathlib.Path, enabled: bool):
-    self._file = open(os.path.join(workdir, BATCHES_FILENAME), "a", encoding="utf-8") if enabled else None
+    self._file = None
+    if enabled:
+      path = os.path.join(workdir, BATCHES_FILENAME)
+      writers.drop_partial_last_line(path)
+      self._file = open(path, "a", encoding="utf-8")
 
   def write(self, step: int, batch: dict[str, Any]) -> None:
     if self._file is None:

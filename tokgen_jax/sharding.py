@@ -82,10 +82,11 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
+def check_batch_size(global_batch_size: int, mesh: Mesh, key: str = "batch_size") -> None:
+  """`key` names the config field in the error (config.batch_size, config.eval.batch_size)."""
   parallel = data_parallel_size(mesh)
   if global_batch_size % parallel or global_batch_size % jax.process_count():
     raise ConfigError(
-        f"config.batch_size={global_batch_size} is not divisible by the data-parallel size {parallel} "
+        f"config.{key}={global_batch_size} is not divisible by the data-parallel size {parallel} "
         f"(mesh axes data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']}) and the {jax.process_count()} "
-        f"process(es); set config.batch_size to a multiple of {math.lcm(parallel, jax.process_count())}.")
+        f"process(es); set config.{key} to a multiple of {math.lcm(parallel, jax.process_count())}.")

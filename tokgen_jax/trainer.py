@@ -91,7 +91,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices: list | None 
     config.data.path = str(pathlib.Path(workdir).absolute() / "tokens")  # tokenize writes, train reads, here
   mesh = sharding.make_mesh(config.mesh, devices)
   sharding.check_batch_size(config.batch_size, mesh)
-  sharding.check_batch_size(config.eval.batch_size, mesh)
+  sharding.check_batch_size(config.eval.batch_size, mesh, key="eval.batch_size")
   rules = sharding.logical_rules(config.mesh)
   task = tasks.build(config)
   example = task.example_batch()

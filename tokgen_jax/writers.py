@@ -113,7 +113,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 # Metric writer
 
 
-def _drop_partial_last_line(path: str) -> None:
+def drop_partial_last_line(path: str) -> None:
     """Cut a line a killed run left half-written, so appended lines stay one JSON record each."""
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         return
@@ -139,7 +139,7 @@ class MetricWriter:
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
-        _drop_partial_last_line(self.metrics_path)
+        drop_partial_last_line(self.metrics_path)
         self._jsonl = open(self.metrics_path, "a", encoding="utf-8")
         # Imported here: non-writing processes never pay for the protobuf import.
         from tensorboardX import SummaryWriter

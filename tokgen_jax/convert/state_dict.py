@@ -10,8 +10,10 @@ only when a PyTorch file is read, so safetensors files load without it.
 
 import argparse
 import os
+import pickletools
 import sys
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -100,12 +102,14 @@ def _load_torch(path: Path) -> dict[str, np.ndarray]:
     loaded = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as error:  # UnpicklingError, the zip reader's RuntimeError, EOFError, ...
     detail = _torch_error_detail(str(error))
-    if "GLOBAL" in detail:
+    imports = _foreign_pickle_imports(path)
+    if "GLOBAL" in detail or imports:
+      shown = f"; it imports {', '.join(imports[:5])}" if imports else ""
       raise ConfigError(
-          f"{path}: refused to load: its pickle names a Python callable or class ({detail}), which a plain state "
-          "dict never does and torch.load(weights_only=True) rejects, because unpickling it could run code. Do not "
-          "load it with weights_only=False unless you trust its source; then re-save only its state dict (or "
-          "safetensors) in a separate environment") from error
+          f"{path}: refused to load: its pickle names a Python callable or class ({detail}{shown}), which a plain "
+          "state dict never does and torch.load(weights_only=True) rejects, because unpickling it could run code. "
+          "Do not load it with weights_only=False unless you trust its source; then re-save only its state dict "
+          "(or safetensors) in a separate environment") from error
     raise ConfigError(f"{path}: cannot read as a PyTorch weight file ({type(error).__name__}: {detail}); the file "
                       "is truncated or corrupt, or not a torch.save file: download it again") from error
   if not isinstance(loaded, Mapping):
@@ -116,6 +120,40 @@ def _load_torch(path: Path) -> dict[str, np.ndarray]:
   if not flat:
     raise ConfigError(f"{path}: holds no tensors; is this a weight file (keys: {sorted(loaded)[:10]})?")
   return flat
+
+
+# Modules a torch.save state dict may import (tensor rebuilding, OrderedDict, numpy scalars); others mean code.
+_STATE_DICT_MODULES = ("torch", "collections", "_codecs", "numpy")
+
+
+def _foreign_pickle_imports(path: Path) -> list[str]:
+  """`module.name` of every import in the file's pickle outside `_STATE_DICT_MODULES`, read with pickletools
+  (which parses opcodes and runs nothing); [] when the file is no complete pickle (then it is merely corrupt: a
+  truncated stream runs nothing, and random bytes must not pass for a pickle naming code)."""
+  try:
+    with zipfile.ZipFile(path) as archive:  # torch.save's format: the pickle is <name>/data.pkl
+      member = next((name for name in archive.namelist() if name.endswith("data.pkl")), None)
+      data = archive.read(member) if member else b""
+  except (zipfile.BadZipFile, OSError):
+    data = path.read_bytes()  # legacy torch.save, or a plain pickle
+  imports, strings, memo, complete = [], [], {}, False
+  try:
+    for opcode, arg, _ in pickletools.genops(data):
+      if opcode.name in ("GLOBAL", "INST"):  # protocols 0-3: arg is "module name"
+        imports.append(arg.replace(" ", "."))
+      elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:  # protocol 4+: module and name pushed before
+        imports.append(f"{strings[-2]}.{strings[-1]}")
+      elif isinstance(arg, str) and ("UNICODE" in opcode.name or "STRING" in opcode.name):
+        strings.append(arg)
+      elif opcode.name == "MEMOIZE" and strings:
+        memo[len(memo)] = strings[-1]
+      elif opcode.name.endswith("GET") and arg in memo:
+        strings.append(memo[arg])
+      complete = opcode.name == "STOP"
+  except (ValueError, EOFError, KeyError, TypeError, UnicodeDecodeError):  # not a pickle, or a truncated one
+    return []
+  foreign = {name for name in imports if name.split(".")[0] not in _STATE_DICT_MODULES}
+  return sorted(foreign) if complete else []
 
 
 def _torch_error_detail(message: str) -> str:

@@ -10,6 +10,10 @@ image, row-major inside an image. Tiles are split into one contiguous block per 
 an image, so a process decodes each image about once), and each block is padded to the same number of full batches
 with zero images whose `mask` is False, so every process runs the same number of eval steps.
 
+A folder image that fails to decode when read is replaced by the next readable image in training and masked out
+(as padding) in eval; corrupt files found when the folder opens are skipped up to `max_corrupt_fraction` (see
+`sources`).
+
 Both are Grain `MapDataset`s turned into an iterator at the end, so `get_state()` is a small JSON-able dict and
 `set_state()` resumes exactly where the saved iterator stood.
 """
@@ -45,7 +49,8 @@ def make_pipeline(data_config, split: str, *, global_batch_size: int, process_in
 
   Args:
     data_config: `config.data` (fields: source, name, data_dir, path, train_split, eval_split, image_size,
-      eval_image_size, resize, random_flip, seed, num_threads, prefetch).
+      eval_image_size, resize, random_flip, seed, num_threads, prefetch; optional max_corrupt_fraction, the share
+      of corrupt folder files skipped rather than refused, default 0).
     split: 'train' (infinite, shuffled, augmented) or 'eval' (one deterministic pass over held-out tiles).
     global_batch_size: batch size over all processes; each process yields `global_batch_size // process_count`.
     process_index: this process; defaults to `jax.process_index()`.
@@ -95,9 +100,12 @@ def _local_batch_size(global_batch_size: int, process_index: int, process_count:
 
 def _open_configured_source(data_config, split: str) -> sources.ImageSource:
   split_name = data_config.train_split if split == "train" else data_config.eval_split
+  # Hand-built configs may lack max_corrupt_fraction (the presets have it): then any corrupt folder file is an error.
+  max_corrupt_fraction = data_config.get("max_corrupt_fraction", 0.0) if hasattr(data_config, "get") else 0.0
   return sources.open_source(str(data_config.source), split=split, name=str(data_config.name),
                              data_dir=str(data_config.data_dir), path=str(data_config.path),
-                             split_name=str(split_name))
+                             split_name=str(split_name), max_corrupt_fraction=float(max_corrupt_fraction),
+                             num_threads=int(data_config.num_threads))
 
 
 # ------------------------------------------------------------------------------------------------------- train
@@ -139,7 +147,7 @@ def _train_dataset(source: sources.ImageSource, data_config, local_batch_size: i
 
   def example(element: tuple[int, int]) -> dict[str, np.ndarray]:
     index, position = element
-    return {"image": augment(source.decode(source.records[index]), position_rng(seed, position))}
+    return {"image": augment(source.read_or_next(index), position_rng(seed, position))}
 
   return (global_stream(len(source), seed, local_batch_size * process_count, process_index, process_count)
           .map(example)
@@ -175,15 +183,18 @@ class _EvalTileReader:
     self._resize = resize
     self.prepared_image = functools.lru_cache(maxsize=cache_size)(self._prepare)
 
-  def _prepare(self, index: int) -> np.ndarray:
-    image = self._source.decode(self._source.records[index])
+  def _prepare(self, index: int) -> np.ndarray | None:
+    image = self._source.read(index)
+    if image is None:  # a file the source skips (logged and counted there): its tiles become padding
+      return None
     return transforms.prepare_eval_image(image, tile_size=self._tile_size, resize=self._resize)
 
   def __call__(self, spec: tuple[int, int, int]) -> dict[str, Any]:
     index, top, left = spec
-    if index < 0:
+    image = self.prepared_image(index) if index >= 0 else None
+    if image is None:
       return {"image": np.zeros((self._tile_size, self._tile_size, 3), np.float32), "mask": np.bool_(False)}
-    tile = transforms.crop(self.prepared_image(index), top, left, self._tile_size)
+    tile = transforms.crop(image, top, left, self._tile_size)
     return {"image": transforms.scale_to_signed_unit(tile), "mask": np.bool_(True)}
 
 

@@ -11,7 +11,17 @@ Three kinds, picked by `config.data.source`:
 
   `train_split` / `eval_split` are ignored. Photos are loaded on first use and kept for the process.
 * `folder` -- image files (png, jpg, jpeg, bmp, webp, gif) anywhere under `path/<split folder>`, sorted by
-  relative path. Records are file paths; pixels are decoded in the pipeline's map step.
+  relative path. Records are file paths; pixels are decoded in the pipeline's map step. Bad files are handled as
+  in video folders (`video.video_folder_source`):
+
+  - When the source opens, every file's header is read (in `num_threads` threads, some 30 us a file on a local
+    disk; this also gives the eval layout its image shapes). A file whose header does not parse -- empty, random
+    bytes, text or another format under an image name -- is skipped, logged with its path and counted in
+    `corrupt_files`. A share of corrupt files above `config.data.max_corrupt_fraction` (0 when the config has no
+    such field: any corrupt file) is a ConfigError naming them.
+  - A file whose header parses but whose pixels do not decode (a truncated PNG or JPEG) is found when it is read:
+    it is logged once and counted in `runtime_failures`; training takes the next readable image in its place,
+    and evaluation masks its tiles out (`mask` False, as padding), so every batch keeps its shape.
 * `tfds` -- a TFDS dataset the user prepared in ArrayRecord format; records keep their encoded 'image' bytes
   (TFDS decoding is skipped) and are decoded with PIL in the map step, so TensorFlow is never needed.
 
@@ -21,12 +31,16 @@ the eval pipeline needs to lay out its tiles before reading any image.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import os
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import PIL.Image
+from absl import logging
 
 from tokgen_jax.data import transforms
 from tokgen_jax.errors import ConfigError
@@ -41,17 +55,39 @@ _SKLEARN_PHOTOS = ("china", "flower")
 
 
 class ImageSource:
-  """Random-access records, the decoder for one record, and image shapes for laying out eval tiles."""
+  """Random-access records, the decoder for one record, and image shapes for laying out eval tiles.
+
+  `read(index)` is what pipelines call: the decoded record, or None when the source skips it (a folder file that
+  fails to decode after its header was read; see the module docstring). `decode(record)` always decodes or raises.
+  """
 
   def __init__(self, records: Sequence[Any], decode: Callable[[Any], np.ndarray],
-               read_shape: Callable[[int], tuple[int, int]], description: str):
+               read_shape: Callable[[int], tuple[int, int]], description: str, *,
+               read: Callable[[int], np.ndarray | None] | None = None, corrupt_files: Sequence[str] = (),
+               runtime_failures: set[str] | None = None):
     self.records = records
     self.decode = decode
     self._read_shape = read_shape
+    self._read = read or (lambda index: decode(records[index]))
     self.description = description
+    self.corrupt_files = tuple(corrupt_files)  # folder: files skipped because their header does not parse
+    self.runtime_failures = set() if runtime_failures is None else runtime_failures  # folder: failed when read
 
   def __len__(self) -> int:
     return len(self.records)
+
+  def read(self, index: int) -> np.ndarray | None:
+    """Record `index` as uint8 `[H, W, 3]`, or None when the source skips it (logged and counted)."""
+    return self._read(index)
+
+  def read_or_next(self, index: int) -> np.ndarray:
+    """Record `index`, or the next readable one in record order (so the choice is the same on every run)."""
+    for offset in range(len(self)):
+      image = self.read((index + offset) % len(self))
+      if image is not None:
+        return image
+    raise ConfigError(f"None of the {len(self)} images of {self.description} decodes any more; the log names each "
+                      "file with its error. Re-save or replace the image files.")
 
   @functools.cached_property
   def shapes(self) -> tuple[tuple[int, int], ...]:
@@ -134,12 +170,77 @@ def split_folder_files(path: str, split_folder: str, split_key: str, *, source: 
   return split_dir, files
 
 
-def folder_source(path: str, split_folder: str, split_key: str) -> ImageSource:
-  """Image files under `path/split_folder`; `split_key` ('train_split' | 'eval_split') is named in errors."""
+def check_corrupt_share(corrupt: Sequence[str], num_files: int, split_dir: str, *, source: str, kind: str, fix: str,
+                        max_corrupt_fraction: float) -> None:
+  """ConfigError when every file, or a share above `max_corrupt_fraction`, of a folder source is corrupt; else a
+  warning with the count (each file was logged with its error when it was found)."""
+  if len(corrupt) == num_files:
+    raise ConfigError(f"None of the {num_files} {kind} files under {split_dir!r} decodes, e.g. {list(corrupt[:3])}; "
+                      f"the log names each with its error. {fix}")
+  if len(corrupt) > max_corrupt_fraction * num_files:
+    raise ConfigError(
+        f"{len(corrupt)} of {num_files} {kind} files under {split_dir!r} do not decode "
+        f"({len(corrupt) / num_files:.1%} > config.data.max_corrupt_fraction={max_corrupt_fraction}), e.g. "
+        f"{list(corrupt[:3])}. Re-encode or remove them, or raise config.data.max_corrupt_fraction.")
+  if corrupt:
+    logging.warning("%s %s: skipped %d corrupt of %d files.", source, split_dir, len(corrupt), num_files)
+
+
+# A file that is not an image, a damaged one, or one too large to decode safely surfaces as any of these from PIL.
+_IMAGE_ERRORS = (PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError, OSError, SyntaxError, ValueError,
+                 EOFError)
+
+
+def _probe_image_file(path: str) -> tuple[int, int] | None:
+  """`(height, width)` from the file's header, or None (logged) when the header does not parse."""
+  try:
+    return transforms.read_image_file_shape(path)
+  except _IMAGE_ERRORS as error:
+    logging.warning("Skipping corrupt image file %s: %s", path, error)
+    return None
+
+
+class _FolderImageReader:
+  """Decodes folder files; one failing after its header probe is logged once, counted, and skipped (None)."""
+
+  def __init__(self, files: Sequence[str]):
+    self._files = files
+    self._lock = threading.Lock()  # Grain reads in several threads
+    self.runtime_failures: set[str] = set()
+
+  def __call__(self, index: int) -> np.ndarray | None:
+    path = self._files[index]
+    if path in self.runtime_failures:
+      return None
+    try:
+      return transforms.load_image_file(path)
+    except (FileNotFoundError, ValueError) as error:
+      with self._lock:
+        if path not in self.runtime_failures:
+          self.runtime_failures.add(path)
+          logging.warning("Skipping image file %s, which failed to decode after its header was read: %s", path,
+                          error)
+      return None
+
+
+def folder_source(path: str, split_folder: str, split_key: str, *, max_corrupt_fraction: float = 0.0,
+                  num_threads: int = 1) -> ImageSource:
+  """Image files under `path/split_folder`, header-probed in parallel; corrupt files are skipped and counted.
+
+  `split_key` ('train_split' | 'eval_split') is named in errors.
+  """
   split_dir, files = split_folder_files(path, split_folder, split_key)
-  return ImageSource(records=files, decode=transforms.load_image_file,
-                     read_shape=lambda index: transforms.read_image_file_shape(files[index]),
-                     description=f"folder {split_dir} ({len(files)} images)")
+  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
+    shapes = list(pool.map(_probe_image_file, files))
+  corrupt = [file for file, shape in zip(files, shapes) if shape is None]
+  check_corrupt_share(corrupt, len(files), split_dir, source="folder", kind="image",
+                      fix="Re-save them (e.g. as PNG) or remove them.", max_corrupt_fraction=max_corrupt_fraction)
+  good_files = [file for file, shape in zip(files, shapes) if shape is not None]
+  good_shapes = [shape for shape in shapes if shape is not None]
+  reader = _FolderImageReader(good_files)
+  return ImageSource(records=good_files, decode=transforms.load_image_file, read_shape=good_shapes.__getitem__,
+                     description=f"folder {split_dir} ({len(good_files)} images, {len(corrupt)} corrupt skipped)",
+                     read=reader, corrupt_files=corrupt, runtime_failures=reader.runtime_failures)
 
 
 # -------------------------------------------------------------------------------------------------------- tfds
@@ -184,7 +285,7 @@ def _decode_tfds_image(record: dict[str, Any], where: str) -> np.ndarray:
   image = record["image"]
   if isinstance(image, bytes):
     return transforms.decode_image_bytes(image, where=where)
-  return transforms.to_rgb_uint8(image)
+  return transforms.to_rgb_uint8(image, where=f'{where} "image" field')
 
 
 def _tfds_image_shape(record: dict[str, Any]) -> tuple[int, int]:
@@ -214,8 +315,9 @@ def tfds_source(name: str, data_dir: str, split: str, split_key: str) -> ImageSo
 
 @functools.lru_cache(maxsize=16)
 def open_source(kind: str, *, split: str, name: str = "", data_dir: str = "", path: str = "",
-                split_name: str = "") -> ImageSource:
-  """The source for `split` ('train' | 'eval'); `split_name` is the configured folder/TFDS split name.
+                split_name: str = "", max_corrupt_fraction: float = 0.0, num_threads: int = 1) -> ImageSource:
+  """The source for `split` ('train' | 'eval'); `split_name` is the configured folder/TFDS split name;
+  `max_corrupt_fraction` and `num_threads` apply to folders (see the module docstring).
 
   Cached per process, so pipelines rebuilt for every evaluation reuse the file listing and image shapes.
   """
@@ -223,7 +325,8 @@ def open_source(kind: str, *, split: str, name: str = "", data_dir: str = "", pa
   if kind == "photos":
     return photos_source(split)
   if kind == "folder":
-    return folder_source(path, split_name, split_key)
+    return folder_source(path, split_name, split_key, max_corrupt_fraction=max_corrupt_fraction,
+                         num_threads=num_threads)
   if kind == "tfds":
     return tfds_source(name, data_dir, split_name, split_key)
   if kind == "shapes":  # the synthetic shapes world; config.data.name holds its spec (see shapes.spec_string)

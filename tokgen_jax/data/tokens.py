@@ -322,8 +322,8 @@ def _corrupt(path: pathlib.Path, problem: str) -> str:
           "re-run `--mode=tokenize` with this config.")
 
 
-_METADATA_KEYS = ("format_version", "split", "num_examples", "token_shape", "token_dtype", "shards", "has_labels",
-                  "has_captions", "has_text", "text_length", "text_dim", "tokenizer")
+_METADATA_KEYS = ("format_version", "split", "num_examples", "token_shape", "token_dtype", "max_token_id", "shards",
+                  "has_labels", "has_captions", "has_text", "text_length", "text_dim", "tokenizer")
 
 
 def _read_metadata(split_dir: pathlib.Path) -> dict:
@@ -371,8 +371,13 @@ def _read_shard(path: pathlib.Path, num_examples: int, metadata: dict) -> dict[s
   for key, array in arrays.items():
     if array.shape != expected[key]:
       raise ConfigError(_corrupt(path, f"its '{key}' has shape {array.shape}, {METADATA_FILE} says {expected[key]}"))
-  if arrays["tokens"].dtype not in (np.uint16, np.int32):
-    raise ConfigError(_corrupt(path, f"its tokens are {arrays['tokens'].dtype}, not uint16 or int32"))
+  tokens = arrays["tokens"]
+  if tokens.dtype not in (np.uint16, np.int32):
+    raise ConfigError(_corrupt(path, f"its tokens are {tokens.dtype}, not uint16 or int32"))
+  # Ids outside [0, max_token_id] would index past the generator's embedding table, which JAX does not catch.
+  if tokens.size and (tokens.min() < 0 or tokens.max() > metadata["max_token_id"]):
+    raise ConfigError(_corrupt(path, f"its token ids span [{tokens.min()}, {tokens.max()}], outside [0, "
+                               f"max_token_id={metadata['max_token_id']}] that {METADATA_FILE} records"))
   return arrays
 
 
@@ -394,6 +399,26 @@ def _read_text(path: pathlib.Path, captions: list[str] | None, metadata: dict) -
     raise ConfigError(_corrupt(path, f"it has no encoding for {len(missing)} captions, e.g. {missing[0]!r}"))
   rows = np.asarray([row_of[caption] for caption in captions or ()], np.int64)
   return {"embeddings": arrays["embeddings"], "mask": arrays["mask"].astype(bool), "rows": rows}
+
+
+def check_split_fits(directory: str | os.PathLike, split: str, *, token_shape: Sequence[int],
+                     codebook_size: int) -> None:
+  """ConfigError when the finished split `directory/split` holds tokens of another shape than `token_shape`, or ids
+  at or above `codebook_size`: it was written by another tokenizer than the one configured. A split not written
+  yet passes (`--mode=tokenize` writes it)."""
+  split_dir = pathlib.Path(directory) / split
+  if not (split_dir / METADATA_FILE).is_file():
+    return
+  metadata = _read_metadata(split_dir)
+  fix = (f"Point config.tokenizer at the tokenizer that wrote them, or delete {split_dir} and re-run "
+         "`--mode=tokenize` with this config.")
+  if tuple(metadata["token_shape"]) != tuple(token_shape):
+    raise ConfigError(f"{split_dir / METADATA_FILE}: its tokens have per-example shape {tuple(metadata['token_shape'])}"
+                      f", but config.tokenizer.experiment makes tokens of shape {tuple(token_shape)}. {fix}")
+  if metadata["max_token_id"] >= codebook_size:
+    raise ConfigError(f"{split_dir / METADATA_FILE}: its token ids reach {metadata['max_token_id']}, outside the "
+                      f"configured tokenizer's vocabulary of {codebook_size} ids (config.tokenizer.experiment.model."
+                      f"quantizer). {fix}")
 
 
 # ---------------------------------------------------------------------------------------------------- pipeline

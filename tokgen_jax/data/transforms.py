@@ -14,19 +14,30 @@ import os
 import numpy as np
 import PIL.Image
 
+from tokgen_jax.errors import ConfigError
+
 # Modes PIL uses for 16/32-bit integer images (16-bit PNG, TIFF). `convert('RGB')` would clip them to white.
 _WIDE_INTEGER_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
-def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
-  """Returns `image` as uint8 `[H, W, 3]`: grayscale is repeated, an alpha channel dropped."""
+def to_rgb_uint8(image: np.ndarray, *, where: str = "image array") -> np.ndarray:
+  """Returns `image` as uint8 `[H, W, 3]`: grayscale is repeated, an alpha channel dropped.
+
+  Only uint8 is accepted: a float or wider integer array has no one right scale ([0, 1]? [0, 255]? [-1, 1]?), so
+  guessing could silently train on white or black images. `where` names the array's origin in errors.
+  """
   image = np.asarray(image)
   if image.dtype != np.uint8:
-    raise ValueError(f"Expected a uint8 image, got dtype {image.dtype} with shape {image.shape}.")
+    values = f", values in [{image.min()}, {image.max()}]" if image.size and image.dtype.kind in "biuf" else ""
+    raise ConfigError(
+        f"{where}: expected a uint8 image (values 0..255), got dtype {image.dtype} with shape {image.shape}{values}. "
+        "Convert it where it is made: np.clip(np.round(x * 255), 0, 255).astype(np.uint8) for floats in [0, 1], "
+        "np.clip(x, 0, 255).astype(np.uint8) for values in [0, 255].")
   if image.ndim == 2:
     image = image[..., None]
-  if image.ndim != 3 or image.shape[-1] not in (1, 2, 3, 4):
-    raise ValueError(f"Expected an image [H, W] or [H, W, 1|2|3|4], got shape {image.shape}.")
+  if image.ndim != 3 or image.shape[-1] not in (1, 2, 3, 4) or not min(image.shape[:2]):
+    raise ConfigError(f"{where}: expected one image [H, W] or [H, W, C] with H, W >= 1 and C in 1..4 (gray, gray + "
+                     f"alpha, RGB, RGBA), got shape {image.shape}. Pass one image at a time, channels last.")
   channels = image.shape[-1]
   if channels in (1, 2):  # gray, or gray + alpha
     return np.repeat(image[..., :1], 3, axis=-1)
@@ -50,7 +61,8 @@ def decode_image_bytes(data: bytes, *, where: str = "image bytes") -> np.ndarray
     with PIL.Image.open(io.BytesIO(data)) as picture:
       return pil_to_rgb_uint8(picture)
   except (PIL.UnidentifiedImageError, OSError, SyntaxError) as error:
-    raise ValueError(f"Could not decode {where} as an image: {error}") from error
+    raise ConfigError(f"Could not decode {where} as an image: {error}. The encoded bytes are truncated, corrupt or "
+                      "not an image; rebuild the dataset from intact files.") from error
 
 
 def load_image_file(path: str | os.PathLike) -> np.ndarray:
@@ -58,7 +70,7 @@ def load_image_file(path: str | os.PathLike) -> np.ndarray:
 
   Raises:
     FileNotFoundError: `path` does not exist or is not a file.
-    ValueError: the file exists but PIL cannot decode it.
+    ConfigError (a ValueError): the file exists but PIL cannot decode it.
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
@@ -68,8 +80,9 @@ def load_image_file(path: str | os.PathLike) -> np.ndarray:
     with PIL.Image.open(path) as picture:
       return pil_to_rgb_uint8(picture)
   except (PIL.UnidentifiedImageError, OSError, SyntaxError) as error:
-    raise ValueError(f"Could not decode {path!r} as an image ({error}). Supported formats: PNG, JPEG, BMP, WebP, "
-                     "GIF and the others PIL reads.") from error
+    raise ConfigError(f"Could not decode {path!r} as an image ({error}): the file is empty, truncated, corrupt or "
+                      "not an image. Re-save or replace it; supported formats: PNG, JPEG, BMP, WebP, GIF and the "
+                      "others PIL reads.") from error
 
 
 def read_image_file_shape(path: str | os.PathLike) -> tuple[int, int]:

@@ -243,6 +243,12 @@ class _Probe(NamedTuple):
 _DECODE_ERRORS = (OSError, RuntimeError, ValueError, StopIteration, KeyError, TypeError)
 
 
+def _ffmpeg_reason(error: BaseException) -> str:
+  """The last lines of an imageio-ffmpeg error, which say what failed; the rest is ffmpeg's build banner."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return " / ".join(lines[-2:]) if lines else type(error).__name__
+
+
 def probe_video_file(path: str, fps: float) -> _Probe:
   """Reads the header and first frame of `path`: sampled length (from duration x fps), size and frame stride."""
   import imageio_ffmpeg  # pylint: disable=g-import-not-at-top
@@ -295,8 +301,9 @@ def load_video_file(path: str | os.PathLike, fps: float = 0) -> np.ndarray:
     probe = probe_video_file(path, fps)
     return read_video_frames(path, stride=probe.stride)
   except _DECODE_ERRORS as error:
-    raise ValueError(f"Could not decode {path!r} as a video ({error}). Supported: what the ffmpeg binary of "
-                     f"imageio-ffmpeg reads ({', '.join(VIDEO_EXTENSIONS)}).") from error
+    raise ConfigError(f"Could not decode {path!r} as a video ({_ffmpeg_reason(error)}): the file is empty, "
+                      "truncated, corrupt or not a video. Re-encode or replace it (e.g. as H.264 mp4); supported: what "
+                      f"the ffmpeg binary of imageio-ffmpeg reads ({', '.join(VIDEO_EXTENSIONS)}).") from error
 
 
 class _FolderReader:
@@ -343,7 +350,7 @@ def _probe_or_none(path: str, fps: float) -> _Probe | None:
   try:
     return probe_video_file(path, fps)
   except _DECODE_ERRORS as error:
-    logging.warning("Skipping corrupt video file %s: %s", path, error)
+    logging.warning("Skipping corrupt video file %s: %s", path, _ffmpeg_reason(error))
     return None
 
 
@@ -355,16 +362,9 @@ def video_folder_source(path: str, split_folder: str, split_key: str, *, fps: fl
   with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
     probes = list(pool.map(functools.partial(_probe_or_none, fps=fps), files))
   corrupt = [file for file, probe in zip(files, probes) if probe is None]
-  if len(corrupt) == len(files):
-    raise ConfigError(f"None of the {len(files)} video files under {split_dir!r} decodes, e.g. {corrupt[:3]}; "
-                      "the log names each with its ffmpeg error. Re-encode them (e.g. to H.264 mp4).")
-  if len(corrupt) > max_corrupt_fraction * len(files):
-    raise ConfigError(
-        f"{len(corrupt)} of {len(files)} video files under {split_dir!r} do not decode "
-        f"({len(corrupt) / len(files):.1%} > config.data.max_corrupt_fraction={max_corrupt_fraction}), e.g. "
-        f"{corrupt[:3]}. Re-encode or remove them, or raise config.data.max_corrupt_fraction.")
-  if corrupt:
-    logging.warning("video_folder %s: skipped %d corrupt of %d files.", split_dir, len(corrupt), len(files))
+  sources.check_corrupt_share(corrupt, len(files), split_dir, source="video_folder", kind="video",
+                              fix="Re-encode them (e.g. to H.264 mp4) or remove them.",
+                              max_corrupt_fraction=max_corrupt_fraction)
   good = [(file, probe) for file, probe in zip(files, probes) if probe is not None]
   good_files, good_probes = [file for file, _ in good], [probe for _, probe in good]
   reader = _FolderReader(good_files, good_probes)
@@ -380,10 +380,14 @@ def _decode_tfds_video(record: dict[str, Any], where: str) -> np.ndarray:
   if "video" not in record:
     raise ValueError(f'{where}: records have no "video" field (fields: {sorted(record)}).')
   video = record["video"]
-  if isinstance(video, np.ndarray) and video.dtype == np.uint8 and video.ndim == 4:
-    return np.stack([transforms.to_rgb_uint8(frame) for frame in video])
+  field = f'{where} "video" field'
+  if isinstance(video, np.ndarray) and video.ndim != 4 and not (video.dtype == object and video.ndim == 1):
+    raise ConfigError(f"{field}: expected frames [T, H, W, C] (uint8) or a list of encoded frames, got an array of "
+                      f"shape {video.shape}. Store the video as uint8 [T, H, W, 3] or encoded frames.")
+  if isinstance(video, np.ndarray) and video.dtype == np.uint8:
+    return np.stack([transforms.to_rgb_uint8(frame, where=field) for frame in video])
   return np.stack([transforms.decode_image_bytes(frame, where=where) if isinstance(frame, bytes)
-                   else transforms.to_rgb_uint8(frame) for frame in video])
+                   else transforms.to_rgb_uint8(frame, where=field) for frame in video])
 
 
 def tfds_video_source(name: str, data_dir: str, split: str, split_key: str) -> VideoSource:

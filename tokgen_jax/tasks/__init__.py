@@ -8,6 +8,7 @@ from absl import logging
 
 from tokgen_jax import generators, losses, quantizers, tokenizers
 from tokgen_jax.data import VIDEO_SOURCE_KINDS
+from tokgen_jax.data import tokens as token_data
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.tasks.adversarial import AdversarialTraining
 from tokgen_jax.tasks.autoencoder import AutoencoderTask
@@ -27,17 +28,48 @@ def _model_kwargs(model_config: Any) -> dict[str, Any]:
   return kwargs
 
 
+def _require(value: Any, key: str, minimum: int, meaning: str) -> None:
+  """ConfigError unless `value` >= `minimum`: a zero or negative size otherwise fails deep inside Flax or XLA with
+  a shape error that names neither the key nor the fix."""
+  if value < minimum:
+    raise ConfigError(f"config.{key}={value} must be at least {minimum} ({meaning}); set config.{key} to "
+                      f"{minimum} or more.")
+
+
+# Positive-size fields of tokenizer and quantizer configs (those that have them): (name, minimum, meaning).
+_MODEL_SIZES = (("channels", 1, "base channel width"), ("num_groups", 1, "GroupNorm groups"),
+                ("num_res_blocks", 0, "residual blocks per level"), ("out_channels", 1, "decoded channels"))
+_QUANTIZER_SIZES = (("codebook_size", 2, "codes per codebook"), ("dim", 1, "latent channels"),
+                    ("bits", 1, "bits per token"))
+
+
+def _check_model_sizes(model_config: Any) -> None:
+  for name, minimum, meaning in _MODEL_SIZES:
+    if name in model_config:
+      _require(model_config[name], f"model.{name}", minimum, meaning)
+  multipliers = tuple(model_config.get("channel_multipliers", (1,)))
+  if not multipliers or min(multipliers) < 1:
+    raise ConfigError(f"config.model.channel_multipliers={multipliers} must list at least one positive multiplier "
+                      "(one per resolution level), e.g. (1, 2, 4).")
+  for name, minimum, meaning in _QUANTIZER_SIZES:
+    if name in model_config.quantizer:
+      _require(model_config.quantizer[name], f"model.quantizer.{name}", minimum, meaning)
+
+
 def build_tokenizer(model_config: Any):
   if model_config.name not in tokenizers.REGISTRY:
     raise ConfigError(f"config.model.name={model_config.name!r} is not a known tokenizer; "
                       f"choose one of {sorted(tokenizers.REGISTRY)}.")
+  _check_model_sizes(model_config)
   return tokenizers.REGISTRY[model_config.name](**_model_kwargs(model_config))
 
 
 def _check_image_size(config: Any, model: Any) -> None:
   factor = model.downsample_factor
+  _require(config.data.resize, "data.resize", 0, "shorter side to resize to; 0 keeps the native size")
   for key in ("image_size", "eval_image_size"):
     size = config.data[key]
+    _require(size, f"data.{key}", 1, "pixels per side of a crop or eval tile")
     if size % factor:
       raise ConfigError(
           f"config.data.{key}={size} is not divisible by the model's downsampling factor {factor} "
@@ -129,6 +161,10 @@ def _build_generator(config: Any) -> GeneratorTask:
   model = generators.ARTransformer(vocab_sizes=(codebook_size,) * levels, layer_grids=(tuple(grid),) * levels,
                                    **kwargs)
   model.validate()
+  if str(config.data.source) == "tokens" and str(config.data.path):  # tokens already written must fit the model
+    for split in (config.data.train_split, config.data.eval_split):
+      token_data.check_split_fits(str(config.data.path), str(split), token_shape=token_shape,
+                                  codebook_size=codebook_size)
   return GeneratorTask(model=model, optimizer=make_optimizer(config.optimizer, config.total_steps),
                        learning_rate=learning_rate_schedule(config.optimizer, config.total_steps),
                        token_shape=token_shape, layer_weights=tuple(config.loss.layer_weights),
@@ -141,6 +177,8 @@ BUILDERS = {"autoencoder": _build_autoencoder, "generator": _build_generator}
 def build(config: Any) -> Task:
   if config.task not in BUILDERS:
     raise ConfigError(f"config.task={config.task!r} is not a known task; choose one of {sorted(BUILDERS)}.")
+  _require(config.batch_size, "batch_size", 1, "global training batch")
+  _require(config.eval.batch_size, "eval.batch_size", 1, "global eval batch")
   return BUILDERS[config.task](config)
 
 
