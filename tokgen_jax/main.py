@@ -67,9 +67,22 @@ def main(argv) -> None:
   logging.info("done: %s", summary)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with a --config.key=value override of a key the config lacks as one error line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:  # a value of the wrong type, an unknown flag
+    sys.exit(f"error: {error}. Run with --helpfull for every flag.")
+  except (KeyError, AttributeError) as error:
+    overrides = [arg for arg in argv[1:] if arg.startswith("--config.")]
+    sys.exit(f"error: a --config override names a field the experiment config does not have ({overrides}): "
+             f"{' '.join(str(error.args[0] if error.args else error).split())}. Fix the key; the experiment file lists "
+             f"every field.")
+
+
 def run_main() -> None:
   """Entry point of the `tokgen` console script."""
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":
