@@ -32,7 +32,7 @@ FILE_SIZES = "file_sizes.json"
 DAMAGED_DIRNAME = "checkpoints_damaged"
 
 
-class DamagedCheckpoint(Exception):
+class DamagedCheckpoint(CheckpointError):
   """A step whose files are missing, truncated or unreadable; the message names the step and the file."""
 
 

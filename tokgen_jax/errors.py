@@ -10,5 +10,5 @@ class ConfigError(ValueError):
 
 
 class CheckpointError(RuntimeError):
-  """A checkpoint could not be written (full disk, permissions); the message names the step, the last complete
-  checkpoint and the fix."""
+  """A checkpoint could not be written (full disk, permissions) or read (damaged files); the message names the
+  step, the file or the last complete checkpoint, and the fix."""

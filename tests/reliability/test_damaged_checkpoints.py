@@ -74,6 +74,14 @@ def test_damaged_newest_step_falls_back_to_the_previous(run_copy, damage, capsys
   faults.restore_state(run_copy, tiny_config(**SETTINGS), 6)  # the new step 6 is whole
 
 
+def test_eval_of_a_damaged_step_names_the_file_and_moves_nothing(run_copy):
+  victim = _largest_state_file(run_copy / "checkpoints" / "6")
+  _truncate(victim)
+  with pytest.raises(CheckpointError, match=rf"checkpoint step 6: file .*{victim.name} has \d+ bytes, \d+ were written"):
+    trainer.run(tiny_config(**SETTINGS), str(run_copy), "eval")
+  assert faults.saved_steps(run_copy) == [3, 6]  # eval reports; only a resuming run moves a damaged step aside
+
+
 def test_damage_twice_keeps_both_copies(run_copy):
   for _ in range(2):
     _truncate(_largest_state_file(run_copy / "checkpoints" / "6"))
