@@ -223,7 +223,7 @@ def _train(config, devices, batch, initial_state=None):
   else:
     state = jax.device_put(initial_state, run.state_shardings)
   global_batch = sharding.global_batch(batch, run.mesh)
-  step, _ = trainer._compile_step(run, state, global_batch)
+  step, _ = trainer.compile_step(run, state, global_batch)
   losses = []
   for _ in range(STEPS):
     state, metrics = step(state, global_batch)

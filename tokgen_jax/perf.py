@@ -43,8 +43,10 @@ def _lookup(table: dict[str, float], device_kind: str) -> float | None:
 
 
 @functools.cache
-def measured_cpu_flops(size: int = 2048, repeats: int = 5) -> float:
-  """FLOP/s of this process's CPU on a float32 `size`² matmul (all cores; the best of `repeats`)."""
+@functools.cache
+def measured_cpu_flops(size: int = 2048, repeats: int = 10) -> float:
+  """FLOP/s of this process's CPU on a float32 `size`² matmul (all cores; the best of `repeats`), measured once per
+  process: every log line divides by it, and a fresh measurement there would cost time and vary with the load."""
   a = jnp.ones((size, size), jnp.float32)
   matmul = jax.jit(lambda x: x @ x)
   jax.block_until_ready(matmul(a))

@@ -1,7 +1,7 @@
 """The one training loop: every experiment runs through `run(config, workdir, mode)`.
 
 train:  init or resume → jitted, sharded train_step → log / eval / checkpoint on their schedules; SIGTERM saves
-        the current step and returns.
+        the current step and returns; non-finite steps stop or are skipped (`guard`).
 eval:   restore config.eval.checkpoint_step (0: the latest) and evaluate it on the held-out split.
 sample: restore the latest checkpoint; a tokenizer reconstructs the files named by `config.sample.inputs`, a
         generator draws samples of `config.sample.prompts` and decodes them with its tokenizer.
@@ -9,7 +9,8 @@ stats:  compute the feature statistics (InceptionV3 / I3D) of the eval split onc
 tokenize: (generators) encode `config.tokenize.data` once with the trained tokenizer of `config.tokenizer` into
         token shards at `config.data.path`, which the generator then trains on.
 compile: lower and compile the train step (and sampler) for a TPU pod topology, ahead of time (`aot`).
-bench:  time N train steps after warm-up: step time, TFLOP/s and MFU per device, data-wait and checkpoint shares.
+bench:  time N train steps after warm-up (`bench.training`): step time, TFLOP/s and MFU per device, data-wait and
+        checkpoint-blocking shares.
 """
 
 import contextlib
@@ -111,10 +112,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str, topology: st
   if mode == "compile":
     from tokgen_jax import aot  # pylint: disable=g-import-not-at-top  (imports this module)
     return aot.compile_experiment(config, workdir, topology)
+  from tokgen_jax.bench import training  # pylint: disable=g-import-not-at-top  (imports this module)
   state_run = setup(config, workdir)
   logging.info("mesh %s; %d parameters", dict(state_run.mesh.shape), count_params(state_run.abstract_state))
   modes = {"train": train, "eval": evaluate_checkpoint, "sample": sample, "stats": compute_statistics,
-           "tokenize": tokenize, "bench": bench}
+           "tokenize": tokenize, "bench": training.bench}
   return modes[mode](state_run)
 
 
@@ -164,7 +166,7 @@ def _initial_state(run_: Run, manager: checkpoint.Manager, train_iter: Any) -> A
   return state
 
 
-def _compile_step(run_: Run, state: Any, batch: Any, nonfinite: str = "stop"):
+def compile_step(run_: Run, state: Any, batch: Any, nonfinite: str = "stop"):
   """The compiled train step (guarded per `config.guard.nonfinite`) and its FLOPs per device (`perf.count_flops`:
   scan bodies counted per layer)."""
   train_step = guard.guarded_step(run_.task.train_step, nonfinite)
@@ -199,7 +201,7 @@ def train(run_: Run) -> dict[str, Any]:
   summary: dict[str, Any] = {"step": step}
   last_good = functools.partial(_last_good, manager)
   try:
-    timer = _Timer()
+    timer = Timer()
     pending: list[tuple[int, Any]] = []
     compiled = flops = metrics = None
     while step < config.total_steps:
@@ -208,7 +210,7 @@ def train(run_: Run) -> dict[str, Any]:
         record.write(step + 1, local_batch)
         batch = sharding.global_batch(local_batch, run_.mesh)
       if compiled is None:
-        compiled, flops = _compile_step(run_, state, batch, settings.nonfinite)
+        compiled, flops = compile_step(run_, state, batch, settings.nonfinite)
         timer.reset()
       state, metrics = compiled(state, batch)
       step += 1
@@ -252,7 +254,7 @@ def _is_ready(tree: Any) -> bool:
   return all(leaf.is_ready() for leaf in jax.tree.leaves(tree) if isinstance(leaf, jax.Array))
 
 
-class _Timer:
+class Timer:
   """Wall time between log lines and the part of it spent waiting for input."""
 
   def __init__(self):
@@ -302,65 +304,6 @@ def _log(step, config, num_steps, applied, monitor, timer, flops, writer) -> dic
   timer.reset()
   return scalars
 
-
-BENCH_DEFAULTS = {"warmup_steps": 3, "steps": 20, "checkpoint_every_steps": 10}
-
-
-def bench(run_: Run) -> dict[str, Any]:
-  """--mode=bench: `config.bench.steps` train steps after `warmup_steps` (fresh state, the real input pipeline,
-  an asynchronous checkpoint every `checkpoint_every_steps` into WORKDIR/bench/): step time, examples/s,
-  TFLOP/s and MFU per device, and two shares of training wall time. Data wait: fetches during which the device
-  ran out of work (`_Timer.waiting`). Checkpoint blocking: the part of a save the loop waits for (writing goes on
-  in the background), per save, as a share of the `config.checkpoint_every_steps` steps between two saves.
-  Writes bench.json."""
-  config = run_.config
-  settings = BENCH_DEFAULTS | dict(config.get("bench") or {})
-  train_iter = data.make_pipeline(config.data, "train", global_batch_size=config.batch_size)
-  state = run_.init_state()
-  compiled, flops = _compile_step(run_, state, sharding.global_batch(next(train_iter), run_.mesh))
-  for _ in range(int(settings["warmup_steps"])):
-    state, metrics = compiled(state, sharding.global_batch(next(train_iter), run_.mesh))
-  jax.block_until_ready(state)
-  manager = checkpoint.Manager(str(run_.workdir / "bench"), keep=1)
-  blocked, saves = 0.0, 0
-  steps, every = int(settings["steps"]), int(settings["checkpoint_every_steps"])
-  timer = _Timer()
-  for index in range(1, steps + 1):
-    with timer.waiting(metrics):
-      batch = sharding.global_batch(next(train_iter), run_.mesh)
-    state, metrics = compiled(state, batch)
-    if every and index % every == 0:
-      jax.block_until_ready(state)  # the step's own compute is not checkpoint time
-      begin = time.perf_counter()
-      manager.save(index, state, train_iter, config_lib.to_json(config))
-      blocked += time.perf_counter() - begin
-      saves += 1
-  jax.block_until_ready((state, metrics))
-  total = time.perf_counter() - timer.start - blocked
-  manager.wait()
-  manager.close()
-  return _report_bench(run_, flops, steps, total, timer.data_wait, blocked / max(saves, 1))
-
-
-def _report_bench(run_: Run, flops: float, steps: int, total: float, data_wait: float, block_per_save: float):
-  step_s = total / steps
-  between_saves = int(run_.config.checkpoint_every_steps) * step_s
-  device = jax.devices()[0]
-  result = {"steps": steps, "step_ms": 1e3 * step_s, "examples_per_sec": run_.config.batch_size / step_s,
-            "tflops_per_device": flops / step_s / 1e12, "mfu": flops / step_s / perf.peak_flops(device),
-            "data_wait_frac": data_wait / total, "checkpoint_block_ms": 1e3 * block_per_save,
-            "checkpoint_block_frac": block_per_save / (between_saves + block_per_save),
-            "device": f"{device.platform}:{device.device_kind}", "num_devices": run_.mesh.size,
-            "peak_tflops_per_device": perf.peak_flops(device) / 1e12}
-  if run_.is_chief:
-    writers.write_json_atomic(run_.workdir / "bench.json", result)
-    print(f"bench {steps} steps on {run_.mesh.size} x {result['device']}: {result['step_ms']:.1f} ms/step, "
-          f"{result['examples_per_sec']:.1f} examples/s, {result['tflops_per_device']:.4f} TFLOP/s/device, "
-          f"MFU {100 * result['mfu']:.1f}% (peak {result['peak_tflops_per_device']:.3f} TFLOP/s/device), data wait "
-          f"{100 * result['data_wait_frac']:.2f}%, checkpoint blocking {result['checkpoint_block_ms']:.0f} ms per "
-          f"save = {100 * result['checkpoint_block_frac']:.2f}% at one save every "
-          f"{run_.config.checkpoint_every_steps} steps", flush=True)
-  return result
 
 # -------------------------------------------------------------------------------------------------- evaluation
 

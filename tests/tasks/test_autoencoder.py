@@ -19,7 +19,7 @@ def _train_losses(config, devices, batch, steps):
   run = trainer.setup(config, "/unused", devices=devices)
   state = run.init_state()
   global_batch = sharding.global_batch(batch, run.mesh)
-  step, _ = trainer._compile_step(run, state, global_batch)
+  step, _ = trainer.compile_step(run, state, global_batch)
   losses = []
   for _ in range(steps):
     state, metrics = step(state, global_batch)
