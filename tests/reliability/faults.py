@@ -1,10 +1,13 @@
 """Shared by the fault tests: launching `tokgen` as a child process, reading what it wrote, restoring a state."""
 
+import atexit
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -22,9 +25,15 @@ def command(workdir: pathlib.Path, **overrides) -> list[str]:
           *cli_overrides(**overrides)]
 
 
+# Children of one test session share JAX's persistent compilation cache: a rerun after a kill loads the train step
+# it compiled before instead of compiling it again (the same executable, so results stay bit-identical).
+_COMPILE_CACHE = tempfile.mkdtemp(prefix="tokgen_reliability_jax_cache_")
+atexit.register(shutil.rmtree, _COMPILE_CACHE, ignore_errors=True)
+
+
 def child_env(devices: int = 1, **extra) -> dict[str, str]:
   return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-              **extra)
+              JAX_COMPILATION_CACHE_DIR=_COMPILE_CACHE, **extra)
 
 
 def run_child(workdir: pathlib.Path, **overrides) -> subprocess.CompletedProcess:
