@@ -1,4 +1,4 @@
-"""The `tokgen` command line: flags, config overrides and error messages (SIGTERM: tests/reliability/test_preemption.py)."""
+"""The `tokgen` command line: flags, config overrides and error messages (SIGTERM: tests/reliability)."""
 
 import os
 import subprocess
