@@ -66,10 +66,8 @@ def logged_steps(workdir: pathlib.Path, after_byte: int = 0) -> list[int]:
     return []
   steps = []
   for line in path.read_bytes()[after_byte:].decode().splitlines():
-    try:
+    if line.endswith("}"):  # not the line being written right now
       steps.append(json.loads(line)["step"])
-    except ValueError:  # the line being written right now
-      pass
   return steps
 
 
