@@ -16,7 +16,6 @@ it a count of global batches; each phase checks the restored position.
 """
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -24,14 +23,11 @@ import time
 
 import portpicker
 
+from tests.reliability import faults
 from tests.reliability.topology_worker import STEPS, load_reference
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TIMEOUT_S = 240
-
-
-def _env(devices: int) -> dict:
-  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
 def _command(phase: str, workdir: pathlib.Path, *flags: str) -> list[str]:
@@ -45,7 +41,7 @@ def _launch(phase: str, workdir: pathlib.Path, devices: int, flags: list[list[st
   processes = []
   for log, extra in zip(logs, flags):
     with open(log, "w") as out:
-      processes.append(subprocess.Popen(_command(phase, workdir, *extra), cwd=ROOT, env=_env(devices), stdout=out,
+      processes.append(subprocess.Popen(_command(phase, workdir, *extra), cwd=ROOT, env=faults.child_env(devices), stdout=out,
                                         stderr=subprocess.STDOUT))
   deadline = time.monotonic() + TIMEOUT_S
   try:
