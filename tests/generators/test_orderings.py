@@ -7,21 +7,37 @@ from tokgen_jax.errors import ConfigError
 from tokgen_jax.generators import orderings
 from tokgen_jax.generators.orderings import ORDERINGS, apply, order, positions, undo
 
-# Flat row-major indices of a 4x4 grid in each ordering.
-EXPECTED_4X4 = {
-    "row_major": list(range(16)),
-    "spiral_in": [0, 1, 2, 3, 7, 11, 15, 14, 13, 12, 8, 4, 5, 6, 10, 9],
-    "spiral_out": [9, 10, 6, 5, 4, 8, 12, 13, 14, 15, 11, 7, 3, 2, 1, 0],
-    "z_curve": [0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15],
-    "subsample": [0, 2, 8, 10, 1, 3, 9, 11, 4, 6, 12, 14, 5, 7, 13, 15],
-    "alternate": [0, 1, 2, 3, 7, 6, 5, 4, 8, 9, 10, 11, 15, 14, 13, 12],
+# Source 001, "Different ordering of tokens for image synthesis", verbatim: the step at which each cell
+# (row, col) of a 4x4 grid is visited.
+SEED_4X4_STEPS = {
+    "row_major": [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]],
+    "spiral_in": [[0, 11, 10, 9], [1, 12, 15, 8], [2, 13, 14, 7], [3, 4, 5, 6]],
+    "spiral_out": [[15, 4, 5, 6], [14, 3, 0, 7], [13, 2, 1, 8], [12, 11, 10, 9]],
+    "z_curve": [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]],
+    "subsample": [[0, 4, 1, 5], [8, 12, 9, 13], [2, 6, 3, 7], [10, 14, 11, 15]],
+    "alternate": [[0, 1, 2, 3], [7, 6, 5, 4], [8, 9, 10, 11], [15, 14, 13, 12]],
 }
+# The same orders as sequences: flat row-major index of the cell visited at each step.
+EXPECTED_4X4 = {name: np.argsort(np.ravel(steps)).tolist() for name, steps in SEED_4X4_STEPS.items()}
 GRIDS_2D = ((4, 4), (3, 5), (1, 1), (2, 8), (5, 2))
 
 
 @pytest.mark.parametrize("name", ORDERINGS)
-def test_4x4_orders_match_hand_written_expectations(name):
-  np.testing.assert_array_equal(order(name, (4, 4)), EXPECTED_4X4[name])
+def test_4x4_orders_reproduce_the_seed_tables(name):
+  steps = np.empty(16, np.int64)
+  steps[order(name, (4, 4))] = np.arange(16)  # the step at which each cell is visited
+  np.testing.assert_array_equal(steps.reshape(4, 4), SEED_4X4_STEPS[name])
+
+
+def test_spiral_in_on_other_grids_follows_the_seed_rule():
+  """Down the left column first, anticlockwise, ring by ring: the 4x4 rule on a 3x5 and a 5x2 grid."""
+  np.testing.assert_array_equal(positions(order("spiral_in", (3, 5)), (3, 5)).tolist(),
+                                [[0, 0], [1, 0], [2, 0], [2, 1], [2, 2], [2, 3], [2, 4], [1, 4], [0, 4], [0, 3],
+                                 [0, 2], [0, 1], [1, 1], [1, 2], [1, 3]])
+  np.testing.assert_array_equal(positions(order("spiral_in", (5, 2)), (5, 2)).tolist(),
+                                [[0, 0], [1, 0], [2, 0], [3, 0], [4, 0], [4, 1], [3, 1], [2, 1], [1, 1], [0, 1]])
+  np.testing.assert_array_equal(order("spiral_in", (1, 4)), [0, 1, 2, 3])
+  np.testing.assert_array_equal(order("spiral_in", (4, 1)), [0, 1, 2, 3])
 
 
 @pytest.mark.parametrize("name", ORDERINGS)
@@ -53,7 +69,7 @@ def test_positions_are_grid_coordinates_of_each_sequence_element():
   perm = order("spiral_in", (4, 4))
   pos = positions(perm, (4, 4))
   assert pos.shape == (16, 2) and pos.dtype == np.int32
-  np.testing.assert_array_equal(pos[:6], [[0, 0], [0, 1], [0, 2], [0, 3], [1, 3], [2, 3]])
+  np.testing.assert_array_equal(pos[:6], [[0, 0], [1, 0], [2, 0], [3, 0], [3, 1], [3, 2]])
   np.testing.assert_array_equal(pos[:, 0] * 4 + pos[:, 1], perm)
 
 

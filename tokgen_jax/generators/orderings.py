@@ -2,10 +2,12 @@
 
 An ordering is a permutation `perm` of the row-major flat indices of a grid: sequence element `s` is grid cell
 `perm[s]`. The names follow Esser et al. 2021 (Taming Transformers, "row-major, spiral in/out, z-curve,
-subsample, alternate"):
+subsample, alternate"); on a 4x4 grid each ordering reproduces the table of visiting steps in source 001
+("Different ordering of tokens for image synthesis"), and other grid sizes follow the same rule:
 
 - `row_major`: raster scan.
-- `spiral_in`: clockwise from the top-left corner, ring by ring towards the centre.
+- `spiral_in`: anticlockwise from the top-left corner (down the left column first), ring by ring towards the
+  centre.
 - `spiral_out`: `spiral_in` reversed: from the centre outwards, ending at the top-left corner.
 - `z_curve`: Morton order, bits of the coordinates interleaved (first axis most significant).
 - `subsample`: coarse-to-fine interleaving. The finest-level 2x2 phase `(r mod 2, c mod 2)` is the most
@@ -34,16 +36,17 @@ _VOLUME_ORDERINGS = ("row_major", "z_curve", "subsample", "alternate")
 
 
 def _spiral_in(height: int, width: int) -> list[int]:
-  """Clockwise spiral from (0, 0): top row, right column, bottom row reversed, left column upwards, next ring."""
+  """Anticlockwise spiral from (0, 0), as in the seed's 4x4 table: down the left column, along the bottom row,
+  up the right column, back along the top row, then the next ring inwards."""
   top, bottom, left, right = 0, height - 1, 0, width - 1
   cells = []
   while top <= bottom and left <= right:
-    cells += [(top, c) for c in range(left, right + 1)]
-    cells += [(r, right) for r in range(top + 1, bottom + 1)]
-    if top < bottom:
-      cells += [(bottom, c) for c in range(right - 1, left - 1, -1)]
+    cells += [(r, left) for r in range(top, bottom + 1)]
+    cells += [(bottom, c) for c in range(left + 1, right + 1)]
     if left < right:
-      cells += [(r, left) for r in range(bottom - 1, top, -1)]
+      cells += [(r, right) for r in range(bottom - 1, top - 1, -1)]
+    if top < bottom:
+      cells += [(top, c) for c in range(right - 1, left, -1)]
     top, bottom, left, right = top + 1, bottom - 1, left + 1, right - 1
   return [r * width + c for r, c in cells]
 
