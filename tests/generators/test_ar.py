@@ -123,8 +123,8 @@ def test_rope_positions_follow_the_ordering_with_the_prefix_at_zero():
   positions = model.rope_positions()
   assert positions.shape == (model.cache_length, 2)
   np.testing.assert_array_equal(positions[:3], 0)
-  # spiral_in on 2x2 visits (0,0) (0,1) (1,1) (1,0); then the 3x3 layer starts at (0,0).
-  np.testing.assert_array_equal(positions[3:8], [[0, 0], [0, 1], [1, 1], [1, 0], [0, 0]])
+  # spiral_in on 2x2 visits (0,0) (1,0) (1,1) (0,1); then the 3x3 layer starts at (0,0).
+  np.testing.assert_array_equal(positions[3:8], [[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]])
   np.testing.assert_array_equal(model.token_layer_ids(), [0] * 4 + [1] * 9)
 
 
