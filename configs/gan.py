@@ -17,11 +17,14 @@ def discriminator(name: str = "stylegan2d", channels: int = 64,
 
 def adversarial(enabled: bool = False, disc: ml_collections.ConfigDict | None = None, start_step: int = 0,
                 learning_rate: float = 1e-4, warmup_steps: int = 0, generator_weight: float = 0.1,
-                discriminator_weight: float = 0.8, lecam_weight: float = 0.05, r1_weight: float = 0.0,
+                discriminator_weight: float = 0.5, lecam_weight: float = 0.05, r1_weight: float = 0.0,
                 **overrides) -> ml_collections.ConfigDict:
-  """Defaults are Open-MAGVIT2's ImageNet recipe (NUMERICS.md): non-saturating G loss at 0.1, hinge D loss at 0.8,
-  LeCAM 0.05 with EMA decay 0.999; google-research/magvit adds R1 with weight 10. `enabled=False` trains the
-  autoencoder alone (the discriminator is neither built nor checkpointed)."""
+  """Defaults are Open-MAGVIT2's ImageNet recipe (NUMERICS.md): non-saturating G loss at a fixed 0.1; D loss
+  `0.5·(E relu(1-D(x)) + E relu(1+D(x̂)))` (`discriminator_weight` 0.5 on the full hinge sum, Open-MAGVIT2's
+  `hinge_d_loss` with `disc_factor` 1); LeCAM 0.05 with EMA decay 0.999. Open-MAGVIT2's `disc_weight` 0.8 scales
+  its adaptive generator weight, which is not built (see `tasks/adversarial.py`). google-research/magvit adds R1
+  with weight 10. `enabled=False` trains the autoencoder alone (the discriminator is neither built nor
+  checkpointed)."""
   config = ml_collections.ConfigDict(dict(
       enabled=enabled, discriminator=disc or discriminator(), start_step=start_step,
       generator_weight=generator_weight, discriminator_weight=discriminator_weight,

@@ -1,6 +1,7 @@
 """GAN training inside the autoencoder task: one step updates generator and discriminator, the start step gates
 the discriminator exactly, and every loss term is logged."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,3 +108,30 @@ def test_video_eval_reports_per_frame_metrics_and_video_bits_per_pixel(gated_run
   assert outputs["psnr"].shape == outputs["ssim"].shape == (4,)
   # 5x16x16 frames → 3x4x4 tokens of 6 bits: 288 bits over 1280 pixels.
   np.testing.assert_allclose(outputs["bpp"], 3 * 4 * 4 * 6 / (5 * 16 * 16))
+
+
+class _MeanLogit(nn.Module):
+  """A one-parameter discriminator, `s·mean(x)` per sample, whose logits a test can compute by hand."""
+
+  @nn.compact
+  def __call__(self, x):
+    return self.param("scale", nn.initializers.constant(3.0), ()) * jnp.mean(x, axis=tuple(range(1, x.ndim)))
+
+
+def test_default_discriminator_loss_is_open_magvit2s_half_hinge_plus_lecam():
+  """Open-MAGVIT2: `0.5·(E relu(1 - D(x)) + E relu(1 + D(x̂))) + 0.05·LeCAM` (disc_factor 1, LeCAM EMA 0.999)."""
+  gan = AdversarialTraining(discriminator=_MeanLogit(), optimizer=optax.sgd(0.0),
+                            learning_rate=optax.constant_schedule(0.0))
+  assert (gan.generator_weight, gan.discriminator_weight, gan.lecam_weight, gan.lecam_decay) == (0.1, 0.5, 0.05, 0.999)
+  real = jnp.asarray(np.linspace(-0.5, 0.5, 4)[:, None, None, None] * np.ones((4, 2, 2, 3)), jnp.float32)
+  fake = -0.7 * real + 0.1
+  params, _, anchors = gan.init(jax.random.key(0), real)
+  anchors = {"lecam_real": jnp.float32(0.4), "lecam_fake": jnp.float32(-0.3)}
+  total, (metrics, new_anchors) = gan._loss(params, anchors, real, fake)  # pylint: disable=protected-access
+  d_real, d_fake = 3.0 * np.asarray(real).mean((1, 2, 3)), 3.0 * np.asarray(fake).mean((1, 2, 3))
+  hinge = 0.5 * (np.mean(np.maximum(0, 1 - d_real)) + np.mean(np.maximum(0, 1 + d_fake)))
+  ema_real, ema_fake = 0.999 * 0.4 + 0.001 * d_real.mean(), 0.999 * -0.3 + 0.001 * d_fake.mean()
+  lecam = np.mean(np.maximum(0, d_real - ema_fake) ** 2) + np.mean(np.maximum(0, ema_real - d_fake) ** 2)
+  np.testing.assert_allclose(total, hinge + 0.05 * lecam, rtol=1e-6)
+  np.testing.assert_allclose(new_anchors["lecam_real"], ema_real, rtol=1e-6)
+  assert lecam > 0 and metrics["lecam_loss"] == pytest.approx(lecam, rel=1e-6)

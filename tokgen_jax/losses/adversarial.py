@@ -5,8 +5,8 @@ float32 and returns a scalar. What the reference trainers use (NUMERICS.md, "MAG
 training"):
 
 - Open-MAGVIT2 (ImageNet 256): the generator gets the non-saturating loss on spatially averaged logits (with
-  one logit per sample the averaging is already done), weight 0.1; the discriminator gets hinge + LeCAM, disc
-  weight 0.8, LeCAM weight 0.05 with EMA decay 0.999.
+  one logit per sample the averaging is already done), weight 0.1; the discriminator gets half the hinge sum
+  below (weight 0.5 on `hinge_discriminator_loss`) + LeCAM with weight 0.05 and EMA decay 0.999.
 - google-research/magvit: LeCAM as below and an R1 penalty with weight 10.
 """
 

@@ -5,14 +5,21 @@
   generator loss  = reconstruction + perceptual + quantizer + `generator_weight`·G(D(x̂))       (x̂ = decoder output)
   discriminator   = `discriminator_weight`·D_loss(D(x), D(sg(x̂))) + `lecam_weight`·LeCAM + `r1_weight`·R1
 
-and updates both parameter groups with their own optimizers. Before `start_step` neither adversarial term is
-computed (a `lax.cond` skips the discriminator's forward and backward passes) and the discriminator, its
-optimizer state and the LeCAM anchors stay exactly as initialized.
+and updates both parameter groups with their own optimizers. Before `start_step` both adversarial terms are
+masked to zero with `jnp.where` and the discriminator, its optimizer state and the LeCAM anchors are kept exactly
+as initialized. The discriminator's forward and backward passes still run before `start_step`, and their results
+are discarded: one compiled step serves the whole run.
 
-Defaults follow Open-MAGVIT2's ImageNet recipe (NUMERICS.md): non-saturating generator loss with weight 0.1,
-hinge discriminator loss with weight 0.8, LeCAM 0.05 with EMA decay 0.999. The LeCAM anchors are updated with
-the current batch's logits before the regularizer reads them, as in the LeCAM authors' code. Not built: taming's
-adaptive generator weight (the ratio of reconstruction to adversarial gradient norms at the last decoder layer).
+Defaults follow Open-MAGVIT2's ImageNet recipe (NUMERICS.md), term by term:
+- generator: non-saturating loss on the discriminator's logits, fixed weight 0.1 (`generator_weight`).
+- discriminator: `D_loss` is the hinge sum `E relu(1 - D(x)) + E relu(1 + D(x̂))` (Lim & Ye 2017), and
+  `discriminator_weight` = 0.5 reproduces Open-MAGVIT2's `disc_factor · hinge_d_loss` with `disc_factor` = 1 and
+  its `hinge_d_loss` = `0.5·(E relu(1 - D(x)) + E relu(1 + D(x̂)))` (taming-transformers' form).
+- LeCAM weight 0.05 with EMA decay 0.999 (Open-MAGVIT2; LeCAM's anchors as in google-research/magvit). The anchors
+  are updated with the current batch's logits before the regularizer reads them, as in the LeCAM authors' code.
+- Open-MAGVIT2's `disc_weight` = 0.8 is not a discriminator weight: it multiplies taming's adaptive generator
+  weight (the ratio of reconstruction to adversarial gradient norms at the last decoder layer). That adaptive
+  weight is not built here, so the generator's weight is the fixed 0.1 and 0.8 has no counterpart.
 """
 
 import dataclasses
@@ -44,7 +51,7 @@ class AdversarialTraining:
   learning_rate: optax.Schedule
   start_step: int = 0
   generator_weight: float = 0.1
-  discriminator_weight: float = 0.8
+  discriminator_weight: float = 0.5
   generator_loss: str = "non_saturating"
   discriminator_loss: str = "hinge"
   lecam_weight: float = 0.05
