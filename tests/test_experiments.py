@@ -14,3 +14,15 @@ def test_llamagen_c2i_parameter_count(size, low, high, tmp_path):
   print(f"\nllamagen_c2i GPT-{size}: {params:,} parameters, token shape {run.task.token_shape}")
   assert run.task.token_shape == (16, 16) and run.task.model.vocab_sizes == (16384,)
   assert low < params < high
+
+
+def test_lfq_entropy_annealing_is_settable_on_the_locked_config():
+  """The LFQ preset carries the annealing keys, so `--config.model.quantizer.entropy_anneal_steps=N` reaches the
+  module (a locked config refuses keys a preset lacks)."""
+  from tokgen_jax import tasks  # pylint: disable=import-outside-toplevel
+  config = load_experiment("experiments/magvit2_video.py:local")
+  assert config.model.quantizer.entropy_anneal_steps == 0
+  config.model.quantizer.entropy_anneal_steps = 2000
+  config.model.quantizer.entropy_weight_start = 0.3
+  quantizer = tasks.build_tokenizer(config.model).quantizer
+  assert quantizer.annealing and quantizer.entropy_anneal_steps == 2000 and quantizer.entropy_weight_start == 0.3

@@ -79,3 +79,36 @@ def test_groups_are_capped_at_channels_and_indivisible_widths_raise():
   np.testing.assert_allclose(np.asarray(out).mean(axis=(1, 2, 3)), 0.0, atol=1e-5)  # 6 groups of 1 channel
   with pytest.raises(ConfigError, match="not divisible"):
     AdaptiveGroupNorm(num_groups=4).init(jax.random.key(0), x, x)
+
+
+def test_style_form_is_open_magvit2s_linear_maps_of_the_latent_statistics():
+  """`GN(x)·(W_γ·std(z) + b_γ) + (W_β·mean(z) + b_β)` per sample, statistics over (h, w) with torch's default
+  unbiased variance, `std = sqrt(var + eps)`; latent frame ceil(i / 2) serves frame i."""
+  x, cond = _video(0), _video(1, (2, 3, 2, 2, 6))
+  layer = AdaptiveGroupNorm(num_groups=4, conditioning="style")
+  params = nn.unbox(layer.init(jax.random.key(2), x, cond))["params"]
+  assert params["gamma"]["kernel"].shape == (6, 8)
+  np.testing.assert_array_equal(params["gamma"]["bias"], 1.0)  # scale ≈ 1 at init
+  params = jax.tree.map(lambda p: p + 0.1, params)
+  out = np.asarray(layer.apply({"params": params}, x, cond))
+  c = np.asarray(cond, np.float64).reshape(2, 3, 4, 6)
+  std = np.sqrt(c.var(axis=2, ddof=1) + 1e-6)[:, [0, 1, 1, 2, 2], None, None]
+  mean = c.mean(axis=2)[:, [0, 1, 1, 2, 2], None, None]
+  gamma = std @ np.asarray(params["gamma"]["kernel"]) + np.asarray(params["gamma"]["bias"])
+  beta = mean @ np.asarray(params["beta"]["kernel"]) + np.asarray(params["beta"]["bias"])
+  x_np = np.asarray(x).reshape(2, 5, 4, 4, 4, 2)
+  mu = x_np.mean(axis=(2, 3, 5), keepdims=True)
+  normed = ((x_np - mu) / np.sqrt(x_np.var(axis=(2, 3, 5), keepdims=True) + 1e-6)).reshape(x.shape)
+  np.testing.assert_allclose(out, normed * gamma + beta, atol=1e-4)
+
+
+def test_style_form_is_causal_and_unknown_forms_raise():
+  x, cond = _video(0), _video(1, (2, 3, 2, 2, 6))
+  layer = AdaptiveGroupNorm(num_groups=4, conditioning="style")
+  variables = layer.init(jax.random.key(2), x, cond)
+  out = np.asarray(layer.apply(variables, x, cond))
+  changed = np.asarray(layer.apply(variables, x, cond.at[:, 2].multiply(3.0)))  # latent frame 2: frames 3, 4
+  np.testing.assert_array_equal(changed[:, :3], out[:, :3])
+  assert np.abs(changed[:, 3:] - out[:, 3:]).max() > 1e-3
+  with pytest.raises(ConfigError, match="'spade' is not known"):
+    AdaptiveGroupNorm(num_groups=4, conditioning="spade").init(jax.random.key(0), x, cond)

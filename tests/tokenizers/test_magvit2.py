@@ -181,3 +181,37 @@ def test_kl_bottleneck_gives_continuous_latents_for_diffusion():
   np.testing.assert_array_equal(latent, encode(videos, jax.random.key(4), False)[0])
   sampled, _ = encode(videos, jax.random.key(3), True)
   assert not np.allclose(sampled, latent) and out.loss > 0.0
+
+
+@pytest.mark.parametrize("adaptive_norm", ("style", "spatial"))
+def test_adaptive_norm_forms_place_their_layers_and_stay_causal(adaptive_norm):
+  """style: one AdaptiveGroupNorm per decoder level (Open-MAGVIT2), plain GroupNorm in the blocks; spatial: every
+  decoder block norm is adaptive. Both keep output frame 0 independent of later latent frames."""
+  model = small_model(adaptive_norm=adaptive_norm)
+  z = jax.random.normal(jax.random.key(0), (1, 3, 4, 4, BITS))
+  params = jax.jit(lambda z: model.init(jax.random.key(1), z, method="decode"))(z)["params"]["decoder"]
+  levels = [name for name in params if name.startswith("adaptive_norm_")]
+  block_norms = [params[name]["norm1"] for name in params if name.startswith("ResBlock3D")]
+  if adaptive_norm == "style":
+    assert levels == ["adaptive_norm_0", "adaptive_norm_1", "adaptive_norm_2"]
+    assert all(set(norm) == {"scale", "bias"} for norm in block_norms)
+  else:
+    assert not levels and all(set(norm) == {"gamma", "beta"} for norm in block_norms)
+  decode = jax.jit(lambda z: model.apply({"params": {"decoder": params}}, z, method="decode"))
+  out, changed = decode(z), decode(z.at[:, 1:].multiply(-2.0))
+  np.testing.assert_array_equal(out[:, 0], changed[:, 0])
+  with pytest.raises(ConfigError, match="config.model.adaptive_norm"):
+    small_model(adaptive_norm="spade").init(jax.random.key(0), z, method="decode")
+
+
+def test_paper_presets_follow_the_seed():
+  """Blur pooling on, style normalization; 'paper_58m' (2 blocks) is the 56.4M nearest the seed's 58M row and
+  'paper' (4 blocks, the ablations' final 'deeper' model) is 92.7M."""
+  from tokgen_jax import tasks  # pylint: disable=import-outside-toplevel
+  from tokgen_jax.configs import magvit2  # pylint: disable=import-outside-toplevel
+  counts = {}
+  for size in ("paper", "paper_58m"):
+    config = magvit2.magvit2(size)
+    assert config.blur_pool and config.adaptive_norm == "style" and config.quantizer.bits == 18
+    counts[size] = _abstract_outputs(tasks.build_tokenizer(config), (1, 17, 128, 128, 3))[2]
+  assert 56.0e6 < counts["paper_58m"] < 57.0e6 and 92.0e6 < counts["paper"] < 93.5e6

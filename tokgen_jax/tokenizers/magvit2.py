@@ -9,8 +9,14 @@ Design:
   GroupNorm, swish, 1x1x1 conv to `quantizer.dim`.
 - Decoder: CausalConv3D conv_in from z_q → `num_res_blocks` mid blocks → per level (reversed) `num_res_blocks`
   blocks → DepthToSpaceUpsample3D with block (2 if temporal else 1, 2, 2), CRD channel order (see
-  `nn.depth_to_space`) → GroupNorm, swish, CausalConv3D 3x3x3 to 3 channels. Every decoder residual block
-  normalizes with AdaptiveGroupNorm conditioned on z_q (the paper's StyleGAN-like adaptive normalization).
+  `nn.depth_to_space`) → GroupNorm, swish, CausalConv3D 3x3x3 to 3 channels. Adaptive GroupNorm conditioned on
+  z_q (`adaptive_norm`):
+  - "style" (default): the paper's text, "adaptive group normalization ... following StyleGAN", read as
+    StyleGAN's per-sample style: one AdaptiveGroupNorm per level after its residual blocks (before the upsample),
+    modulated by Linear maps of z_q's per-frame channel mean and std, as Open-MAGVIT2's decoder does; residual
+    blocks use plain GroupNorm.
+  - "spatial": every decoder residual block's norms are SPADE-like AdaptiveGroupNorms, scale and shift per
+    position from 1x1x1 convs of z_q resized to the block's resolution.
 - Every norm takes statistics per frame: GroupNorm over (T, H, W) would let frame 0 read later frames.
 
 Frames: a video of T = 1 + k·s_t frames (s_t = 2^sum(temporal_downsample)) gives 1 + k latent frames; latent
@@ -108,6 +114,9 @@ class Encoder3D(nn.Module):
     return CausalConv3D(self.latent_dim, (1, 1, 1), name="to_latent")(h)
 
 
+ADAPTIVE_NORMS = ("style", "spatial")
+
+
 class Decoder3D(nn.Module):
   channels: int
   channel_multipliers: Sequence[int]
@@ -117,18 +126,23 @@ class Decoder3D(nn.Module):
   num_groups: int = 32
   temporal_padding: str = "replicate"
   upsample_kernel_size: Sequence[int] = (3, 3, 3)
+  adaptive_norm: str = "style"
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
     multipliers = tuple(reversed(self.channel_multipliers))
     temporal = tuple(reversed(self.temporal_downsample))  # decoder level j undoes the encoder's last-but-j step
     block = lambda features: ResBlock3D(features, self.num_groups, self.temporal_padding)
+    spatial = self.adaptive_norm == "spatial"
+    block_cond = z if spatial else None
     h = CausalConv3D(self.channels * multipliers[0], temporal_padding=self.temporal_padding, name="conv_in")(z)
     for _ in range(self.num_res_blocks):
-      h = block(h.shape[-1])(h, z)
+      h = block(h.shape[-1])(h, block_cond)
     for level, multiplier in enumerate(multipliers):
       for _ in range(self.num_res_blocks):
-        h = block(self.channels * multiplier)(h, z)
+        h = block(self.channels * multiplier)(h, block_cond)
+      if not spatial:
+        h = AdaptiveGroupNorm(self.num_groups, conditioning="style", name=f"adaptive_norm_{level}")(h, z)
       if level < len(multipliers) - 1:
         h = DepthToSpaceUpsample3D(h.shape[-1], (2 if temporal[level] else 1, 2, 2), self.upsample_kernel_size,
                                    temporal_padding=self.temporal_padding, name=f"upsample_{level}")(h)
@@ -158,6 +172,7 @@ class MagvitV2(nn.Module):
   temporal_padding: str = "replicate"
   out_channels: int = 3
   upsample_kernel_size: Sequence[int] = (3, 3, 3)
+  adaptive_norm: str = "style"
 
   @property
   def downsample_factor(self) -> int:
@@ -172,12 +187,15 @@ class MagvitV2(nn.Module):
       raise ConfigError(
           f"MagvitV2: temporal_downsample={tuple(self.temporal_downsample)} needs one entry per downsampling "
           f"step, i.e. len(channel_multipliers) - 1 = {len(self.channel_multipliers) - 1} entries.")
+    if self.adaptive_norm not in ADAPTIVE_NORMS:
+      raise ConfigError(f"MagvitV2: adaptive_norm={self.adaptive_norm!r} is not known; set "
+                        f"config.model.adaptive_norm to one of {ADAPTIVE_NORMS}.")
     shared = dict(channels=self.channels, channel_multipliers=self.channel_multipliers,
                   num_res_blocks=self.num_res_blocks, temporal_downsample=self.temporal_downsample,
                   num_groups=self.num_groups, temporal_padding=self.temporal_padding)
     self.encoder = Encoder3D(latent_dim=self.quantizer.dim, blur_pool=self.blur_pool, **shared)
     self.decoder = Decoder3D(out_channels=self.out_channels, upsample_kernel_size=self.upsample_kernel_size,
-                             **shared)
+                             adaptive_norm=self.adaptive_norm, **shared)
 
   def encode_latent(self, videos: jax.Array) -> jax.Array:
     """The continuous encoder output before quantization, `[B, t, h, w, D]` (`[B, h, w, D]` for images)."""
