@@ -6,6 +6,7 @@ a 16384-entry vocabulary); "hitvideo" is HiTVideo's 3.1B text-to-video Llama (24
 
 import ml_collections
 
+from tokgen_jax.configs import evaluation
 from tokgen_jax.errors import ConfigError
 
 SIZES = {
@@ -39,11 +40,15 @@ def ar(size: str = "local", conditioning: str = "class", num_classes: int = 1000
   return config
 
 
-def sampling(cfg_scale: float = 4.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             cfg_ramp: bool = False) -> ml_collections.ConfigDict:
-  """Sampling settings (`generators.SamplingSettings`). LlamaGen's demo: cfg 4.0, top-k 2000; its FID runs:
-  cfg 1.5, no top-k. `prompts`: `;`-separated captions (or class ids) for --mode=sample; `prompts_file`: one per
-  line; `num_per_prompt` samples each."""
-  return ml_collections.ConfigDict(dict(
-      cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p, cfg_ramp=cfg_ramp, seed=0,
-      prompts="", prompts_file="", num_per_prompt=4, inputs=""))
+def sampling(protocol: ml_collections.ConfigDict | None = None, **overrides) -> ml_collections.ConfigDict:
+  """--mode=sample settings (`generators.SamplingSettings`): the sampling fields of `protocol` (an
+  `evaluation.protocol`, default LlamaGen's demo: cfg 4.0, top-k 2000), then `overrides`. `protocol` names it;
+  `prompts`: `;`-separated captions (or class ids) for --mode=sample; `prompts_file`: one per line;
+  `num_per_prompt` samples each."""
+  protocol = protocol if protocol is not None else evaluation.protocol("llamagen_demo")
+  config = ml_collections.ConfigDict(dict(
+      protocol=protocol.name, cfg_scale=protocol.cfg_scale, cfg_convention=protocol.cfg_convention,
+      cfg_ramp=protocol.cfg_ramp, temperature=protocol.temperature, top_k=protocol.top_k, top_p=protocol.top_p,
+      seed=protocol.seed, prompts="", prompts_file="", num_per_prompt=4, inputs=""))
+  config.update(overrides)
+  return config

@@ -1,15 +1,65 @@
-"""Evaluation presets: batch size, sample grids, the checkpoint to evaluate, feature-network weight files."""
+"""Evaluation presets: batch size, sample grids, the checkpoint to evaluate, feature-network weight files, and the
+named evaluation protocols a published number is measured under."""
 
 import ml_collections
 
+from tokgen_jax.errors import ConfigError
 
-def evaluation(batch_size: int = 8, num_grid_images: int = 8, **overrides) -> ml_collections.ConfigDict:
+# Sampling protocols of the published generator numbers (NUMERICS.md). `cfg_scale` is quoted in
+# `cfg_convention` (see `generators/sampling.py`), `num_samples` is how many samples the number is computed on.
+PROTOCOLS = {
+    # LlamaGen (Sun et al. 2024): FID at cfg 1.5 with no top-k (peers' users could not reproduce it otherwise),
+    # 50,000 samples; its demo pictures at cfg 4.0, top-k 2000 (a 4x4 grid of them here: our choice).
+    "llamagen_fid": dict(cfg_scale=1.5, top_k=0, top_p=1.0, num_samples=50_000),
+    "llamagen_demo": dict(cfg_scale=4.0, top_k=2000, top_p=1.0, num_samples=16),
+    # VAR: FID at cfg 1.5 in VAR's convention, ramped over the scales, top-p 0.96, top-k 900, 50 images per class.
+    "var_fid": dict(cfg_scale=1.5, cfg_convention="var", cfg_ramp=True, top_k=900, top_p=0.96, num_samples=50_000),
+}
+
+
+def protocol(name: str = "custom", **settings) -> ml_collections.ConfigDict:
+  """A sampling protocol: a named entry of `PROTOCOLS` (with `settings` overriding fields), or `name` with
+  `settings` for an experiment's own. Every eval JSON records the protocol it was computed under.
+
+  Fields: cfg_scale (in cfg_convention), cfg_convention ('standard' | 'var'), cfg_ramp, temperature, top_k,
+  top_p, num_samples (eval samples drawn from the first eval-split conditions), use_ema (sample with the EMA
+  weights when training kept them), seed."""
+  config = ml_collections.ConfigDict(dict(
+      name=name, cfg_scale=1.0, cfg_convention="standard", cfg_ramp=False, temperature=1.0, top_k=0, top_p=1.0,
+      num_samples=0, use_ema=True, seed=0))
+  unknown = set(settings) - set(config)
+  if unknown:
+    raise ConfigError(f"evaluation protocol {name!r}: unknown fields {sorted(unknown)}; the fields are "
+                      f"{sorted(config)}.")
+  config.update(PROTOCOLS.get(name, {}))
+  config.update(settings)
+  return config
+
+
+def named_protocol(name: str, **settings) -> ml_collections.ConfigDict:
+  """`protocol(name, ...)` for a published protocol only: an unknown name is an error, not a custom protocol."""
+  if name not in PROTOCOLS:
+    raise ConfigError(f"evaluation protocol {name!r} is not a published one; choose one of {sorted(PROTOCOLS)} "
+                      f"(experiment arguments name them without the family prefix, e.g. protocol=fid).")
+  return protocol(name, **settings)
+
+
+def reconstruction_protocol(use_ema: bool = True) -> ml_collections.ConfigDict:
+  """A tokenizer's protocol: held-out reconstructions with the EMA weights (when training kept them) or not."""
+  return ml_collections.ConfigDict(dict(name="reconstruction", use_ema=use_ema))
+
+
+def evaluation(batch_size: int = 8, num_grid_images: int = 8, protocol: ml_collections.ConfigDict | None = None,
+               **overrides) -> ml_collections.ConfigDict:
   """`checkpoint_step=0` evaluates the latest checkpoint in --mode=eval. The weights files are converted once
   (`python -m tokgen_jax.convert.{lpips,inception,i3d}`); each empty one leaves its metric (LPIPS, rFID, rFVD)
   out, with one log line saying so. `reference_statistics`: where --mode=stats writes the Inception (images) or
-  I3D (videos) feature statistics of the eval split (default WORKDIR/stats/<source>_<eval_split>.npz)."""
+  I3D (videos) feature statistics of the eval split (default WORKDIR/stats/<source>_<eval_split>.npz).
+  `protocol`: what the numbers are measured under (default `reconstruction_protocol()`; generators pass a
+  sampling `protocol(...)`)."""
   config = ml_collections.ConfigDict(dict(
       batch_size=batch_size, num_grid_images=num_grid_images, checkpoint_step=0, lpips_weights="",
-      inception_weights="", i3d_weights="", reference_statistics=""))
+      inception_weights="", i3d_weights="", reference_statistics="",
+      protocol=protocol if protocol is not None else reconstruction_protocol()))
   config.update(overrides)
   return config

@@ -88,8 +88,10 @@ def generator_config(steps: int = 0, batch: int = 0, num_shapes: int = 1,
   config.optimizer = optimizer.adamw(learning_rate=1e-3, warmup_steps=200, weight_decay=0.05, b2=0.95,
                                      ema_decay=0.0)
   config.data = data.tokens()
-  config.eval = evaluation.evaluation(batch_size=100, num_grid_images=16, num_samples=100)
-  config.sample = ar.sampling(cfg_scale=3.0)
+  # The shapes world's own protocol: 100 eval captions at cfg 3.0 (and without guidance), no top-k.
+  shapes_protocol = evaluation.protocol("shapes", cfg_scale=3.0, num_samples=100)
+  config.eval = evaluation.evaluation(batch_size=100, num_grid_images=16, protocol=shapes_protocol)
+  config.sample = ar.sampling(shapes_protocol)
   return config
 
 

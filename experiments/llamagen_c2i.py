@@ -7,11 +7,18 @@ l2-normalized codebook) and a GPT-B/L/XL class-conditional Llama over its tokens
 
 ImageNet is read from the user's TFDS ArrayRecord build (`tfds build imagenet2012 --file_format=array_record`).
 Settings follow LlamaGen's c2i recipe: AdamW lr 1e-4, betas (0.9, 0.95), weight decay 0.05, gradient clip 1.0,
-batch 256, 300 epochs; class, token and residual dropout 0.1; sampling cfg 4.0 (demo; the FID runs use 1.5 with
-no top-k, `--config.sample.cfg_scale=1.5`).
+batch 256, 300 epochs; class, token and residual dropout 0.1.
+
+Evaluation protocols (`configs/evaluation.py`, recorded in every eval JSON): `protocol=demo` (default) samples
+16 eval classes at LlamaGen's demo setting, cfg 4.0 and top-k 2000; `protocol=fid` is its FID setting, cfg 1.5,
+no top-k, 50,000 samples:
+
+  tokgen --config=experiments/llamagen_c2i.py:size=B,protocol=fid --workdir=gs://bucket/llamagen/gpt_b --mode=eval
+
+--mode=sample always draws at the demo setting (`config.sample`).
 
 Arguments: `tokenizer` (train the VQ tokenizer) or `size=B|L|XL|XXL|3B` (the generator, default B), then
-`steps=N`, `batch=N`, `tokenizer_workdir=PATH`.
+`steps=N`, `batch=N`, `tokenizer_workdir=PATH`, `protocol=demo|fid`.
 """
 
 import ml_collections
@@ -48,7 +55,7 @@ def tokenizer_config(steps: int = 0, batch: int = 0) -> ml_collections.ConfigDic
   return config
 
 
-def generator_config(size: str = "B", steps: int = 0, batch: int = 0,
+def generator_config(size: str = "B", steps: int = 0, batch: int = 0, protocol: str = "demo",
                      tokenizer_workdir: str = "") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.task = "generator"
@@ -72,13 +79,14 @@ def generator_config(size: str = "B", steps: int = 0, batch: int = 0,
   config.data = data.tokens()
   config.mesh = mesh.mesh()
   config.topology = "v5e:16x16"  # the pod --mode=compile checks (batch 256: one sequence per chip)
-  config.eval = evaluation.evaluation(batch_size=256, num_grid_images=16, num_samples=0)
-  config.sample = ar.sampling(cfg_scale=4.0)
+  config.eval = evaluation.evaluation(batch_size=256, num_grid_images=16,
+                                      protocol=evaluation.named_protocol(f"llamagen_{protocol}"))
+  config.sample = ar.sampling(evaluation.named_protocol("llamagen_demo"))
   return config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, tokenizer=False, size="B", steps=0, batch=0, tokenizer_workdir="")
+  arg = parse_arg(arg, tokenizer=False, size="B", steps=0, batch=0, tokenizer_workdir="", protocol="demo")
   if arg.tokenizer:
     return tokenizer_config(arg.steps, arg.batch)
-  return generator_config(arg.size, arg.steps, arg.batch, arg.tokenizer_workdir)
+  return generator_config(arg.size, arg.steps, arg.batch, arg.protocol, arg.tokenizer_workdir)

@@ -26,3 +26,31 @@ def test_lfq_entropy_annealing_is_settable_on_the_locked_config():
   config.model.quantizer.entropy_weight_start = 0.3
   quantizer = tasks.build_tokenizer(config.model).quantizer
   assert quantizer.annealing and quantizer.entropy_anneal_steps == 2000 and quantizer.entropy_weight_start == 0.3
+
+
+def test_llamagen_protocols_are_its_published_settings():
+  """LlamaGen's FID protocol: cfg 1.5, no top-k, 50,000 samples; its demo: cfg 4.0, top-k 2000 (NUMERICS.md)."""
+  from tokgen_jax import generation  # pylint: disable=import-outside-toplevel
+  fid = load_experiment("experiments/llamagen_c2i.py:protocol=fid").eval.protocol
+  assert (fid.name, fid.cfg_scale, fid.top_k, fid.top_p, fid.num_samples) == ("llamagen_fid", 1.5, 0, 1.0, 50_000)
+  config = load_experiment("experiments/llamagen_c2i.py")
+  demo, sample = config.eval.protocol, config.sample
+  assert (demo.name, demo.cfg_scale, demo.top_k) == ("llamagen_demo", 4.0, 2000)
+  assert (sample.protocol, sample.cfg_scale, sample.top_k) == ("llamagen_demo", 4.0, 2000)
+  assert generation.settings_from_config(fid).cfg_scale == 1.5
+  assert not generation.settings_from_config(fid, guided=False).guided
+
+
+def test_var_protocol_converts_to_the_sampler_scale_and_unknown_protocols_fail():
+  from tokgen_jax import generation  # pylint: disable=import-outside-toplevel
+  from tokgen_jax.configs import evaluation  # pylint: disable=import-outside-toplevel
+  from tokgen_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  var = evaluation.named_protocol("var_fid")
+  settings = generation.settings_from_config(var)
+  assert (settings.cfg_scale, settings.cfg_ramp, settings.top_k, settings.top_p) == (2.5, True, 900, 0.96)
+  with pytest.raises(ConfigError, match="not a published one"):
+    evaluation.named_protocol("llamagen_best")
+  with pytest.raises(ConfigError, match="unknown fields"):
+    evaluation.protocol("mine", cfg=2.0)
+  with pytest.raises(ConfigError, match="choose one of"):
+    load_experiment("experiments/llamagen_c2i.py:protocol=best")

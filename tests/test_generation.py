@@ -35,7 +35,7 @@ def _generator_config(tokenizer_workdir: str, **overrides):
       "tokenize.data": _shapes(), "tokenize.batch_size": 16, "tokenize.shard_size": 32,
       "model.embed_dim": 32, "model.num_layers": 1, "model.num_heads": 2, "model.num_kv_heads": 1,
       "batch_size": 8, "total_steps": 4, "log_every_steps": 2, "eval_every_steps": 4, "checkpoint_every_steps": 4,
-      "eval.batch_size": 8, "eval.num_samples": 4, "eval.num_grid_images": 4, "sample.num_per_prompt": 2,
+      "eval.batch_size": 8, "eval.protocol.num_samples": 4, "eval.num_grid_images": 4, "sample.num_per_prompt": 2,
       "data.num_threads": 1, "data.prefetch": 1} | overrides)
 
 
@@ -65,6 +65,9 @@ def test_training_evaluates_tokens_and_scores_samples_with_and_without_cfg(train
   assert summary["step"] == 4
   result = json.loads((generator_dir / "eval" / "step_4.json").read_text())
   assert result["num_examples"] == 8
+  assert result["protocol"] == {"name": "shapes", "cfg_scale": 3.0, "cfg_convention": "standard", "cfg_ramp": False,
+                                "temperature": 1.0, "top_k": 0, "top_p": 1.0, "num_samples": 4, "use_ema": True,
+                                "seed": 0}
   assert np.isclose(result["perplexity"], np.exp(result["nll"]), rtol=1e-6)
   assert 0.0 <= result["token_accuracy"] <= 1.0
   for prefix in ("reference", "cfg", "nocfg"):

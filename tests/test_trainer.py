@@ -39,6 +39,7 @@ def test_train_writes_metrics_eval_samples_and_checkpoints(finished_run):
     assert key in train_records[-1]
   evaluation = json.loads((workdir / "eval" / "step_6.json").read_text())
   assert evaluation["num_examples"] == 88  # 128x128... 64x64 tiles: chelsea 4x7 + flower 6x10
+  assert evaluation["protocol"] == {"name": "reconstruction", "use_ema": True}
   assert 0.0 < evaluation["psnr"] < 60.0 and -1.0 <= evaluation["ssim"] <= 1.0
   assert (workdir / "samples" / "eval_step_6.png").is_file()
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["3", "6"]

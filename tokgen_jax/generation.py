@@ -4,9 +4,9 @@ draw samples, decode them to pixels and score them against their prompts.
 - `tokenize`: every example of `config.tokenize.data` (splits train and eval) through the tokenizer's encoder
   into `data.tokens` shards, with labels and captions when the source has them, and the captions' text-encoder
   embeddings (all-MiniLM-L6-v2 token states) when `config.tokenize.text_encoder` is set.
-- `sample_and_score`: samples for a batch of conditions under several sampling settings (CFG on and off),
-  decoded by the tokenizer. In the shapes world (`data.shapes`) each sample is read back from its pixels and
-  compared with its prompt: `color_shape` is the share of samples whose every prompted shape was drawn with the
+- `draw`: samples for a batch of conditions under one sampling setting (compiled once per setting), which the
+  trainer decodes with the frozen tokenizer (`FrozenTokenizer`). `score_shapes`: in the shapes world
+  (`data.shapes`) each sample is read back from its pixels and compared with its prompt: `color_shape` is the share of samples whose every prompted shape was drawn with the
   right color and shape, next to `match`'s per-attribute shares. The tokenizer's own reconstruction of the real
   examples is scored the same way (`reference_*`): the ceiling a generator can reach through this tokenizer.
 """
@@ -23,7 +23,7 @@ from tokgen_jax import tasks
 from tokgen_jax.data import shapes, sources, transforms
 from tokgen_jax.data import tokens as token_data
 from tokgen_jax.errors import ConfigError
-from tokgen_jax.generators import SamplingSettings
+from tokgen_jax.generators import SamplingSettings, guidance_scale_from
 
 SHAPES_SOURCES = ("shapes", "shapes_video")
 
@@ -189,10 +189,13 @@ def score_shapes(prompts: Sequence[str | int], samples: np.ndarray) -> dict[str,
   return scores
 
 
-def settings_from_config(sample_config: Any, cfg_scale: float | None = None) -> SamplingSettings:
+def settings_from_config(sample_config: Any, guided: bool = True) -> SamplingSettings:
+  """`config.sample` or an evaluation protocol as `SamplingSettings`: the quoted cfg_scale converted from its
+  cfg_convention to the sampler's `u + s·(c − u)`; `guided=False` draws the same settings without guidance."""
+  scale = guidance_scale_from(float(sample_config.cfg_scale), str(sample_config.get("cfg_convention", "standard")))
   return SamplingSettings(temperature=float(sample_config.temperature), top_k=int(sample_config.top_k),
                           top_p=float(sample_config.top_p), cfg_ramp=bool(sample_config.cfg_ramp),
-                          cfg_scale=float(sample_config.cfg_scale if cfg_scale is None else cfg_scale))
+                          cfg_scale=scale if guided else 1.0)
 
 
 @functools.lru_cache(maxsize=16)

@@ -320,8 +320,8 @@ def evaluate(run_: Run, state: Any, step: int, writer: writers.MetricWriter | No
   is_generator = isinstance(run_.task, tasks.GeneratorTask)
   results, count = (_evaluate_generator if is_generator else _evaluate_reconstruction)(run_, state, step)
   if run_.is_chief:
-    writers.write_json_atomic(run_.workdir / "eval" / f"step_{step}.json", {"step": step, "num_examples": count,
-                                                                          **results})
+    record = {"step": step, "num_examples": count, "protocol": run_.config.eval.protocol.to_dict(), **results}
+    writers.write_json_atomic(run_.workdir / "eval" / f"step_{step}.json", record)
     print(f"eval step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()), flush=True)
   if writer is not None:
     writer.write(step, {f"eval_{name}": value for name, value in results.items()})
@@ -366,7 +366,7 @@ def _evaluate_generator(run_: Run, state: Any, step: int) -> tuple[dict[str, flo
     count += int(mask.sum())
   results = {name: total / max(count, 1) for name, total in sums.items()}
   results["perplexity"] = float(np.exp(results["nll"]))
-  if run_.config.eval.num_samples:
+  if run_.config.eval.protocol.num_samples:
     results |= _sample_eval(run_, state, step)
   return results, count
 
@@ -375,7 +375,8 @@ def _sample_eval(run_: Run, state: Any, step: int) -> dict[str, float]:
   config, task = run_.config, run_.task
   tokenizer = run_.frozen_tokenizer
   source = token_data.open_configured_token_source(config.data, "eval")
-  examples = [source[i] for i in range(min(int(config.eval.num_samples), len(source)))]
+  protocol = config.eval.protocol
+  examples = [source[i] for i in range(min(int(protocol.num_samples), len(source)))]
   cond = {key: np.stack([e[key] for e in examples]) for key in ("label", "text", "text_mask") if key in examples[0]}
   prompts = (source.captions[:len(examples)] if task.model.conditioning == "text" or "label" not in examples[0]
              else [int(e["label"]) for e in examples])
@@ -383,10 +384,10 @@ def _sample_eval(run_: Run, state: Any, step: int) -> dict[str, float]:
   scored = prompts is not None and str(config.tokenize.data.source) in generation.SHAPES_SOURCES
   results = {f"reference_{k}": v for k, v in generation.score_shapes(prompts, reference).items()} if scored else {}
   columns = [reference]
-  scales = {"cfg": float(config.sample.cfg_scale), "nocfg": 1.0} if config.sample.cfg_scale != 1.0 else {"nocfg": 1.0}
-  for name, scale in scales.items():
-    grids = generation.draw(task, state, cond, generation.settings_from_config(config.sample, scale),
-                            int(config.sample.seed), len(examples))
+  guided = generation.settings_from_config(protocol).guided
+  for name, guidance in ({"cfg": True, "nocfg": False} if guided else {"nocfg": False}).items():
+    grids = generation.draw(task, state, cond, generation.settings_from_config(protocol, guidance),
+                            int(protocol.seed), len(examples))
     columns.append(tokenizer.decode(grids))
     if scored:
       results |= {f"{name}_{k}": v for k, v in generation.score_shapes(prompts, columns[-1]).items()}

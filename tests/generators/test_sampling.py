@@ -117,3 +117,19 @@ def test_unconditional_sampling_needs_a_batch_size():
     sampling.sample_with_cache(model, params, {}, jax.random.key(0))
   tokens = sampling.sample_with_cache(model, params, {}, jax.random.key(0), batch_size=2)
   assert tokens.shape == (2, 4)
+
+
+def test_var_guidance_convention_is_the_linear_ramp_at_one_plus_cfg():
+  """VAR (FoundationVision/VAR): `t = cfg·si/(S-1)`, `logits = (1+t)·c - t·u`; here that is `cfg_ramp` with
+  `s = guidance_scale_from(cfg, 'var') = 1 + cfg`, so VAR's FID cfg 1.5 is s = 2.5."""
+  cfg, num_scales = 1.5, 10
+  settings = SamplingSettings(cfg_scale=sampling.guidance_scale_from(cfg, "var"), cfg_ramp=True)
+  assert settings.cfg_scale == 2.5 and sampling.guidance_value_in(2.5, "var") == 1.5
+  cond, uncond = jax.random.normal(jax.random.key(0), (2, 3, 7))
+  for si in range(num_scales):
+    t = cfg * si / (num_scales - 1)
+    ours = uncond + sampling.guidance_scale(settings, jnp.int32(si), num_scales) * (cond - uncond)
+    np.testing.assert_allclose(ours, (1 + t) * cond - t * uncond, rtol=1e-5, atol=1e-6)
+  assert sampling.guidance_scale_from(4.0, "standard") == 4.0 and sampling.guidance_scale_from(0.0, "var") == 1.0
+  with pytest.raises(ConfigError, match="cfg_convention"):
+    sampling.guidance_scale_from(1.5, "muse")

@@ -5,8 +5,8 @@ Per visual token i (`sample_with_cache`):
 1. logits of x_i come from the previous step (the prefill gives those of x_0);
 2. classifier-free guidance: the batch runs twice, conditional rows then unconditional rows, and
    `logits = u + s_i·(c − u)` (Ho & Salimans 2022, eq. 6 in logit space, as LlamaGen). `s_i = cfg_scale`, or
-   with `cfg_ramp` the linear ramp `1 + (cfg_scale − 1)·i/(N − 1)` (VAR's ramp: guidance grows from none at the
-   first token to full at the last);
+   with `cfg_ramp` the linear ramp `1 + (cfg_scale − 1)·i/(N − 1)`: guidance grows from none at the first step to
+   full at the last (see "Guidance conventions" below);
 3. temperature, then top-k and top-p (nucleus; Holtzman et al. 2020) filtering, then a categorical draw with
    `fold_in(rng, i)` (or argmax when `greedy`); both halves of a CFG batch take the same token;
 4. feed x_i at position P + i to get the logits of x_{i+1}.
@@ -14,6 +14,13 @@ Per visual token i (`sample_with_cache`):
 `sample_without_cache` recomputes the whole (padded) sequence for every token instead: quadratic work, the
 reference the cached loop must equal (greedy decoding is token-for-token identical) and the baseline of
 `bench/ar_sampling.py`. Both return `[B, N]` ids in sequence order (each id within its layer's vocabulary).
+
+Guidance conventions. `SamplingSettings.cfg_scale` is always s of `u + s·(c − u)`; papers quote other numbers,
+which `guidance_scale_from(value, convention)` converts (`CFG_CONVENTIONS`):
+- "standard": the quoted number is s (Ho & Salimans, LlamaGen, DiT, Muse). s = 1 is no guidance.
+- "var": VAR (`FoundationVision/VAR`) quotes cfg with `logits = (1 + t)·c − t·u = u + (1 + t)·(c − u)`, and
+  ramps `t = cfg·i/(S − 1)` over its S scales. That is this module's linear ramp with s = 1 + cfg: VAR's FID
+  setting cfg 1.5 is `cfg_scale=2.5, cfg_ramp=True` here, and VAR's cfg 0 is no guidance.
 """
 
 import dataclasses
@@ -24,6 +31,22 @@ import jax.numpy as jnp
 
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.generators.ar import ARTransformer
+
+
+CFG_CONVENTIONS = ("standard", "var")
+
+
+def guidance_scale_from(value: float, convention: str = "standard") -> float:
+  """The scale s of `u + s·(c − u)` for a guidance number quoted in `convention` (see the module docstring)."""
+  if convention not in CFG_CONVENTIONS:
+    raise ConfigError(f"CFG convention {convention!r} is not known; set cfg_convention to one of {CFG_CONVENTIONS}.")
+  return float(value) + 1.0 if convention == "var" else float(value)
+
+
+def guidance_value_in(scale: float, convention: str = "standard") -> float:
+  """The inverse of `guidance_scale_from`: the number `convention` quotes for this module's scale s."""
+  guidance_scale_from(0.0, convention)  # validates the name
+  return float(scale) - 1.0 if convention == "var" else float(scale)
 
 
 @dataclasses.dataclass(frozen=True)

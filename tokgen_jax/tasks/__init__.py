@@ -121,6 +121,10 @@ def _build_perceptual(loss_config: Any) -> dict[str, Any]:
               perceptual_params=lpips_convert.load_lpips(path))
 
 
+def _protocol_uses_ema(config: Any) -> bool:
+  return bool(config.eval.protocol.use_ema)
+
+
 def _build_autoencoder(config: Any) -> AutoencoderTask:
   model = build_tokenizer(config.model)
   _check_image_size(config, model)
@@ -130,7 +134,7 @@ def _build_autoencoder(config: Any) -> AutoencoderTask:
       learning_rate=learning_rate_schedule(config.optimizer, config.total_steps),
       input_shape=input_shape(config.data),
       l1_weight=config.loss.l1_weight, l2_weight=config.loss.l2_weight,
-      ema_decay=config.optimizer.ema_decay,
+      ema_decay=config.optimizer.ema_decay, eval_ema=_protocol_uses_ema(config),
       adversarial=_build_adversarial(config),
       **_build_perceptual(config.loss))
 
@@ -168,7 +172,7 @@ def _build_generator(config: Any) -> GeneratorTask:
   return GeneratorTask(model=model, optimizer=make_optimizer(config.optimizer, config.total_steps),
                        learning_rate=learning_rate_schedule(config.optimizer, config.total_steps),
                        token_shape=token_shape, layer_weights=tuple(config.loss.layer_weights),
-                       ema_decay=config.optimizer.ema_decay)
+                       ema_decay=config.optimizer.ema_decay, eval_ema=_protocol_uses_ema(config))
 
 
 BUILDERS = {"autoencoder": _build_autoencoder, "generator": _build_generator}

@@ -22,7 +22,7 @@ from tokgen_jax.losses import reconstruction_loss
 from tokgen_jax.metrics import ms_ssim, psnr, ssim
 from tokgen_jax.quantizers import bits_per_pixel, tokens_per_image
 from tokgen_jax.tasks import adversarial as adversarial_lib
-from tokgen_jax.tasks.base import TrainState
+from tokgen_jax.tasks.base import TrainState, evaluation_params
 from tokgen_jax.tasks.optimizers import ema_update
 
 GROUP = "autoencoder"
@@ -41,6 +41,7 @@ class AutoencoderTask:
   l1_weight: float = 1.0
   l2_weight: float = 0.0
   ema_decay: float = 0.0
+  eval_ema: bool = True  # eval and sampling read the EMA weights (when kept): the protocol's use_ema
   adversarial: adversarial_lib.AdversarialTraining | None = None
   perceptual: nn.Module | None = None
   perceptual_weight: float = 0.0
@@ -117,8 +118,8 @@ class AutoencoderTask:
     return new_state, metrics
 
   def eval_params(self, state: TrainState) -> Any:
-    """The EMA weights when they exist, else the live ones."""
-    return (state.ema_params or state.params)[GROUP]
+    """The EMA weights when they exist and `eval_ema`, else the live ones."""
+    return evaluation_params(state, GROUP, self.eval_ema)
 
   def _reconstruct_and_tokens(self, state: TrainState, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     variables = {"params": self.eval_params(state), **state.model_state[GROUP]}

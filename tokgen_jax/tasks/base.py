@@ -24,6 +24,13 @@ class TrainState:
   rng: jax.Array
 
 
+def evaluation_params(state: TrainState, group: str, use_ema: bool = True) -> Any:
+  """The weights of `group` that eval and sampling use: its EMA copy when `use_ema` and training kept one."""
+  if use_ema and group in state.ema_params:
+    return state.ema_params[group]
+  return state.params[group]
+
+
 class Task(Protocol):
   """Pure functions over a TrainState; the trainer jits and shards them."""
 

@@ -23,7 +23,7 @@ import optax
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.generators import orderings, sampling
 from tokgen_jax.generators.ar import ARTransformer
-from tokgen_jax.tasks.base import TrainState
+from tokgen_jax.tasks.base import TrainState, evaluation_params
 from tokgen_jax.tasks.optimizers import ema_update
 
 GROUP = "generator"
@@ -39,6 +39,7 @@ class GeneratorTask:
   token_shape: tuple[int, ...]
   layer_weights: tuple[float, ...] = ()
   ema_decay: float = 0.0
+  eval_ema: bool = True  # eval and sampling read the EMA weights (when kept): the protocol's use_ema
 
   input_key = "tokens"
 
@@ -158,7 +159,7 @@ class GeneratorTask:
   # ------------------------------------------------------------------------------------------ eval, sample
 
   def eval_params(self, state: TrainState) -> Any:
-    return (state.ema_params or state.params)[GROUP]
+    return evaluation_params(state, GROUP, self.eval_ema)
 
   def eval_step(self, state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """Per example: `nll` (weighted nats per token, conditional) and teacher-forced `token_accuracy`."""
