@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tokgen_jax.quantizers import multiscale
 from tokgen_jax.quantizers.multiscale import MultiScaleResidualQuantizer, area_downsample, area_weights
 
 SCALES = (1, 2, 3, 4, 6, 8)  # 8→3 and 8→6 are non-integer ratios
@@ -123,3 +124,31 @@ def test_rejects_latent_size_other_than_last_scale():
   variables = _variables(np.zeros((K, DIM)), np.zeros((3, 3, DIM, DIM)), np.zeros(DIM))
   with pytest.raises(ValueError, match=r"H = W = scales\[-1\]"):
     QUANTIZER.apply(variables, jnp.zeros((2, 16, 16, DIM)))
+
+
+def test_torch_resize_weights_are_rows_of_unit_mass_and_agree_with_exact_area_on_integer_ratios():
+  for n, s in ((16, 13), (16, 5), (8, 3)):
+    np.testing.assert_allclose(multiscale.torch_area_weights(n, s).sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(multiscale.torch_bicubic_weights(s, n).sum(1), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(multiscale.torch_area_weights(16, 4), area_weights(16, 4), atol=1e-7)
+  # 16 → 13: cell 1 averages pixels 1 and 2 equally (floor(16/13) = 1 .. ceil(32/13) = 3), exact area does not.
+  np.testing.assert_allclose(multiscale.torch_area_weights(16, 13)[1, :4], [0, 0.5, 0.5, 0])
+  with pytest.raises(ValueError, match="resize"):
+    MultiScaleResidualQuantizer(K, DIM, scales=SCALES, resize="nearest").init(jax.random.key(0), jnp.zeros((1, 8, 8, DIM)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale", (1, 2, 3, 4, 5, 6, 8, 10, 13))
+def test_torch_resize_equals_torch_interpolate(scale):
+  """VAR's resampling: `F.interpolate(mode="area")` down to each scale of 16, `mode="bicubic"` back up."""
+  torch = pytest.importorskip("torch")
+  x = np.random.default_rng(scale).normal(size=(2, 16, 16, 3)).astype(np.float32)
+  small = np.random.default_rng(100 + scale).normal(size=(2, scale, scale, 3)).astype(np.float32)
+  nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
+  down = torch.nn.functional.interpolate(nchw(x), size=(scale, scale), mode="area").numpy().transpose(0, 2, 3, 1)
+  up = torch.nn.functional.interpolate(nchw(small), size=(16, 16), mode="bicubic",
+                                       align_corners=False).numpy().transpose(0, 2, 3, 1)
+  np.testing.assert_allclose(multiscale.downsample(jnp.asarray(x), scale, "torch"), down, atol=1e-5)
+  np.testing.assert_allclose(multiscale.upsample(jnp.asarray(small), 16, "torch"), up, atol=1e-5)
+  if 16 % scale:  # the exact default really differs there: the option is needed to reproduce VAR
+    assert np.abs(np.asarray(multiscale.upsample(jnp.asarray(small), 16)) - up).max() > 1e-2

@@ -2,6 +2,14 @@
 
 Scale k quantizes the area-downsampled residual, upsamples its code map back to H×W, refines it with φ and
 removes it from the residual, so the token maps of all scales sum (through φ) to the feature map f̂.
+
+Resampling (`resize`):
+- "exact" (default, our choice): exact area averaging for any ratio (`area_weights`, which preserves the mean)
+  and `jax.image.resize`'s bicubic (Keys a = -0.5, weights renormalized at the borders).
+- "torch": what VAR runs, PyTorch's `F.interpolate(..., size=s, mode="area")` (adaptive average pooling over whole
+  pixels, `torch_area_weights`) and `mode="bicubic", align_corners=False` (a = -0.75, edge pixels repeated,
+  `torch_bicubic_weights`), so weights imported from VAR reproduce its f̂. The two agree on downsampling by
+  integer ratios and differ elsewhere (up to ~1.4 on unit noise for bicubic).
 """
 
 from typing import Sequence
@@ -31,11 +39,63 @@ def area_weights(in_size: int, out_size: int) -> np.ndarray:
   return (overlap / cell).astype(np.float32)
 
 
+def torch_area_weights(in_size: int, out_size: int) -> np.ndarray:
+  """`[out_size, in_size]` weights of PyTorch's adaptive average pooling (`mode="area"`): output cell i averages
+  the whole input pixels `floor(i·n/s) .. ceil((i+1)·n/s) - 1` equally (neighbouring cells may share a pixel)."""
+  weights = np.zeros((out_size, in_size), np.float32)
+  for i in range(out_size):
+    start, end = (i * in_size) // out_size, -(-((i + 1) * in_size) // out_size)
+    weights[i, start:end] = 1.0 / (end - start)
+  return weights
+
+
+def _cubic(distance: np.ndarray, a: float) -> np.ndarray:
+  """Keys' cubic convolution kernel (Keys 1981, eq. 15) with parameter a (PyTorch: -0.75)."""
+  d = np.abs(distance)
+  near = ((a + 2) * d - (a + 3)) * d * d + 1
+  far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+  return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
+
+
+def torch_bicubic_weights(in_size: int, out_size: int, a: float = -0.75) -> np.ndarray:
+  """`[out_size, in_size]` weights of PyTorch's `mode="bicubic", align_corners=False` given an output size:
+  output pixel i samples source `(i + 0.5)·n/s - 0.5` (not clamped), from the 4 taps around it with
+  `_cubic(·, a)`, tap indices clamped to the image (edge pixels repeated)."""
+  source = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
+  base = np.floor(source).astype(np.int64)
+  weights = np.zeros((out_size, in_size), np.float64)
+  for offset in (-1, 0, 1, 2):
+    taps = base + offset
+    np.add.at(weights, (np.arange(out_size), np.clip(taps, 0, in_size - 1)), _cubic(source - taps, a))
+  return weights.astype(np.float32)
+
+
+def _separable(x: jax.Array, rows: np.ndarray, cols: np.ndarray) -> jax.Array:
+  """`R · x · Cᵀ` over the two spatial axes of `x [B, H, W, D]`."""
+  return jnp.einsum("ih,bhwd,jw->bijd", jnp.asarray(rows), x, jnp.asarray(cols),
+                    precision=jax.lax.Precision.HIGHEST)
+
+
 def area_downsample(x: jax.Array, size: int) -> jax.Array:
   """Area-average `x [B, H, W, D]` to `[B, size, size, D]` as `A_h · x · A_wᵀ` with `area_weights`."""
-  rows = jnp.asarray(area_weights(x.shape[1], size))
-  cols = jnp.asarray(area_weights(x.shape[2], size))
-  return jnp.einsum("ih,bhwd,jw->bijd", rows, x, cols, precision=jax.lax.Precision.HIGHEST)
+  return _separable(x, area_weights(x.shape[1], size), area_weights(x.shape[2], size))
+
+
+RESIZES = ("exact", "torch")
+
+
+def downsample(x: jax.Array, size: int, resize: str = "exact") -> jax.Array:
+  """`x [B, H, W, D]` area-averaged to `[B, size, size, D]` (see the module docstring for `resize`)."""
+  if resize == "torch":
+    return _separable(x, torch_area_weights(x.shape[1], size), torch_area_weights(x.shape[2], size))
+  return area_downsample(x, size)
+
+
+def upsample(x: jax.Array, size: int, resize: str = "exact") -> jax.Array:
+  """`x [B, h, w, D]` bicubically upsampled to `[B, size, size, D]` (see the module docstring for `resize`)."""
+  if resize == "torch":
+    return _separable(x, torch_bicubic_weights(x.shape[1], size), torch_bicubic_weights(x.shape[2], size))
+  return jax.image.resize(x, x.shape[:1] + (size, size) + x.shape[3:], "bicubic")
 
 
 class MultiScaleResidualQuantizer(nn.Module):
@@ -56,8 +116,12 @@ class MultiScaleResidualQuantizer(nn.Module):
   beta: float = 0.25
   phi_mix: float = 0.5
   phi_kernel: int = 3
+  resize: str = "exact"
 
   def setup(self):
+    if self.resize not in RESIZES:
+      raise ValueError(f"MultiScaleResidualQuantizer: resize={self.resize!r} is not known; set "
+                       f"config.model.quantizer.resize to one of {RESIZES}.")
     scales = tuple(self.scales)
     if not scales or any(s < 1 for s in scales) or list(scales) != sorted(set(scales)):
       raise ValueError(f"MultiScaleResidualQuantizer: scales={scales} must be positive and strictly increasing.")
@@ -92,7 +156,7 @@ class MultiScaleResidualQuantizer(nn.Module):
     """φ(bicubic(code_map)) at full resolution: what one scale adds to f̂."""
     size = self.scales[-1]
     if code_map.shape[1] != size:  # the finest scale is already full size (VAR skips the resize too)
-      code_map = jax.image.resize(code_map, code_map.shape[:1] + (size, size) + code_map.shape[3:], "bicubic")
+      code_map = upsample(code_map, size, self.resize)
     return (1.0 - self.phi_mix) * code_map + self.phi_mix * self.phi(code_map)
 
   def codes_from_indices(self, indices: jax.Array) -> jax.Array:
@@ -112,7 +176,7 @@ class MultiScaleResidualQuantizer(nn.Module):
     f_hat = jnp.zeros_like(f)
     indices, commitment, codebook_loss = [], 0.0, 0.0
     for s in self.scales:
-      down = rest if s == size else area_downsample(rest, s)
+      down = rest if s == size else downsample(rest, s, self.resize)
       _, out = self.vq(down, train=train)
       h = self._contribution(self.vq.codes_from_indices(out.indices))
       f_hat = f_hat + h
