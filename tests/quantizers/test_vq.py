@@ -78,7 +78,7 @@ def test_registry_builds_by_name_and_rejects_unknown():
 from flax import linen as nn  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
-from tokgen_jax.quantizers.vq import laplace_smoothed, nearest_code  # noqa: E402
+from tokgen_jax.quantizers.vq import kmeans, laplace_smoothed, nearest_code  # noqa: E402
 
 
 def _brute_force_nearest(z, codebook):
@@ -246,3 +246,43 @@ def test_sharded_batch_gives_same_indices_metrics_and_state_as_one_device():
   chex.assert_trees_all_close(out_sharded.metrics, out.metrics, rtol=1e-5)
   chex.assert_trees_all_close(state_sharded, state, rtol=1e-5, atol=1e-6)
   assert out.metrics["dead_codes"] > 0  # restart path exercised
+
+
+def test_kmeans_finds_well_separated_cluster_means():
+  centres = np.array([[5.0, 0.0], [-5.0, 0.0], [0.0, 5.0]], np.float32)
+  offsets = np.random.default_rng(0).normal(scale=0.3, size=(3, 20, 2)).astype(np.float32)
+  vectors = jnp.asarray((centres[:, None] + offsets).reshape(60, 2))
+  found = np.asarray(kmeans(vectors, vectors[jnp.array([0, 20, 40])], 3, spherical=False))
+  np.testing.assert_allclose(found, centres + offsets.mean(1), atol=1e-5)
+  # A start no vector is nearest to keeps its place instead of becoming NaN.
+  starts = jnp.concatenate([vectors[jnp.array([0, 20, 40])], jnp.array([[100.0, 100.0]])])
+  np.testing.assert_allclose(kmeans(vectors, starts, 2, spherical=False)[3], [100.0, 100.0])
+  spherical = np.asarray(kmeans(vectors, vectors[jnp.array([0, 20, 40])], 3, spherical=True))
+  np.testing.assert_allclose(np.linalg.norm(spherical, axis=-1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_kmeans_initialisation_replaces_the_codebook_once_from_the_first_batch(ema_decay):
+  """Step 1: every code becomes a k-means centroid of the batch (all codes used on those vectors); step 2 onward
+  the codebook only changes as training (EMA / restarts) would change it."""
+  quantizer = VectorQuantizer(codebook_size=16, dim=4, l2_normalize=True, ema_decay=ema_decay,
+                              kmeans_init_iterations=4)
+  z = jax.random.normal(jax.random.key(0), (4, 8, 8, 4))
+  variables = nn.unbox(quantizer.init(jax.random.key(1), z))
+  step = jax.jit(lambda v: quantizer.apply(v, z, train=True, mutable=["quantizer_stats"]))
+  codes = lambda v: np.asarray(quantizer.apply(v, method=quantizer.codes))
+  before = codes(variables)
+  (_, first), state = step(variables)
+  variables = {**variables, **state}
+  assert bool(variables["quantizer_stats"]["initialized"])
+  initialised = codes(variables)
+  assert np.abs(initialised - before).max() > 0.1
+  vectors = np.asarray(z).reshape(-1, 4) / np.linalg.norm(np.asarray(z).reshape(-1, 4), axis=-1, keepdims=True)
+  assignment = np.argmax(vectors @ initialised.T, axis=-1)
+  assert len(np.unique(assignment)) == 16  # centroids of the batch: every code is some vectors' nearest
+  (_, second), state = step(variables)
+  after = codes({**variables, **state})
+  if not ema_decay:  # a gradient codebook is not moved by the forward pass at all
+    np.testing.assert_array_equal(after, initialised)
+  assert second.metrics["codebook_usage"] == 1.0
+  assert second.metrics["commitment"] < 0.7 * first.metrics["commitment"]  # k-means codes fit the batch

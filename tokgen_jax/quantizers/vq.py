@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from tokgen_jax.quantizers.base import QuantizerOutput, codebook_statistics
 
 STATS = "quantizer_stats"  # the Flax collection of non-trainable quantizer state
+_KMEANS_DRAW = 2**31 - 1  # the "step" folded into the k-means start draw: no restart step ever reaches it
 
 
 def _l2_normalize(x: jax.Array) -> jax.Array:
@@ -79,6 +80,22 @@ def _restart_sources(step: jax.Array, indices: jax.Array, num_vectors: int, num_
   return jax.random.choice(key, num_vectors, (num_codes,), replace=num_vectors < num_codes)
 
 
+def kmeans(vectors: jax.Array, initial: jax.Array, iterations: int, spherical: bool) -> jax.Array:
+  """`iterations` Lloyd steps from the centroids `initial` `[K, D]` over `vectors` `[N, D]`: assign each vector to
+  its nearest centroid, move each centroid to the mean of its vectors (re-normalized when `spherical`, i.e.
+  spherical k-means for l2-normalized codes); a centroid with no vectors stays where it is."""
+
+  def step(centroids, _):
+    assignment = nearest_code(vectors, centroids)
+    sums = jax.ops.segment_sum(vectors, assignment, num_segments=centroids.shape[0])
+    counts = jnp.bincount(assignment, length=centroids.shape[0]).astype(vectors.dtype)[:, None]
+    means = sums / jnp.maximum(counts, 1.0)
+    means = _l2_normalize(means) if spherical else means
+    return jnp.where(counts > 0, means, centroids), None
+
+  return jax.lax.scan(step, initial, None, length=iterations)[0]
+
+
 class VectorQuantizer(nn.Module):
   """Nearest-code VQ with the loss `‖sg(z) - e‖² + β‖z - sg(e)‖²` (van den Oord et al. 2017, eq. 3).
 
@@ -107,6 +124,11 @@ class VectorQuantizer(nn.Module):
       sets `offset_k = target - param_k`, after which the param keeps receiving the codebook-loss gradient as
       before (d code / d param = I). Metric `dead_codes`: codes whose idle count reaches R with this batch
       (in training: the codes restarted this step).
+    kmeans_init_iterations: 0 = off. I > 0 = the first training step replaces the whole codebook by I Lloyd
+      iterations of (spherical, with l2_normalize) k-means over that batch's vectors, started from K of them
+      drawn as for restarts (`kmeans`), the data-dependent initialisation of SoundStream and
+      vector-quantize-pytorch's `kmeans_init`. It takes effect from the next step; "quantizer_stats" keeps an
+      "initialized" flag, and a gradient codebook holds it in `codebook_offset` as for restarts.
 
   State updates happen only with `train=True`, outside `init`, and when "quantizer_stats" is mutable
   (`apply(..., mutable=["quantizer_stats"])`); otherwise the state is read only. Batch statistics (counts, sums,
@@ -122,6 +144,7 @@ class VectorQuantizer(nn.Module):
   ema_decay: float = 0.0
   epsilon: float = 1e-5
   restart_after_steps: int = 0
+  kmeans_init_iterations: int = 0
 
   @property
   def code_dim(self) -> int:
@@ -141,6 +164,14 @@ class VectorQuantizer(nn.Module):
       raise ValueError(f"VectorQuantizer: ema_decay={self.ema_decay} must be in [0, 1) (0 = gradient codebook).")
     if self.restart_after_steps < 0:
       raise ValueError(f"VectorQuantizer: restart_after_steps={self.restart_after_steps} must be >= 0 (0 = off).")
+    if self.kmeans_init_iterations < 0:
+      raise ValueError(f"VectorQuantizer: kmeans_init_iterations={self.kmeans_init_iterations} must be >= 0 "
+                       "(0 = off).")
+
+  @property
+  def writes_codes(self) -> bool:
+    """Whether a training step may overwrite codes (restarts or the k-means initialisation)."""
+    return bool(self.restart_after_steps or self.kmeans_init_iterations)
 
   def setup(self):
     self._validate()
@@ -166,7 +197,7 @@ class VectorQuantizer(nn.Module):
           STATS, "embed_sum", nn.with_logical_partitioning(lambda: self.ema_codebook.value, ("vocab", "embed")))
     else:
       self.codebook = self.param("codebook", nn.with_logical_partitioning(code_init, ("vocab", "embed")), shape)
-      if self.restart_after_steps:
+      if self.writes_codes:
         self.codebook_offset = self.variable(
             STATS, "codebook_offset",
             nn.with_logical_partitioning(lambda: jnp.zeros(shape, jnp.float32), ("vocab", "embed")))
@@ -174,6 +205,8 @@ class VectorQuantizer(nn.Module):
       self.idle_steps = self.variable(
           STATS, "idle_steps", nn.with_logical_partitioning(lambda: jnp.zeros(shape[:1], jnp.int32), ("vocab",)))
       self.restart_step = self.variable(STATS, "step", lambda: jnp.zeros((), jnp.int32))
+    if self.kmeans_init_iterations:
+      self.initialized = self.variable(STATS, "initialized", lambda: jnp.zeros((), jnp.bool_))
 
   def codes(self) -> jax.Array:
     """The codebook in lookup space `[K, code_dim]` (unit rows with l2_normalize)."""
@@ -181,7 +214,7 @@ class VectorQuantizer(nn.Module):
       codebook = self.ema_codebook.value
     else:
       codebook = self.codebook
-      if self.restart_after_steps:
+      if self.writes_codes:
         codebook = codebook + self.codebook_offset.value
     return _l2_normalize(codebook) if self.l2_normalize else codebook
 
@@ -251,3 +284,23 @@ class VectorQuantizer(nn.Module):
       self.ema_codebook.value = codebook
       self.cluster_size.value = cluster_size
       self.embed_sum.value = embed_sum
+    if self.kmeans_init_iterations:
+      self._kmeans_initialize(vectors, indices)
+
+  def _kmeans_initialize(self, vectors: jax.Array, indices: jax.Array):
+    """On the first training step only (a `lax.cond`, so later steps pay nothing): the codebook := k-means."""
+
+    def initialize(_):
+      starts = vectors[_restart_sources(jnp.int32(_KMEANS_DRAW), indices, vectors.shape[0], self.codebook_size)]
+      return kmeans(vectors, starts, self.kmeans_init_iterations, self.l2_normalize)
+
+    done = self.initialized.value
+    current = self.ema_codebook.value if self.ema_decay else self.codebook + self.codebook_offset.value
+    centroids = jax.lax.cond(done, lambda _: current, initialize, None)
+    if self.ema_decay:
+      self.ema_codebook.value = centroids
+      self.embed_sum.value = jnp.where(done, self.embed_sum.value, centroids)
+      self.cluster_size.value = jnp.where(done, self.cluster_size.value, jnp.ones_like(self.cluster_size.value))
+    else:
+      self.codebook_offset.value = centroids - jax.lax.stop_gradient(self.codebook)
+    self.initialized.value = jnp.ones((), jnp.bool_)
