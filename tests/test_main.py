@@ -4,7 +4,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import QUICKSTART
+
+pytestmark = pytest.mark.slow  # every test starts a `tokgen` process
 
 _ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
 

@@ -7,8 +7,11 @@ import sys
 
 import numpy as np
 import portpicker
+import pytest
 
 from tests.helpers import QUICKSTART, cli_overrides
+
+pytestmark = pytest.mark.slow  # every test launches `tokgen` processes (jax.distributed)
 
 
 def _launch(workdir, total_steps):

@@ -20,6 +20,8 @@ from tokgen_jax.convert.state_dict import load_state_dict, save_safetensors
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.metrics.inception import FIDInceptionV3
 
+pytestmark = pytest.mark.slow  # every test cross-checks against a torch reference
+
 torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional

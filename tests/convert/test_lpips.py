@@ -19,6 +19,8 @@ from tokgen_jax.convert.state_dict import load_state_dict, save_safetensors
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.losses.perceptual import LPIPS, LPIPS_SCALE, LPIPS_SHIFT, VGG16Features
 
+pytestmark = pytest.mark.slow  # every test cross-checks against a torch reference
+
 torch = pytest.importorskip("torch")
 nn = torch.nn
 

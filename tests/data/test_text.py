@@ -49,6 +49,7 @@ def _max_error(ours, theirs, mask=None):
   return float((difference[np.asarray(mask)] if mask is not None else difference).max())
 
 
+@pytest.mark.slow
 @needs_weights
 def test_matches_transformers(encoder, reference):
   tokens, mask, pooled = encoder.encode(SENTENCES)
@@ -58,6 +59,7 @@ def test_matches_transformers(encoder, reference):
   assert _max_error(tokens, ref_tokens, mask) < _TOKENS_ATOL
 
 
+@pytest.mark.slow
 @needs_weights
 def test_tokenizer_matches_transformers(encoder):
   transformers = pytest.importorskip("transformers")
@@ -69,6 +71,7 @@ def test_tokenizer_matches_transformers(encoder):
   assert ids[2, :4].tolist() == [101, 1037, 4937, 102]  # [CLS] a cat [SEP], lowercased WordPiece
 
 
+@pytest.mark.slow
 @needs_weights
 def test_truncation_and_fixed_padding(encoder, reference):
   short = text.TextEncoder(max_length=16, padding="max_length")

@@ -74,6 +74,7 @@ if [[ "$name" == "${FAIL_ID:-none}" ]]; then exit "${FAIL_CODE:-1}"; fi
 # ---------------------------------------------------------------------------------------------- tpu_vm.sh
 
 
+@pytest.mark.slow
 def test_tpu_create_on_demand_spot_and_preemptible():
   assert _lines("tpu_vm.sh", "create", *TPU, "--accelerator-type", "v5litepod-16", "--spot", "--dry-run") == [
       "gcloud compute tpus tpu-vm create my-tpu --zone us-west4-a --accelerator-type v5litepod-16 "
@@ -87,6 +88,7 @@ def test_tpu_create_on_demand_spot_and_preemptible():
       "--version tpu-ubuntu2204-base --preemptible --project my-proj"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accelerator, runtime", [
     ("v5litepod-256", "v2-alpha-tpuv5-lite"), ("v4-32", "tpu-ubuntu2204-base"), ("v3-8", "tpu-ubuntu2204-base"),
     ("v5p-8", "v2-alpha-tpuv5"), ("v6e-8", "v2-alpha-tpuv6e")])
@@ -98,6 +100,7 @@ def test_tpu_create_default_runtime(accelerator, runtime):
   assert command[command.index("--version") + 1] == "custom-rt"
 
 
+@pytest.mark.slow
 def test_tpu_create_queued():
   assert _lines("tpu_vm.sh", "create", *TPU, "--accelerator-type", "v5litepod-256", "--queued", "--spot",
                 "--valid-until-duration", "24h", "--project", "my-proj", "--dry-run") == [
@@ -109,6 +112,7 @@ def test_tpu_create_queued():
       "--accelerator-type v4-32 --runtime-version tpu-ubuntu2204-base"]
 
 
+@pytest.mark.slow
 def test_tpu_install_copy_and_clone():
   assert _dry("tpu_vm.sh", "install", *TPU, "--project", "p", "--dry-run") == [
       ["cd", str(ROOT)],
@@ -125,6 +129,7 @@ def test_tpu_install_copy_and_clone():
   assert remote.endswith("&& cd ~/tokgen_jax && python3 -m pip install -e '.[tpu]'")
 
 
+@pytest.mark.slow
 def test_tpu_run_quotes_tokgen_arguments_for_the_remote_shell():
   [command] = _dry("tpu_vm.sh", "run", *TPU, "--project", "my-proj", "--dry-run", "--",
                    "--config=experiments/quickstart.py:full", "--workdir=gs://bucket/run", TRICKY)
@@ -138,6 +143,7 @@ def test_tpu_run_quotes_tokgen_arguments_for_the_remote_shell():
       "--config=experiments/quickstart.py:full", "--workdir=gs://bucket/run", TRICKY]
 
 
+@pytest.mark.slow
 def test_tpu_without_subcommand_behaves_like_run():
   args = [*TPU, "--dry-run", "--", "--config=experiments/quickstart.py:full", TRICKY]
   assert _lines("tpu_vm.sh", *args) == _lines("tpu_vm.sh", "run", *args)
@@ -145,6 +151,7 @@ def test_tpu_without_subcommand_behaves_like_run():
   assert "launch/tpu_vm.sh logs --tpu my-tpu --zone us-west4-a" in result.stderr  # how to stream the log
 
 
+@pytest.mark.slow
 def test_tpu_run_custom_repo_log_and_python():
   [command] = _dry("tpu_vm.sh", "run", *TPU, "--repo", "/opt/tok gen", "--log", "runs/q1.log", "--python",
                    "/opt/venv/bin/python", "--dry-run", "--", "--workdir=/tmp/w")
@@ -154,6 +161,7 @@ def test_tpu_run_custom_repo_log_and_python():
                                  "2>&1", "<", "/dev/null", "&"]
 
 
+@pytest.mark.slow
 def test_tpu_logs_copy_delete():
   assert _dry("tpu_vm.sh", "logs", *TPU, "--dry-run") == [
       ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-tpu", "--zone", "us-west4-a", "--worker=0", "--command",
@@ -170,6 +178,7 @@ def test_tpu_logs_copy_delete():
       "gcloud compute tpus queued-resources delete my-tpu-qr --zone us-west4-a --quiet --force --project p"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["run", "--zone", "z", "--dry-run", "--", "--workdir=/w"], "--tpu NAME is required"),
     (["--zone", "z", "--dry-run", "--", "--workdir=/w"], "--tpu NAME is required"),
@@ -201,12 +210,14 @@ def test_tpu_errors_exit_2_with_a_message(args, message):
   assert result.stdout == ""  # nothing would have been run
 
 
+@pytest.mark.slow
 def test_tpu_help():
   result = _run("tpu_vm.sh", "--help")
   assert result.returncode == 0
   assert "v2-alpha-tpuv5-lite" in result.stdout and "create" in result.stdout and "set -euo" not in result.stdout
 
 
+@pytest.mark.slow
 def test_tpu_run_and_queued_delete_through_a_gcloud_stub(tmp_path):
   """The remote command, run by a shell as a worker would, starts tokgen in the background with the arguments."""
   bin_dir, home = tmp_path / "bin", tmp_path / "home"
@@ -250,6 +261,7 @@ def _scontrol_stub(tmp_path, *hosts):
   return _stub(tmp_path, "scontrol", f'[[ "$1 $2" == "show hostnames" && -n "$3" ]] || exit 9\n{lines}')
 
 
+@pytest.mark.slow
 def test_slurm_dry_run(tmp_path):
   scontrol = _scontrol_stub(tmp_path, "gpu-a01", "gpu-a02", "gpu-a03")
   env = dict(DRY_RUN="1", SCONTROL=str(scontrol), SLURM_JOB_NODELIST="gpu-a[01-03]", SLURM_NNODES="3",
@@ -269,6 +281,7 @@ def test_slurm_dry_run(tmp_path):
                                          "--coordinator_address=gpu-a01:5555", "--num_processes=3"]
 
 
+@pytest.mark.slow
 def test_slurm_runs_one_process_per_node_through_an_srun_stub(tmp_path):
   """A stub srun runs the task once per node with that node's SLURM_NODEID, as SLURM would."""
   scontrol = _scontrol_stub(tmp_path, "gpu-a01", "gpu-a02")
@@ -289,6 +302,7 @@ for ((node = 0; node < SLURM_NNODES; node++)); do SLURM_NODEID=$node "$@" || exi
   assert f"stub python ran in {tmp_path}" in result.stdout
 
 
+@pytest.mark.slow
 def test_slurm_errors(tmp_path):
   scontrol = _scontrol_stub(tmp_path, "gpu-a01")
   env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
@@ -309,6 +323,7 @@ def test_slurm_header():
 # --------------------------------------------------------------------------------------- gpu_multinode.sh
 
 
+@pytest.mark.slow
 def test_multinode_dry_run():
   commands = _dry("gpu_multinode.sh", "--hosts", "me@gpu1,gpu2,gpu3", "--port", "23456", "--repo", "/shared/tokgen",
                   "--dry-run", "--", "--config=experiments/quickstart.py:full", TRICKY)
@@ -324,6 +339,7 @@ def test_multinode_dry_run():
                          "--coordinator_address=10.0.0.5:12355 --num_processes=1 --process_id=0 --workdir=/w")
 
 
+@pytest.mark.slow
 def test_multinode_runs_every_host_and_reports_failures(tmp_path):
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
@@ -346,6 +362,7 @@ exec bash -c "$1"
   assert "process 1 on h2 failed (exit 3)" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--dry-run", "--", "--workdir=/w"], "--hosts"),
     (["--hosts", "a,b", "--frob", "--", "--workdir=/w"], "unknown option --frob"),
@@ -362,6 +379,7 @@ def test_multinode_errors(args, message):
 # ----------------------------------------------------------------------------------- local_multiprocess.sh
 
 
+@pytest.mark.slow
 def test_local_multiprocess_dry_run():
   assert _lines("local_multiprocess.sh", "--dry-run", "-n", "3", "-d", "4", "-p", "23456", "--",
                 "--config=experiments/quickstart.py:local", "--workdir=/tmp/mp", TRICKY) == [
@@ -371,6 +389,7 @@ def test_local_multiprocess_dry_run():
       "blue\\ square" for i in range(3)]
 
 
+@pytest.mark.slow
 def test_local_multiprocess_runs_processes_through_a_python_stub(tmp_path):
   bin_dir, workdir = tmp_path / "bin", tmp_path / "work"
   bin_dir.mkdir()
@@ -391,6 +410,7 @@ exit 0
   assert result.returncode == 4 and "process 1 failed (exit 4)" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--dry-run", "--", "--config=x"], "--workdir"),
     (["--bogus", "--", "--workdir=/w"], "unknown option --bogus"),
@@ -405,6 +425,7 @@ def test_local_multiprocess_errors(args, message):
 # -------------------------------------------------------------------------------------------------- all
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["tpu_vm.sh", "gpu_slurm.sbatch", "gpu_multinode.sh", "local_multiprocess.sh"])
 def test_scripts_parse_and_are_strict(script):
   text = (LAUNCH / script).read_text()

@@ -52,6 +52,7 @@ def test_rejects_images_and_non_rgb(abstract_variables, shape):
     jax.eval_shape(I3D().apply, abstract_variables, jax.ShapeDtypeStruct(shape, jnp.float32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("in_size, out_size", [((17, 23), (40, 50)), ((50, 70), (24, 31))])
 def test_half_pixel_resize_matches_torch_interpolate(in_size, out_size):
   torch = pytest.importorskip("torch")

@@ -35,6 +35,7 @@ def test_bad_inputs_are_named(abstract_params, module, shape, match):
     jax.eval_shape(module.apply, abstract_params, jnp.zeros(shape))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("height, width", [(32, 32), (64, 48), (512, 512), (400, 350), (300, 298)])
 def test_resize_matches_torch_bilinear(height, width):
   """pytorch-fid's `F.interpolate(mode="bilinear", align_corners=False)`, up and down (neither antialiases)."""

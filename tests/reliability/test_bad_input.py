@@ -362,6 +362,7 @@ def test_tokens_of_the_configured_tokenizer_pass(tmp_path):
 _CLI_ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override, expected", [
     ("--config.modle.channels=8", ["modle", 'Did you mean "model"']),
     ("--config.model.chanels=8", ["chanels", 'Did you mean "channels"']),

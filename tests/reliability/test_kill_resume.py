@@ -13,9 +13,12 @@ import signal
 import subprocess
 
 import numpy as np
+import pytest
 
 from tests.helpers import tiny_config
 from tests.reliability import faults
+
+pytestmark = pytest.mark.slow  # launches and SIGKILLs `tokgen` child processes
 
 TOTAL_STEPS = 24
 SETTINGS = dict(total_steps=TOTAL_STEPS, log_every_steps=1, checkpoint_every_steps=3, eval_every_steps=0,

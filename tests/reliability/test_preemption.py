@@ -9,8 +9,11 @@ import subprocess
 import time
 
 import portpicker
+import pytest
 
 from tests.reliability import faults
+
+pytestmark = pytest.mark.slow  # every test launches `tokgen` child processes
 
 LONG = dict(total_steps=400, log_every_steps=1, checkpoint_every_steps=1000, eval_every_steps=0)
 SAVE_SECONDS = 30  # bound on SIGTERM → saved and exited, on this 2-core CPU under a parallel test suite

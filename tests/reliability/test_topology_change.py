@@ -22,9 +22,12 @@ import sys
 import time
 
 import portpicker
+import pytest
 
 from tests.reliability import faults
 from tests.reliability.topology_worker import STEPS, load_reference
+
+pytestmark = pytest.mark.slow  # launches topology_worker processes (jax.distributed)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TIMEOUT_S = 240
