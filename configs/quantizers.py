@@ -7,12 +7,14 @@ from tokgen_jax.errors import ConfigError
 
 def vq(codebook_size: int = 1024, dim: int = 8, commitment_weight: float = 0.25, l2_normalize: bool = True,
        ema_decay: float = 0.0, restart_after_steps: int = 0, lookup_dim: int = 0,
-       kmeans_init_iterations: int = 0) -> ml_collections.ConfigDict:
+       kmeans_init_iterations: int = 0, entropy_weight: float = 0.0,
+       entropy_temperature: float = 0.01) -> ml_collections.ConfigDict:
   """VQ; l2-normalized low-dimensional codes as in ViT-VQGAN/LlamaGen keep usage high."""
   return ml_collections.ConfigDict(dict(
       name="vq", codebook_size=codebook_size, dim=dim, commitment_weight=commitment_weight,
       l2_normalize=l2_normalize, ema_decay=ema_decay, restart_after_steps=restart_after_steps,
-      lookup_dim=lookup_dim, kmeans_init_iterations=kmeans_init_iterations))
+      lookup_dim=lookup_dim, kmeans_init_iterations=kmeans_init_iterations, entropy_weight=entropy_weight,
+      entropy_temperature=entropy_temperature))
 
 
 def lfq(bits: int = 10, entropy_weight: float = 0.1, commitment_weight: float = 0.25,

@@ -78,7 +78,7 @@ def test_registry_builds_by_name_and_rejects_unknown():
 from flax import linen as nn  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
-from tokgen_jax.quantizers.vq import kmeans, laplace_smoothed, nearest_code  # noqa: E402
+from tokgen_jax.quantizers.vq import assignment_entropies, kmeans, laplace_smoothed, nearest_code  # noqa: E402
 
 
 def _brute_force_nearest(z, codebook):
@@ -286,3 +286,21 @@ def test_kmeans_initialisation_replaces_the_codebook_once_from_the_first_batch(e
     np.testing.assert_array_equal(after, initialised)
   assert second.metrics["codebook_usage"] == 1.0
   assert second.metrics["commitment"] < 0.7 * first.metrics["commitment"]  # k-means codes fit the batch
+
+
+def test_entropy_penalty_is_maskgits_sample_minus_codebook_entropy_of_soft_assignments():
+  rng = np.random.default_rng(0)
+  z, codes = rng.normal(size=(6, 3)).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32)
+  logits = -((z[:, None] - codes[None]) ** 2).sum(-1) / 0.5
+  q = np.exp(logits - logits.max(-1, keepdims=True))
+  q /= q.sum(-1, keepdims=True)
+  per_vector = np.mean(-(q * np.log(q)).sum(-1))
+  average = q.mean(0)
+  sample, batch = assignment_entropies(jnp.asarray(z), jnp.asarray(codes), 0.5)
+  np.testing.assert_allclose([sample, batch], [per_vector, -(average * np.log(average)).sum()], rtol=1e-5)
+  quantizer = VectorQuantizer(codebook_size=5, dim=3, entropy_weight=0.1, entropy_temperature=0.5)
+  variables = {"params": {"codebook": jnp.asarray(codes)}}
+  _, out = quantizer.apply(variables, jnp.asarray(z))
+  plain = VectorQuantizer(codebook_size=5, dim=3).apply(variables, jnp.asarray(z))[1]
+  np.testing.assert_allclose(out.loss, plain.loss + 0.1 * (sample - batch), rtol=1e-5)
+  assert out.metrics["codebook_entropy"] == pytest.approx(float(batch), rel=1e-5)

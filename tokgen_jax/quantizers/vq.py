@@ -61,6 +61,20 @@ def nearest_code(z: jax.Array, codebook: jax.Array, chunk_size: int = 0) -> jax.
   return indices
 
 
+def assignment_entropies(vectors: jax.Array, codes: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
+  """`(E_z[H(q(·|z))], H(E_z[q(·|z)]))` in nats of the soft assignments `q(k|z) = softmax_k(-‖z - e_k‖²/T)` of
+  vectors `[N, D]` to codes `[K, D]` (float32). MaskGIT's VQ penalty (google-research/maskgit, "entropy_loss",
+  softmax type) is their difference: low per-vector entropy (confident codes) and high batch entropy (every code
+  used). Builds `[N, K]`: meant for codebooks up to a few 10^4 codes."""
+  logits = -_distances(vectors.astype(jnp.float32), codes.astype(jnp.float32)) / temperature
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  probs = jnp.exp(log_probs)
+  per_vector = jnp.mean(-jnp.sum(probs * log_probs, axis=-1))
+  average = jnp.mean(probs, axis=0)
+  batch = -jnp.sum(average * jnp.log(jnp.maximum(average, 1e-30)))
+  return per_vector, batch
+
+
 def laplace_smoothed(cluster_size: jax.Array, epsilon: float) -> jax.Array:
   """`(N_k + ε) / (n + K·ε) · n` with `n = Σ N_k`: keeps the total count and keeps every divisor positive."""
   total = jnp.sum(cluster_size)
@@ -124,6 +138,9 @@ class VectorQuantizer(nn.Module):
       sets `offset_k = target - param_k`, after which the param keeps receiving the codebook-loss gradient as
       before (d code / d param = I). Metric `dead_codes`: codes whose idle count reaches R with this batch
       (in training: the codes restarted this step).
+    entropy_weight: 0 = off. w > 0 adds `w·(E[H(q(·|z))] − H(E[q(·|z)]))` over the batch's soft assignments
+      `softmax(-‖z - e‖²/entropy_temperature)` (`assignment_entropies`; MaskGIT's VQ uses w = 0.1, T = 0.01),
+      pushing the batch to spread over the codebook; metrics `sample_entropy` and `codebook_entropy`.
     kmeans_init_iterations: 0 = off. I > 0 = the first training step replaces the whole codebook by I Lloyd
       iterations of (spherical, with l2_normalize) k-means over that batch's vectors, started from K of them
       drawn as for restarts (`kmeans`), the data-dependent initialisation of SoundStream and
@@ -145,6 +162,8 @@ class VectorQuantizer(nn.Module):
   epsilon: float = 1e-5
   restart_after_steps: int = 0
   kmeans_init_iterations: int = 0
+  entropy_weight: float = 0.0
+  entropy_temperature: float = 0.01
 
   @property
   def code_dim(self) -> int:
@@ -164,6 +183,9 @@ class VectorQuantizer(nn.Module):
       raise ValueError(f"VectorQuantizer: ema_decay={self.ema_decay} must be in [0, 1) (0 = gradient codebook).")
     if self.restart_after_steps < 0:
       raise ValueError(f"VectorQuantizer: restart_after_steps={self.restart_after_steps} must be >= 0 (0 = off).")
+    if self.entropy_weight < 0 or self.entropy_temperature <= 0:
+      raise ValueError(f"VectorQuantizer: entropy_weight={self.entropy_weight} must be >= 0 (0 = off) and "
+                       f"entropy_temperature={self.entropy_temperature} > 0.")
     if self.kmeans_init_iterations < 0:
       raise ValueError(f"VectorQuantizer: kmeans_init_iterations={self.kmeans_init_iterations} must be >= 0 "
                        "(0 = off).")
@@ -245,6 +267,10 @@ class VectorQuantizer(nn.Module):
       metrics["codebook_loss"] = jnp.mean(jnp.square(jax.lax.stop_gradient(lookup) - quantized))
       loss = metrics["codebook_loss"] + loss
     metrics["commitment"] = commitment
+    if self.entropy_weight:
+      sample_entropy, batch_entropy = assignment_entropies(vectors, codes, self.entropy_temperature)
+      metrics |= {"sample_entropy": sample_entropy, "codebook_entropy": batch_entropy}
+      loss = loss + self.entropy_weight * (sample_entropy - batch_entropy)
     metrics |= codebook_statistics(indices, self.codebook_size)
     counts = jnp.bincount(flat_indices, length=self.codebook_size)
     if self.restart_after_steps:
