@@ -43,7 +43,8 @@ def tokenizer_config(steps: int = 0, batch: int = 0) -> ml_collections.ConfigDic
   config.keep_checkpoints = 3
   config.init_from = ""
   config.guard = guard.guard()
-  config.model = vqgan.vqgan("B", quantizer=quantizers.vq(codebook_size=16384, dim=8))
+  # LlamaGen's recipe has no dead-code restarts (its l2-normalized 8-dim codes reach ~97% usage on ImageNet).
+  config.model = vqgan.vqgan("B", quantizer=quantizers.vq(codebook_size=16384, dim=8, restart_after_steps=0))
   config.loss = losses.autoencoder_loss(l1_weight=1.0, l2_weight=1.0)
   config.adversarial = gan.adversarial(enabled=True, start_step=20_000)
   config.optimizer = optimizer.adamw(learning_rate=1e-4, warmup_steps=0, weight_decay=0.0, ema_decay=0.999)

@@ -10,6 +10,13 @@ batch 64, 50k steps), then any of `steps=N`, `batch=N`, `size=local|S|B` (model 
   tokgen --config=experiments/quickstart.py:full,batch=256 --workdir=/tmp/quickstart_full
 The held-out photos (skimage `chelsea`, sklearn `flower.jpg`) are cut into 176x176 tiles (the smallest size
 MS-SSIM's five scales take) for PSNR/SSIM/MS-SSIM.
+
+Codebook (measured at step 1500 on the held-out tiles, data seed 0, 2-core CPU): the plain l2-normalized VQ used
+0.19 of its 1024 codes (perplexity 59, PSNR 22.13 dB); dead-code restarts after 20 idle steps: 0.75 / 238 /
+22.61 dB; plus MaskGIT's entropy penalty at 0.003 (the default here): 0.78 / 216 / 23.57 dB in 325 s. Worse here:
+restarts with an EMA codebook (0.71 / 174 / 21.28 dB) or a k-means initialisation (0.73 / 195 / 21.90 dB),
+entropy weight 0.1 (0.95 / 331 / 20.69 dB) or 0.01 (0.81 / 234 / 22.71 dB). Held-out PSNR moves by about ±1 dB
+with the data seed alone (plain VQ: 22.13 / 23.44 / 24.01 dB for seeds 0 / 1 / 2).
 """
 
 import ml_collections
@@ -34,12 +41,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.guard = guard.guard()
 
   quantizer = quantizers.by_name(arg.quantizer)
+  if arg.quantizer == "vq":  # codes idle for 20 steps restart (the preset's default), plus a light entropy penalty
+    quantizer.entropy_weight = 0.003
   image_size = 32 if local else 256
   if arg.quantizer == "msrq":  # multi-scale needs one fixed latent size: evaluate on training-size tiles
     quantizer.scales = (1, 2, 3, 4, 6, 8) if local else quantizer.scales
   config.model = vqgan.vqgan(arg.size or ("local" if local else "B"), quantizer=quantizer)
-  # L1 + L2 (PSNR measures L2) with EMA weights: 23.3 dB held-out PSNR at 1500 steps vs 21.6 dB for L1 alone
-  # without EMA.
+  # L1 + L2 (PSNR measures L2), EMA weights for eval.
   config.loss = losses.autoencoder_loss(l1_weight=1.0, l2_weight=1.0)
   config.adversarial = gan.adversarial(enabled=False)
   config.optimizer = optimizer.adamw(learning_rate=1e-3 if local else 1e-4,
