@@ -49,6 +49,7 @@ def trained(tmp_path_factory):
   return tokenizer_dir, root / "generator", counts, summary
 
 
+@pytest.mark.slow
 def test_tokenize_writes_every_example_with_captions_and_text(trained):
   _, generator_dir, counts, _ = trained
   assert counts["train"] == 48 and counts["eval"] == 8
@@ -60,6 +61,7 @@ def test_tokenize_writes_every_example_with_captions_and_text(trained):
   assert source.captions[0].startswith("a ")
 
 
+@pytest.mark.slow
 def test_training_evaluates_tokens_and_scores_samples_with_and_without_cfg(trained):
   _, generator_dir, _, summary = trained
   assert summary["step"] == 4
@@ -77,6 +79,7 @@ def test_training_evaluates_tokens_and_scores_samples_with_and_without_cfg(train
   assert len(prompts) == 4 and all(p.startswith("a ") for p in prompts)
 
 
+@pytest.mark.slow
 def test_sample_mode_draws_each_prompt_and_scores_it(trained):
   tokenizer_dir, generator_dir, _, _ = trained
   config = _generator_config(tokenizer_dir, **{"sample.prompts": PROMPTS})
@@ -85,6 +88,7 @@ def test_sample_mode_draws_each_prompt_and_scores_it(trained):
   assert (generator_dir / "samples" / "prompts_step_4.txt").read_text().splitlines() == PROMPTS.split(";")
 
 
+@pytest.mark.slow
 def test_tokenize_refuses_to_overwrite_finished_shards(trained):
   tokenizer_dir, generator_dir, _, _ = trained
   with pytest.raises(ConfigError, match="metadata.json"):
@@ -96,6 +100,7 @@ def test_missing_tokenizer_checkpoint_names_the_workdir(tmp_path):
     trainer.run(_generator_config(str(tmp_path / "nothing")), str(tmp_path / "generator"), "tokenize")
 
 
+@pytest.mark.slow
 def test_sample_mode_needs_prompts(trained):
   tokenizer_dir, generator_dir, _, _ = trained
   with pytest.raises(ConfigError, match="prompts"):

@@ -231,7 +231,9 @@ def _train(config, devices, batch, initial_state=None):
   return losses, jax.device_get(state.params), run, initial_state
 
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
+# MAGVIT-v2 with its GAN is the slowest model to compile and step (about 70 s over its three meshes): slow tier.
+@pytest.fixture(scope="module", params=[pytest.param(name, marks=pytest.mark.slow) if name == "magvit2" else name
+                                        for name in sorted(MODELS)])
 def baseline(request):
   """One single-device run per model, shared by its three sharded comparisons."""
   make_config, make_batch = MODELS[request.param]

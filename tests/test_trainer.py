@@ -64,6 +64,7 @@ def test_sample_mode_writes_reconstructions(finished_run, tmp_path):
   assert Image.open(written[str(image)]).size == (20 + 2 + 20, 30)
 
 
+@pytest.mark.slow
 def test_resume_is_bit_exact(tmp_path, monkeypatch, finished_run):
   """Stop after 3 steps as SIGTERM would, resume to 6: the parameters equal an uninterrupted run's."""
   _, config, _ = finished_run
@@ -76,6 +77,7 @@ def test_resume_is_bit_exact(tmp_path, monkeypatch, finished_run):
   jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)
 
 
+@pytest.mark.slow
 def test_init_from_loads_parameters_and_restarts_the_step(tmp_path, finished_run):
   source_dir, config, _ = finished_run
   with config.unlocked():
@@ -130,6 +132,7 @@ def video_run(tmp_path_factory):
   return workdir, config, summary
 
 
+@pytest.mark.slow
 def test_video_experiment_trains_both_groups_and_writes_video_samples(video_run):
   workdir, _, summary = video_run
   assert summary["step"] == 4 and np.isfinite(summary["loss"])
@@ -146,6 +149,7 @@ def test_video_experiment_trains_both_groups_and_writes_video_samples(video_run)
   assert strip.size[0] == 5 * 16 + 4 * 2  # one column per frame, 2-pixel gutters
 
 
+@pytest.mark.slow
 def test_video_sample_mode_reconstructs_a_video_file(video_run, tmp_path):
   import imageio.v3 as iio
   workdir, config, _ = video_run

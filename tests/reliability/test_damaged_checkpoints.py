@@ -19,6 +19,9 @@ from tests.reliability import faults
 from tokgen_jax import checkpoint, trainer
 from tokgen_jax.errors import CheckpointError, ConfigError
 
+# Each test trains through the trainer for several steps (multi-step runs: the slow tier).
+pytestmark = pytest.mark.slow
+
 SETTINGS = dict(total_steps=6, log_every_steps=1, checkpoint_every_steps=3, eval_every_steps=0)
 
 

@@ -18,6 +18,9 @@ from tokgen_jax import guard, trainer
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.tasks import autoencoder
 
+# Each test trains through the trainer for several steps (multi-step runs: the slow tier).
+pytestmark = pytest.mark.slow
+
 SETTINGS = dict(total_steps=6, log_every_steps=3, checkpoint_every_steps=2, eval_every_steps=0, keep_checkpoints=6)
 
 

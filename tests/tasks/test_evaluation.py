@@ -37,6 +37,7 @@ def _evaluate(config, workdir, devices=None):
   return trainer.evaluate(run, run.init_state(), 0), run
 
 
+@pytest.mark.slow
 def test_eval_json_carries_every_metric_with_weights(weight_files, tmp_path):
   lpips_path, inception_path = weight_files
   config = tiny_config(**EVAL_176, **{"eval.lpips_weights": lpips_path, "eval.inception_weights": inception_path})

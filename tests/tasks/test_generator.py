@@ -54,6 +54,7 @@ def test_video_token_grids_use_three_axis_positions():
   assert jax.jit(task.eval_step)(state, {"tokens": tokens})["nll"].shape == (2,)
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_eval_nll_is_the_cross_entropy():
   task = _task()
   batch = _batch()
@@ -87,6 +88,7 @@ def test_a_trained_model_samples_its_label_pattern():
   np.testing.assert_array_equal(grids, batch["tokens"][:4])
 
 
+@pytest.mark.slow
 def test_layer_weights_select_the_layers_in_the_loss():
   batch = _batch(levels=2)
   full, coarse_only = _task((4, 4, 2), 2), _task((4, 4, 2), 2, weights=(1.0, 0.0))
