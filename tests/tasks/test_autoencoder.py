@@ -32,6 +32,7 @@ def test_training_lowers_the_loss_on_one_batch(photo_batch):
   assert losses[-1] < 0.7 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_unsharded(photo_batch):
   single, params_single = _train_losses(tiny_config(), jax.devices()[:1], photo_batch, 2)
   config = tiny_config()
@@ -53,6 +54,7 @@ QUANTIZER_OVERRIDES = {
 
 
 @pytest.mark.parametrize("name", sorted(QUANTIZER_OVERRIDES))
+@pytest.mark.slow
 def test_quickstart_trains_with_every_registered_quantizer(name, photo_batch):
   config = tiny_config(f"experiments/quickstart.py:quantizer={name}", QUANTIZER_OVERRIDES[name],
                        **{"optimizer.learning_rate": 3e-3})
