@@ -46,7 +46,8 @@ def rvq(depth: int = 4, codebook_size: int = 1024, dim: int = 8, shared_codebook
 
 
 def msrq(codebook_size: int = 4096, dim: int = 32,
-         scales: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16), resize: str = "exact") -> ml_collections.ConfigDict:
+         scales: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+         resize: str = "exact") -> ml_collections.ConfigDict:
   """VAR multi-scale residual quantization; the last scale must equal the latent grid size. `resize="torch"`
   resamples exactly as VAR's PyTorch code (for imported weights); "exact" is exact area averaging."""
   return ml_collections.ConfigDict(dict(name="msrq", codebook_size=codebook_size, dim=dim, scales=scales,

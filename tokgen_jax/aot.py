@@ -101,8 +101,8 @@ def abstract_batch(example: dict[str, Any], batch_size: int, sharding: Any) -> d
 def compile_experiment(config: Any, workdir: str, topology: str = "") -> dict[str, Any]:
   """--mode=compile: the train step (and a generator's sampler) of `config` for `topology` (default
   `config.topology`); prints and returns per-chip memory and FLOPs, raises ConfigError if it does not fit."""
-  from tokgen_jax import sharding, tasks, trainer, writers  # pylint: disable=g-import-not-at-top  (trainer imports us)
-  from tokgen_jax.generators import SamplingSettings, guidance_scale_from  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top  (trainer imports us)
+  from tokgen_jax import generation, sharding, tasks, trainer, writers
   topology = topology or str(config.get("topology", "") or "")
   devices = topology_devices(topology)
   run = trainer.setup(config, workdir, devices=devices)
@@ -116,8 +116,7 @@ def compile_experiment(config: Any, workdir: str, topology: str = "") -> dict[st
         donate_argnums=0))
     if isinstance(run.task, tasks.GeneratorTask):
       cond = {k: v for k, v in batch.items() if k != "tokens"}
-      scale = guidance_scale_from(float(config.sample.cfg_scale), str(config.sample.get("cfg_convention", "standard")))
-      settings = SamplingSettings(cfg_scale=scale, top_k=int(config.sample.top_k))
+      settings = generation.settings_from_config(config.sample)
       key = jax.ShapeDtypeStruct((2,), np.uint32, sharding=jax.sharding.NamedSharding(run.mesh, jax.P()))
       sample = lambda state, cond, rng: run.task.sample(state, cond, rng, settings, int(config.batch_size))
       reports.append(compile_report("sampler", sample, (run.abstract_state, cond, key), len(devices),

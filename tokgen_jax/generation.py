@@ -6,9 +6,9 @@ draw samples, decode them to pixels and score them against their prompts.
   embeddings (all-MiniLM-L6-v2 token states) when `config.tokenize.text_encoder` is set.
 - `draw`: samples for a batch of conditions under one sampling setting (compiled once per setting), which the
   trainer decodes with the frozen tokenizer (`FrozenTokenizer`). `score_shapes`: in the shapes world
-  (`data.shapes`) each sample is read back from its pixels and compared with its prompt: `color_shape` is the share of samples whose every prompted shape was drawn with the
-  right color and shape, next to `match`'s per-attribute shares. The tokenizer's own reconstruction of the real
-  examples is scored the same way (`reference_*`): the ceiling a generator can reach through this tokenizer.
+  (`data.shapes`) each sample is read back from its pixels and compared with its prompt: `color_shape` is the
+  share of samples whose every prompted shape was drawn with the right color and shape, next to `match`'s
+  per-attribute shares. The tokenizer's own reconstruction of the real examples is scored the same way (`reference_*`): the ceiling a generator can reach through this tokenizer.
 """
 
 import dataclasses

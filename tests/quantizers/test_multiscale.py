@@ -134,7 +134,8 @@ def test_torch_resize_weights_are_rows_of_unit_mass_and_agree_with_exact_area_on
   # 16 → 13: cell 1 averages pixels 1 and 2 equally (floor(16/13) = 1 .. ceil(32/13) = 3), exact area does not.
   np.testing.assert_allclose(multiscale.torch_area_weights(16, 13)[1, :4], [0, 0.5, 0.5, 0])
   with pytest.raises(ValueError, match="resize"):
-    MultiScaleResidualQuantizer(K, DIM, scales=SCALES, resize="nearest").init(jax.random.key(0), jnp.zeros((1, 8, 8, DIM)))
+    MultiScaleResidualQuantizer(K, DIM, scales=SCALES, resize="nearest").init(jax.random.key(0),
+                                                                               jnp.zeros((1, 8, 8, DIM)))
 
 
 @pytest.mark.slow

@@ -36,17 +36,21 @@ from tokgen_jax.generators.ar import ARTransformer
 CFG_CONVENTIONS = ("standard", "var")
 
 
-def guidance_scale_from(value: float, convention: str = "standard") -> float:
-  """The scale s of `u + s·(c − u)` for a guidance number quoted in `convention` (see the module docstring)."""
+def _convention_offset(convention: str) -> float:
+  """s minus the number `convention` quotes: 1 for VAR's t (s = 1 + t), 0 for the standard s."""
   if convention not in CFG_CONVENTIONS:
     raise ConfigError(f"CFG convention {convention!r} is not known; set cfg_convention to one of {CFG_CONVENTIONS}.")
-  return float(value) + 1.0 if convention == "var" else float(value)
+  return 1.0 if convention == "var" else 0.0
+
+
+def guidance_scale_from(value: float, convention: str = "standard") -> float:
+  """The scale s of `u + s·(c − u)` for a guidance number quoted in `convention` (see the module docstring)."""
+  return float(value) + _convention_offset(convention)
 
 
 def guidance_value_in(scale: float, convention: str = "standard") -> float:
   """The inverse of `guidance_scale_from`: the number `convention` quotes for this module's scale s."""
-  guidance_scale_from(0.0, convention)  # validates the name
-  return float(scale) - 1.0 if convention == "var" else float(scale)
+  return float(scale) - _convention_offset(convention)
 
 
 @dataclasses.dataclass(frozen=True)
