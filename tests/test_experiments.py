@@ -3,14 +3,15 @@
 import pytest
 
 from tokgen_jax import trainer
+from tokgen_jax import run as run_lib
 from tokgen_jax.config import load_experiment
 
 
 @pytest.mark.parametrize("size, low, high", [("B", 105e6, 115e6), ("L", 330e6, 355e6)])
 def test_llamagen_c2i_parameter_count(size, low, high, tmp_path):
   """LlamaGen Table 1: GPT-B 111M, GPT-L 343M parameters (16384-entry VQ vocabulary, 1000 classes)."""
-  run = trainer.setup(load_experiment(f"experiments/llamagen_c2i.py:size={size}"), str(tmp_path))
-  params = trainer.count_params(run.abstract_state)
+  run = run_lib.setup(load_experiment(f"experiments/llamagen_c2i.py:size={size}"), str(tmp_path))
+  params = run_lib.count_params(run.abstract_state)
   print(f"\nllamagen_c2i GPT-{size}: {params:,} parameters, token shape {run.task.token_shape}")
   assert run.task.token_shape == (16, 16) and run.task.model.vocab_sizes == (16384,)
   assert low < params < high
@@ -30,7 +31,7 @@ def test_lfq_entropy_annealing_is_settable_on_the_locked_config():
 
 def test_llamagen_protocols_are_its_published_settings():
   """LlamaGen's FID protocol: cfg 1.5, no top-k, 50,000 samples; its demo: cfg 4.0, top-k 2000 (NUMERICS.md)."""
-  from tokgen_jax import generation  # pylint: disable=import-outside-toplevel
+  from tokgen_jax.tasks import generator as generation  # pylint: disable=import-outside-toplevel
   fid = load_experiment("experiments/llamagen_c2i.py:protocol=fid").eval.protocol
   assert (fid.name, fid.cfg_scale, fid.top_k, fid.top_p, fid.num_samples) == ("llamagen_fid", 1.5, 0, 1.0, 50_000)
   config = load_experiment("experiments/llamagen_c2i.py")
@@ -42,7 +43,7 @@ def test_llamagen_protocols_are_its_published_settings():
 
 
 def test_var_protocol_converts_to_the_sampler_scale_and_unknown_protocols_fail():
-  from tokgen_jax import generation  # pylint: disable=import-outside-toplevel
+  from tokgen_jax.tasks import generator as generation  # pylint: disable=import-outside-toplevel
   from tokgen_jax.configs import evaluation  # pylint: disable=import-outside-toplevel
   from tokgen_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   var = evaluation.named_protocol("var_fid")

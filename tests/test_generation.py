@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import set_fields
-from tokgen_jax import generation, trainer
+from tokgen_jax import trainer
+from tokgen_jax.metrics import shapes as shape_metrics
 from tokgen_jax.config import load_experiment
 from tokgen_jax.configs import data as data_presets
 from tokgen_jax.data import tokens as token_data
@@ -111,6 +112,6 @@ def test_shapes_scores_read_color_and_shape_back_from_pixels():
   from tokgen_jax.data import shapes  # pylint: disable=g-import-not-at-top
   scene = shapes.parse_caption("a large red circle in the center")
   pixels = shapes.render(scene, 32)
-  assert generation.score_shapes(["a large red circle in the center"], pixels[None])["color_shape"] == 1.0
-  assert generation.score_shapes(["a large blue circle in the center"], pixels[None])["color_shape"] == 0.0
-  assert generation.score_shapes([shapes.class_label("circle", "red")], pixels[None])["color_shape"] == 1.0
+  assert shape_metrics.score_prompts(["a large red circle in the center"], pixels[None])["color_shape"] == 1.0
+  assert shape_metrics.score_prompts(["a large blue circle in the center"], pixels[None])["color_shape"] == 0.0
+  assert shape_metrics.score_prompts([shapes.class_label("circle", "red")], pixels[None])["color_shape"] == 1.0

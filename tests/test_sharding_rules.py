@@ -16,6 +16,7 @@ import pytest
 
 from tests.helpers import set_fields, tiny_config
 from tokgen_jax import data, sharding, tasks, trainer
+from tokgen_jax import run as run_lib
 from tokgen_jax.config import load_experiment
 from tokgen_jax.configs import mesh as mesh_presets
 from tokgen_jax.errors import ConfigError
@@ -216,14 +217,14 @@ def _train(config, devices, batch, initial_state=None):
   sharded runs take the single-device initial state this way, which skips compiling one init per mesh (the
   slowest part on CPU) and makes the comparison about the train step alone.
   """
-  run = trainer.setup(config, "/unused", devices=devices)
+  run = run_lib.setup(config, "/unused", devices=devices)
   if initial_state is None:
     state = run.init_state()
     initial_state = jax.device_get(state)  # a host copy: the step donates `state`
   else:
     state = jax.device_put(initial_state, run.state_shardings)
   global_batch = sharding.global_batch(batch, run.mesh)
-  step, _ = trainer.compile_step(run, state, global_batch)
+  step, _ = run_lib.compile_step(run, state, global_batch)
   losses = []
   for _ in range(STEPS):
     state, metrics = step(state, global_batch)

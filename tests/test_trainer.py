@@ -9,11 +9,12 @@ import pytest
 
 from tests.helpers import tiny_config
 from tokgen_jax import checkpoint, trainer
+from tokgen_jax import run as run_lib
 from tokgen_jax.errors import ConfigError
 
 
 def _params(workdir, config):
-  run = trainer.setup(config, str(workdir))
+  run = run_lib.setup(config, str(workdir))
   manager = checkpoint.Manager(str(workdir), keep=5)
   state = manager.restore(manager.latest_step(), run.abstract_state)
   manager.close()

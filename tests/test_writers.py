@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 from tensorboardX.proto import event_pb2
 
-from tokgen_jax.writers import MetricWriter, format_progress, save_image_grid, write_json_atomic
+from tokgen_jax.data.grids import save_image_grid
+from tokgen_jax.writers import MetricWriter, format_progress, write_json_atomic
 
 
 def read_jsonl(path):

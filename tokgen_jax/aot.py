@@ -16,8 +16,9 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from tokgen_jax import perf
+from tokgen_jax import perf, sharding, tasks, writers
 from tokgen_jax.errors import ConfigError
+from tokgen_jax.run import count_params, setup
 
 _TOPOLOGY = re.compile(r"(v4|v5e|v5p|v6e):(\d+(?:x\d+){1,2})")
 
@@ -98,37 +99,46 @@ def abstract_batch(example: dict[str, Any], batch_size: int, sharding: Any) -> d
                                     sharding=sharding) for key, value in example.items()}
 
 
-def compile_experiment(config: Any, workdir: str, topology: str = "") -> dict[str, Any]:
-  """--mode=compile: the train step (and a generator's sampler) of `config` for `topology` (default
-  `config.topology`); prints and returns per-chip memory and FLOPs, raises ConfigError if it does not fit."""
-  # pylint: disable-next=g-import-not-at-top  (trainer imports us)
-  from tokgen_jax import generation, sharding, tasks, trainer, writers
-  topology = topology or str(config.get("topology", "") or "")
-  devices = topology_devices(topology)
-  run = trainer.setup(config, workdir, devices=devices)
+def _compile_reports(run, config: Any, num_devices: int) -> list[CompiledReport]:
+  """Every phase of the train step, and the sampler when the task has one."""
   batch_sharding = sharding.batch_sharding(run.mesh)
   batch = abstract_batch(run.task.example_batch(), int(config.batch_size), batch_sharding)
+  phases = run.task.phases()
   reports = []
   with run.context():
-    reports.append(compile_report(
-        "train_step", run.task.train_step, (run.abstract_state, batch), len(devices),
-        in_shardings=(run.state_shardings, batch_sharding), out_shardings=(run.state_shardings, None),
-        donate_argnums=0))
-    if isinstance(run.task, tasks.GeneratorTask):
-      cond = {k: v for k, v in batch.items() if k != "tokens"}
-      settings = generation.settings_from_config(config.sample)
+    for phase in phases:
+      name = "train_step" if len(phases) == 1 else f"train_step[{phase.name}]"
+      reports.append(compile_report(
+          name, tasks.phase_step(run.task, phase.name), (run.abstract_state, batch), num_devices,
+          in_shardings=(run.state_shardings, batch_sharding), out_shardings=(run.state_shardings, None),
+          donate_argnums=0))
+    conditions = run.task.example_conditions()
+    if conditions is not None:
+      cond = abstract_batch(conditions, int(config.batch_size), batch_sharding)
+      settings = run.task.sample_settings(config.sample)
       key = jax.ShapeDtypeStruct((2,), np.uint32, sharding=jax.sharding.NamedSharding(run.mesh, jax.P()))
       sample = lambda state, cond, rng: run.task.sample(state, cond, rng, settings, int(config.batch_size))
-      reports.append(compile_report("sampler", sample, (run.abstract_state, cond, key), len(devices),
+      reports.append(compile_report("sampler", sample, (run.abstract_state, cond, key), num_devices,
                                     in_shardings=(run.state_shardings, batch_sharding, key.sharding)))
+  return reports
+
+
+def compile_experiment(config: Any, workdir: str, topology: str = "") -> dict[str, Any]:
+  """--mode=compile: every phase of the train step (and the sampler, when the task samples) of `config` for
+  `topology` (default `config.topology`); prints and returns per-chip memory and FLOPs, raises ConfigError if it
+  does not fit."""
+  topology = topology or str(config.get("topology", "") or "")
+  devices = topology_devices(topology)
+  run = setup(config, workdir, devices=devices)
+  reports = _compile_reports(run, config, len(devices))
   hbm = perf.hbm_bytes(devices[0].device_kind)
+  params = count_params(run.abstract_state)
   print(f"compile {config.get('task')} for {topology} ({len(devices)} x {devices[0].device_kind}), mesh "
-        f"{dict(run.mesh.shape)}, global batch {config.batch_size}, {trainer.count_params(run.abstract_state):,} "
-        f"parameters", flush=True)
+        f"{dict(run.mesh.shape)}, global batch {config.batch_size}, {params:,} parameters", flush=True)
   for report in reports:
     print("  " + format_report(report, hbm), flush=True)
   summary = {"topology": topology, "num_devices": len(devices), "device_kind": devices[0].device_kind,
-             "hbm_bytes": hbm, "mesh": dict(run.mesh.shape), "params": trainer.count_params(run.abstract_state),
+             "hbm_bytes": hbm, "mesh": dict(run.mesh.shape), "params": params,
              **{r.name: dataclasses.asdict(r) | {"total_bytes": r.total_bytes} for r in reports}}
   writers.write_json_atomic(run.workdir / f"compile_{topology.replace(':', '_')}.json", summary)
   check_fits(reports, hbm, topology)

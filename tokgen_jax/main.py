@@ -15,8 +15,9 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment file and argument, e.g. experiments/quickstart.py:local.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, eval results and samples.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "stats", "tokenize", "compile", "bench"],
-                          "What to run (see tokgen_jax/trainer.py).")
+_MODE = flags.DEFINE_string(
+    "mode", "train", "What to run: train, eval, compile, bench, or a mode of the experiment's task (a tokenizer's "
+    "sample and stats, a generator's encode (alias tokenize) and sample); see tokgen_jax/trainer.py.")
 _TOPOLOGY = flags.DEFINE_string(
     "topology", "", "--mode=compile: TPU topology to compile for, e.g. v5e:16x16 (default: config.topology).")
 _COORDINATOR = flags.DEFINE_string(

@@ -9,6 +9,7 @@ import pytest
 from tokgen_jax.configs import data as data_presets
 from tokgen_jax.data import make_pipeline
 from tokgen_jax.data import shapes
+from tokgen_jax.metrics import shapes as shape_metrics
 from tokgen_jax.data import transforms
 from tokgen_jax.errors import ConfigError
 
@@ -25,7 +26,7 @@ def _accuracy(source, count):
   results = []
   for index in range(count):
     example = source[index]
-    results.append(shapes.match(example["caption"], example["video" if source.num_frames else "image"]))
+    results.append(shape_metrics.match(example["caption"], example["video" if source.num_frames else "image"]))
   return {key: float(np.mean([result[key] for result in results])) for key in results[0]}
 
 
@@ -101,7 +102,7 @@ def test_render_is_deterministic_at_any_size():
     image = shapes.render(scene, size)
     np.testing.assert_array_equal(image, shapes.render(scene, size))
     assert image.shape == (size, size, 3)
-    assert [(obj.shape, obj.color, obj.position, obj.size) for obj in shapes.analyze(image)] == [
+    assert [(obj.shape, obj.color, obj.position, obj.size) for obj in shape_metrics.analyze(image)] == [
         ("circle", "red", "top-left", "large"), ("square", "blue", "bottom-right", "small")]
 
 
@@ -124,18 +125,18 @@ def test_analyzer_reads_back_videos(size, num_frames, count):
 def test_match_scores_wrong_and_missing_content():
   prompt = "a large red circle in the top left and a small blue square in the bottom right"
   image = shapes.render(shapes.parse_caption(prompt))
-  assert shapes.match(prompt, image) == dict(shape=1.0, color=1.0, position=1.0, size=1.0, count=1.0, all=1.0)
+  assert shape_metrics.match(prompt, image) == dict(shape=1.0, color=1.0, position=1.0, size=1.0, count=1.0, all=1.0)
   as_model_output = transforms.scale_to_signed_unit(image)  # float [-1, 1], the model convention
-  assert shapes.match(prompt, as_model_output)["all"] == 1.0
-  wrong_color = shapes.match(prompt.replace("blue", "green"), image)
+  assert shape_metrics.match(prompt, as_model_output)["all"] == 1.0
+  wrong_color = shape_metrics.match(prompt.replace("blue", "green"), image)
   assert wrong_color["color"] == 0.5 and wrong_color["shape"] == 1.0 and wrong_color["all"] == 0.0
   blank = np.broadcast_to(np.asarray(shapes.BACKGROUND, np.uint8), image.shape)
-  assert shapes.match(prompt, blank) == dict(shape=0.0, color=0.0, position=0.0, size=0.0, count=0.0, all=0.0)
+  assert shape_metrics.match(prompt, blank) == dict(shape=0.0, color=0.0, position=0.0, size=0.0, count=0.0, all=0.0)
   still = np.stack([image] * 5)  # a clip whose shapes do not move
   moving_prompt = shapes.Scene(tuple(dataclasses.replace(obj, motion="right") for obj in
                                      shapes.parse_caption(prompt).objects[:1]))
-  assert shapes.match(moving_prompt, still[:, :, :, :])["motion"] == 0.0
-  assert shapes.mean_match([prompt, prompt], [image, blank])["count"] == 0.5
+  assert shape_metrics.match(moving_prompt, still[:, :, :, :])["motion"] == 0.0
+  assert shape_metrics.mean_match([prompt, prompt], [image, blank])["count"] == 0.5
 
 
 # ------------------------------------------------------------------------------------------------- pipeline
@@ -162,7 +163,7 @@ def test_pipeline_serves_shapes_videos():
   first_eval = next(_pipeline(config, "eval", batch=2))
   clip = shapes.ShapesSource("eval", size=32, num_examples=3, num_frames=5)[0]
   np.testing.assert_array_equal(first_eval["video"][0], transforms.scale_to_signed_unit(clip["video"]))
-  assert shapes.match(clip["caption"], first_eval["video"][0])["all"] == 1.0
+  assert shape_metrics.match(clip["caption"], first_eval["video"][0])["all"] == 1.0
 
 
 def test_source_batches_with_labels_and_captions_through_grain():

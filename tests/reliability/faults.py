@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 
 from tests.helpers import QUICKSTART, cli_overrides
 from tokgen_jax import checkpoint, trainer
+from tokgen_jax import run as run_lib
 
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
@@ -98,7 +99,7 @@ def restore_state(workdir: pathlib.Path, config, step: int):
   check a resuming run makes."""
   step_dir = workdir / "checkpoints" / str(step)
   checkpoint.check_file_sizes(step_dir)
-  return ocp.StandardCheckpointer().restore(step_dir / "state", trainer.setup(config, str(workdir)).abstract_state)
+  return ocp.StandardCheckpointer().restore(step_dir / "state", run_lib.setup(config, str(workdir)).abstract_state)
 
 
 def assert_states_equal(first, second) -> None:

@@ -61,6 +61,7 @@ import pytest
 
 from tests.helpers import QUICKSTART, set_fields, tiny_config
 from tokgen_jax import tasks, trainer
+from tokgen_jax import run as run_lib
 from tokgen_jax.config import load_experiment
 from tokgen_jax.convert import inception as inception_convert
 from tokgen_jax.convert import lpips as lpips_convert
@@ -182,14 +183,14 @@ def test_image_folder_with_only_corrupt_files_is_an_error(tmp_path):
 def test_bad_image_file_as_a_sample_input_names_file_and_fix(tmp_path, name):
   [path] = _plant_bad_images(tmp_path, (name,))
   with pytest.raises(ConfigError, match=re.escape(repr(path)) + r".*Re-save or replace it"):
-    transforms.load_image_file(path)  # what `--mode=sample` reads (trainer._load_sample_input)
+    transforms.load_image_file(path)  # what `--mode=sample` reads (AutoencoderTask.load_sample_input)
 
 
 def test_bad_sample_input_through_the_trainer(tmp_path):
   [path] = _plant_bad_images(tmp_path, ("truncated.png",))
-  run = trainer.setup(tiny_config(), str(tmp_path / "workdir"))
+  run = run_lib.setup(tiny_config(), str(tmp_path / "workdir"))
   with pytest.raises(ConfigError, match=re.escape(repr(path)) + ".*truncated"):  # main.py prints ConfigErrors
-    trainer._load_sample_input(run, path)  # pylint: disable=protected-access
+    run.task.load_sample_input(run.config.data, path)
 
 
 # ------------------------------------------------------------------------------------------------ video folder
@@ -408,7 +409,7 @@ def test_bad_experiment_arguments_are_refused(arg, pattern):
 ])
 def test_impossible_shapes_are_refused_before_anything_is_built(tmp_path, overrides, pattern):
   with pytest.raises(ConfigError, match=pattern):
-    trainer.setup(tiny_config(**overrides), str(tmp_path / "workdir"))
+    run_lib.setup(tiny_config(**overrides), str(tmp_path / "workdir"))
   assert not (tmp_path / "workdir").exists()
 
 
@@ -418,7 +419,7 @@ def test_num_frames_that_the_temporal_stride_cannot_take_is_refused(tmp_path):
       "batch_size": 8, "eval.batch_size": 8, "data.num_frames": 8})
   with pytest.raises(ConfigError, match=r"8 frames do not fit temporal stride 2; the frame count must be 1 \+ k·2.*"
                                         r"nearest: 7 or 9.*data\.num_frames"):
-    trainer.setup(config, str(tmp_path))
+    run_lib.setup(config, str(tmp_path))
   with pytest.raises(ConfigError, match=r"config\.data\.num_frames=0 must be at least 1"):
     make_pipeline(set_fields(config, {"data.num_frames": 0}).data, "train", global_batch_size=8, process_index=0,
                   process_count=1)

@@ -76,7 +76,7 @@ def _setup(phase: str, workdir: pathlib.Path):
 
   assert jax.local_device_count() == DEVICES_PER_PROCESS[phase], jax.local_devices()
   config = _config(phase)
-  run = trainer.setup(config, str(workdir))
+  run = run_lib.setup(config, str(workdir))
   assert run.mesh.size == MESHES[phase][1] == jax.device_count()
   return config, run
 

@@ -10,7 +10,7 @@ import pytest
 
 from tokgen_jax.losses import StyleGANDiscriminator3D
 from tokgen_jax.quantizers import LookupFreeQuantizer
-from tokgen_jax.tasks import AdversarialTraining, AutoencoderTask
+from tokgen_jax.tasks import AdversarialTraining, AutoencoderTask, active_phase, phase_step
 from tokgen_jax.tasks.adversarial import GROUP as DISC
 from tokgen_jax.tasks.autoencoder import GROUP as AE
 from tokgen_jax.tokenizers import MagvitV2
@@ -42,7 +42,8 @@ def gated_run(videos):
   """Three steps with the discriminator starting at step 1, and the states before and after each."""
   task = _task(start_step=1)
   state = jax.jit(task.init)(jax.random.key(0), task.example_batch())
-  step = jax.jit(task.train_step)
+  phase_steps = {phase.name: jax.jit(phase_step(task, phase.name)) for phase in task.phases()}
+  step = lambda state, batch: phase_steps[active_phase(task.phases(), int(state.step)).name](state, batch)
   states, metrics = [state], []
   for _ in range(3):
     state, step_metrics = step(state, videos)

@@ -6,6 +6,7 @@ import pytest
 
 from tests.helpers import tiny_config
 from tokgen_jax import data, sharding, trainer
+from tokgen_jax import run as run_lib
 from tokgen_jax.configs import mesh as mesh_presets
 
 
@@ -16,10 +17,10 @@ def photo_batch():
 
 
 def _train_losses(config, devices, batch, steps):
-  run = trainer.setup(config, "/unused", devices=devices)
+  run = run_lib.setup(config, "/unused", devices=devices)
   state = run.init_state()
   global_batch = sharding.global_batch(batch, run.mesh)
-  step, _ = trainer.compile_step(run, state, global_batch)
+  step, _ = run_lib.compile_step(run, state, global_batch)
   losses = []
   for _ in range(steps):
     state, metrics = step(state, global_batch)

@@ -9,6 +9,7 @@ import pytest
 
 from tests.helpers import tiny_config
 from tokgen_jax import trainer
+from tokgen_jax import run as run_lib
 from tokgen_jax.configs import mesh as mesh_presets
 
 EVAL_176 = {"data.eval_image_size": 176}  # MS-SSIM's minimum; the held-out photos give 8 such tiles
@@ -33,7 +34,7 @@ def weight_files(tmp_path_factory):
 
 
 def _evaluate(config, workdir, devices=None):
-  run = trainer.setup(config, str(workdir), devices=devices)
+  run = run_lib.setup(config, str(workdir), devices=devices)
   return trainer.evaluate(run, run.init_state(), 0), run
 
 

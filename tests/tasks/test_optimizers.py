@@ -6,7 +6,8 @@ import pytest
 
 from tokgen_jax.configs import optimizer as optimizer_presets
 from tokgen_jax.errors import ConfigError
-from tokgen_jax.tasks.optimizers import ema_update, learning_rate_schedule, make_optimizer
+from tokgen_jax.tasks.base import ema_update
+from tokgen_jax.tasks.optimizers import learning_rate_schedule, make_optimizer
 
 
 def test_schedule_warms_up_linearly_then_decays_by_cosine():

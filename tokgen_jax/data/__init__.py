@@ -6,6 +6,7 @@ over video (offline lavfi renderings and the scikit-image GIF, video folders, TF
 `pipeline` for the batch layout and `video_pipeline` for video clips.
 """
 
+from tokgen_jax.data import shapes  # registers the shapes world's sources
 from tokgen_jax.data.pipeline import make_pipeline
 from tokgen_jax.data.sources import PHOTO_HELD_OUT
 from tokgen_jax.data.sources import PHOTO_TRAIN

@@ -1,8 +1,8 @@
 """`make_pipeline`: a Grain iterator of image batches for training or held-out evaluation.
 
-train: `global_stream`: the records shuffled with the seed, reshuffled every epoch, repeated forever; each global
+train: `streams.global_stream`: the records shuffled with the seed, reshuffled every epoch, repeated forever; each global
 batch is split into one contiguous slice per process -> decode -> random crop/flip drawn from the seed and the
-element's global position (`position_rng`), so batches do not depend on the number of processes -> batch of
+element's global position (`streams.position_rng`), so batches do not depend on the number of processes -> batch of
 `global_batch_size // process_count`, dropping nothing because the stream is infinite.
 
 eval: every image (after the optional resize) is cut into all non-overlapping `eval_image_size` tiles, image by
@@ -21,20 +21,15 @@ Both are Grain `MapDataset`s turned into an iterator at the end, so `get_state()
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import grain
 import jax
 import numpy as np
 
-from tokgen_jax.data import sources
-from tokgen_jax.data import transforms
-from tokgen_jax.data import video
+from tokgen_jax.data import sources, streams, tokens, transforms, video, video_pipeline
 from tokgen_jax.errors import ConfigError
 
-SPLITS = ("train", "eval")
-_PADDING = (-1, 0, 0)  # eval tile spec (record index, top, left) of a padding element
 
 
 def make_pipeline(data_config, split: str, *, global_batch_size: int, process_index: int | None = None,
@@ -56,17 +51,15 @@ def make_pipeline(data_config, split: str, *, global_batch_size: int, process_in
     process_index: this process; defaults to `jax.process_index()`.
     process_count: number of data-loading processes; defaults to `jax.process_count()`.
   """
-  if split not in SPLITS:
-    raise ValueError(f"make_pipeline split must be one of {SPLITS}, got {split!r}.")
+  if split not in streams.SPLITS:
+    raise ValueError(f"make_pipeline split must be one of {streams.SPLITS}, got {split!r}.")
   if str(data_config.source) == "tokens":
-    from tokgen_jax.data import tokens  # pylint: disable=g-import-not-at-top  (it imports this module)
     return tokens.make_token_pipeline(data_config, split, global_batch_size=global_batch_size,
                                       process_index=process_index, process_count=process_count)
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  local_batch_size = _local_batch_size(global_batch_size, process_index, process_count)
+  local_batch_size = streams.local_batch_size(global_batch_size, process_index, process_count)
   if str(data_config.source) in video.VIDEO_SOURCE_KINDS:
-    from tokgen_jax.data import video_pipeline  # pylint: disable=g-import-not-at-top  (it imports this module)
     dataset = video_pipeline.make_video_dataset(data_config, split, local_batch_size=local_batch_size,
                                                 process_index=process_index, process_count=process_count)
   else:
@@ -84,20 +77,6 @@ def _image_dataset(data_config, split: str, local_batch_size: int, process_index
   return _eval_dataset(source, data_config, local_batch_size, process_index, process_count)
 
 
-def _local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
-  if process_count < 1 or not 0 <= process_index < process_count:
-    raise ValueError(f"process_index={process_index} must lie in [0, process_count={process_count}).")
-  if global_batch_size < 1:
-    raise ConfigError(f"config.batch_size must be positive, got {global_batch_size}.")
-  if global_batch_size % process_count:
-    suggestion = math.ceil(global_batch_size / process_count) * process_count
-    raise ConfigError(
-        f"config.batch_size={global_batch_size} is not divisible by the {process_count} data-loading processes "
-        f"(jax.process_count()); every process loads an equal share. Set config.batch_size to a multiple of "
-        f"{process_count}, e.g. {suggestion}.")
-  return global_batch_size // process_count
-
-
 def _open_configured_source(data_config, split: str) -> sources.ImageSource:
   split_name = data_config.train_split if split == "train" else data_config.eval_split
   # Hand-built configs may lack max_corrupt_fraction (the presets have it): then any corrupt folder file is an error.
@@ -111,34 +90,6 @@ def _open_configured_source(data_config, split: str) -> sources.ImageSource:
 # ------------------------------------------------------------------------------------------------------- train
 
 
-def global_stream(num_records: int, seed: int, global_batch_size: int, process_index: int,
-                  process_count: int) -> grain.MapDataset:
-  """This process's elements `(record index, global position)` of the one global training stream.
-
-  The global stream is the records shuffled with `seed` (reshuffled every epoch: shuffle before repeat gives epoch
-  e the seed + e), repeated forever. Global batch b holds positions `[b·G, (b+1)·G)`; process p takes the
-  contiguous slice `[b·G + p·L, b·G + (p+1)·L)` (L = G / process count), which `sharding.global_batch` places on
-  its devices. So the global batches, and everything drawn from a position, are the same for any number of
-  processes: 2 processes x 2 devices train exactly as 1 process x 4 devices, and a run resumes on another
-  topology with the same data.
-  """
-  if num_records < 1:
-    raise ConfigError("the training split is empty; add examples to it.")
-  order = grain.MapDataset.range(num_records).shuffle(seed=seed).repeat()
-  local = global_batch_size // process_count
-
-  def element(index: int) -> tuple[int, int]:
-    position = (index // local) * global_batch_size + process_index * local + index % local
-    return int(order[position]), position
-
-  return grain.MapDataset.range(len(order)).map(element)
-
-
-def position_rng(seed: int, position: int) -> np.random.Generator:
-  """The augmentation randomness of one global stream position (independent of process layout)."""
-  return np.random.default_rng(np.random.SeedSequence([seed, position]))
-
-
 def _train_dataset(source: sources.ImageSource, data_config, local_batch_size: int, process_index: int,
                    process_count: int) -> grain.MapDataset:
   augment = functools.partial(transforms.train_augment, image_size=int(data_config.image_size),
@@ -147,9 +98,9 @@ def _train_dataset(source: sources.ImageSource, data_config, local_batch_size: i
 
   def example(element: tuple[int, int]) -> dict[str, np.ndarray]:
     index, position = element
-    return {"image": augment(source.read_or_next(index), position_rng(seed, position))}
+    return {"image": augment(source.read_or_next(index), streams.position_rng(seed, position))}
 
-  return (global_stream(len(source), seed, local_batch_size * process_count, process_index, process_count)
+  return (streams.global_stream(len(source), seed, local_batch_size * process_count, process_index, process_count)
           .map(example)
           .batch(local_batch_size, drop_remainder=True))
 
@@ -164,14 +115,6 @@ def eval_tile_specs(source: sources.ImageSource, *, tile_size: int, resize: int)
     height, width = transforms.eval_image_shape(height, width, tile_size=tile_size, resize=resize)
     specs.extend((index, top, left) for top, left in transforms.tile_corners(height, width, tile_size))
   return specs
-
-
-def shard_and_pad(specs: list, local_batch_size: int, process_index: int, process_count: int) -> list:
-  """This process's contiguous block of `specs`, padded with `_PADDING` to the batch count all processes share."""
-  per_process = math.ceil(len(specs) / process_count)
-  num_batches = math.ceil(per_process / local_batch_size)
-  block = specs[process_index * per_process:(process_index + 1) * per_process]
-  return block + [_PADDING] * (num_batches * local_batch_size - len(block))
 
 
 class _EvalTileReader:
@@ -204,7 +147,7 @@ def _eval_dataset(source: sources.ImageSource, data_config, local_batch_size: in
   specs = eval_tile_specs(source, tile_size=tile_size, resize=resize)
   if not specs:
     raise ValueError(f"{source.description} yields no eval tiles.")
-  local_specs = shard_and_pad(specs, local_batch_size, process_index, process_count)
+  local_specs = streams.shard_and_pad(specs, local_batch_size, process_index, process_count)
   # Each reader thread works on one batch at a time, so a couple of images per thread is enough.
   reader = _EvalTileReader(source, tile_size, resize, cache_size=2 * max(1, int(data_config.num_threads)) + 2)
   return grain.MapDataset.source(local_specs).map(reader).batch(local_batch_size)

@@ -2,7 +2,7 @@
 
 FID needs an Inception network and many samples; on CPU we cannot judge generation quality that way. Instead
 every example here is a scene from a small vocabulary that a few lines of image processing recover exactly, so a
-generated sample can be scored against the prompt it was made from (`match`).
+generated sample can be scored against the prompt it was made from (`metrics.shapes.match`).
 
 Vocabulary (fractions are of the image side, so a scene renders at any size; 32 is the CPU default, 64 works):
 
@@ -38,13 +38,7 @@ eval), so it drops `label` and `caption`: a class- or text-conditional task read
 `grain.MapDataset.source(ShapesSource('train', ...)).shuffle(seed).repeat().batch(b)`. Keep `random_flip` off
 (the preset does): a mirrored scene contradicts its caption.
 
-`analyze(pixels)` reads the shapes back: pixels far from the background form 4-connected blobs; a blob's color is
-the named color nearest the median of its most saturated pixels; its coverage against that color is compared with
-each shape's anti-aliased template placed by the blob's area and centroid (the closest wins); size is its bounding
-box side against the small/large midpoint; position its box center; motion its centroid's path. `match(prompt,
-pixels)` scores a generated sample against its prompt per attribute. On ground truth it reads every attribute of
-1000 images at 32, 300 at 64 and 700 clips (5-17 frames, 32 and 64) correctly; tests/data/test_shapes.py asserts
-at least 99%.
+The analyzer that reads scenes back from pixels and scores samples against prompts is `metrics.shapes`.
 
 Pixels are a pure function of `(seed, split, index)`: every index draws from its own
 `SeedSequence([seed, split stream, index])`, the train and eval streams differ, so the splits are independent draws
@@ -53,7 +47,6 @@ Pixels are a pure function of `(seed, split, index)`: every index draws from its
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import itertools
 import operator
@@ -62,10 +55,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
-from tokgen_jax.data import sources
-from tokgen_jax.data import video
+from tokgen_jax.data import registry, sources, video
 from tokgen_jax.errors import ConfigError
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
@@ -250,7 +241,7 @@ def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
   raise ValueError(f"Unknown shape {shape!r}.")
 
 
-def _coverage(shape: str, u_edges: tuple[float, float], v_edges: tuple[float, float], width: int,
+def coverage(shape: str, u_edges: tuple[float, float], v_edges: tuple[float, float], width: int,
               height: int) -> np.ndarray:
   """Fraction of each of `height x width` pixels inside `shape`, where the pixel grid spans box coordinates
   `u_edges` horizontally and `v_edges` vertically; supersampled for anti-aliasing."""
@@ -274,7 +265,7 @@ def _paint(canvas: np.ndarray, obj: ShapeSpec, t: float) -> None:
   half = BOX_SIDES[obj.size] * size / 2
   left, right = max(0, int(np.floor(x - half))), min(size, int(np.ceil(x + half)))
   top, bottom = max(0, int(np.floor(y - half))), min(size, int(np.ceil(y + half)))
-  alpha = _coverage(obj.shape, ((left - x) / half, (right - x) / half), ((top - y) / half, (bottom - y) / half),
+  alpha = coverage(obj.shape, ((left - x) / half, (right - x) / half), ((top - y) / half, (bottom - y) / half),
                     right - left, bottom - top)[..., None]
   region = canvas[top:bottom, left:right]
   region += alpha * (np.asarray(COLORS[obj.color], np.float32) - region)
@@ -401,6 +392,16 @@ def open_shapes(split: str, spec: str, num_frames: int = 0) -> ShapesSource:
                       fields["seed"])
 
 
+@registry.register(registry.IMAGE, "shapes")
+def _open_image_source(split: str, *, name: str, **_) -> sources.ImageSource:
+  return image_source(split, name)  # config.data.name holds the world's spec (see spec_string)
+
+
+@registry.register(registry.VIDEO, "shapes_video")
+def _open_video_source(split: str, *, name: str, num_frames: int, **_) -> video.VideoSource:
+  return video_source(split, name, num_frames)
+
+
 def image_source(split: str, spec: str) -> sources.ImageSource:
   """`config.data.source='shapes'`: images for the image pipeline; the label and caption are dropped there."""
   records = open_shapes(split, spec)
@@ -414,188 +415,3 @@ def video_source(split: str, spec: str, num_frames: int) -> video.VideoSource:
   return video.VideoSource(
       len(records), info=lambda index: video.VideoInfo(num_frames, records.size, records.size),
       read=lambda index, start, count: records[index]["video"][start:start + count], description=repr(records))
-
-
-# ------------------------------------------------------------------------------------------------- analysis
-
-_COLOR_ARRAY = np.asarray([COLORS[name] for name in COLOR_NAMES], np.float32)
-_BACKGROUND = np.asarray(BACKGROUND, np.float32)
-_MIN_COLOR_DISTANCE = float(np.linalg.norm(_COLOR_ARRAY - _BACKGROUND, axis=-1).min())
-_FOREGROUND = 0.3  # coarse foreground: at least this share of the way from the background to the dimmest color
-_CORE = 0.75  # pixels at least this share of a blob's largest background distance give its color
-_MIN_AREA = 0.01  # blobs smaller than this share of the image are noise
-_SIZE_SPLIT = sum(BOX_SIDES.values()) / 2  # box side between small and large
-_CENTER_RADIUS = 0.125  # a box center within this of the image center (per axis) is "center"
-_MIN_MOTION = TRAVEL / 2
-_PAD = 2  # pixels around a blob's bounding box in which the shape templates are compared
-_FILL = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5, "diamond": 0.5, "cross": 1 - (1 - CROSS_ARM) ** 2}
-_CENTROID_DROP = {"triangle": 1 / 3}  # centroid below the box center, in half sides (the apex points up)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Blob:
-  """One shape found in one frame; coordinates are fractions of the image side."""
-  shape: str
-  color: str
-  size: str
-  box_center: tuple[float, float]
-  centroid: tuple[float, float]
-
-
-def _as_frames(pixels: np.ndarray) -> np.ndarray:
-  """float32 `[T, H, W, 3]` in [0, 255] from uint8 or from float in [-1, 1] (the model convention)."""
-  pixels = np.asarray(pixels)
-  if pixels.ndim not in (3, 4) or pixels.shape[-1] != 3:
-    raise ValueError(f"analyze expects [H, W, 3] or [T, H, W, 3] pixels, got shape {pixels.shape}.")
-  frames = pixels.astype(np.float32)
-  if np.issubdtype(pixels.dtype, np.floating):
-    frames = np.clip((frames + 1.0) * 127.5, 0.0, 255.0)
-  return frames if pixels.ndim == 4 else frames[None]
-
-
-def _fit_error(shape: str, alpha: np.ndarray, corner: tuple[int, int], area: float,
-               centroid: tuple[float, float]) -> float:
-  """How far coverage `alpha` (a window whose top-left pixel is `corner`) is from `shape` placed where the blob's
-  `area` and `centroid` (pixels) say it must be if it is that shape, as a share of the area.
-
-  Fitting the box from area and centroid, not from thresholded edges, keeps sub-pixel accuracy: at 32 pixels a
-  small shape is 8 pixels wide, and a thresholded bounding box cuts a diamond's tips until it looks like a cross.
-  """
-  (height, width), (top, left) = alpha.shape, corner
-  half = np.sqrt(area / _FILL[shape]) / 2
-  x, y = centroid[0], centroid[1] - _CENTROID_DROP.get(shape, 0.0) * half
-  coverage = _coverage(shape, ((left - x) / half, (left + width - x) / half),
-                       ((top - y) / half, (top + height - y) / half), width, height)
-  return float(np.abs(coverage - alpha).sum() / area)
-
-
-def _position(box_center: tuple[float, float]) -> str:
-  dx, dy = box_center[0] - 0.5, box_center[1] - 0.5
-  if max(abs(dx), abs(dy)) < _CENTER_RADIUS:
-    return "center"
-  return f"{'top' if dy < 0 else 'bottom'}-{'left' if dx < 0 else 'right'}"
-
-
-def _blob(frame: np.ndarray, distance: np.ndarray, labels: np.ndarray, number: int,
-          where: tuple[slice, slice]) -> _Blob | None:
-  """Color by nearest named color of the blob's core; coverage (alpha) against that color; shape, size, place."""
-  height, width = frame.shape[:2]
-  component = labels[where] == number
-  core = frame[where][component][distance[where][component] >= _CORE * distance[where][component].max()]
-  color = int(np.argmin(np.linalg.norm(_COLOR_ARRAY - np.median(core, axis=0), axis=-1)))
-  direction = _COLOR_ARRAY[color] - _BACKGROUND
-  top, left = max(0, where[0].start - _PAD), max(0, where[1].start - _PAD)  # room for the fitted templates
-  window = (slice(top, min(height, where[0].stop + _PAD)), slice(left, min(width, where[1].stop + _PAD)))
-  alpha = np.clip((frame[window] - _BACKGROUND) @ direction / (direction @ direction), 0.0, 1.0)
-  alpha *= labels[window] == number
-  rows, cols = np.nonzero(alpha > 0.5)
-  if rows.size == 0:
-    return None
-  rows, cols = rows + top, cols + left  # image coordinates from here on
-  extent = max((rows.max() + 1 - rows.min()) / height, (cols.max() + 1 - cols.min()) / width)
-  area = float(alpha.sum())
-  centroid = ((alpha.sum(axis=0) @ (np.arange(left, left + alpha.shape[1]) + 0.5)) / area,
-              (alpha.sum(axis=1) @ (np.arange(top, top + alpha.shape[0]) + 0.5)) / area)  # pixels
-  errors = [_fit_error(shape, alpha, (top, left), area, centroid) for shape in SHAPES]
-  return _Blob(shape=SHAPES[int(np.argmin(errors))], color=COLOR_NAMES[color],
-               size="large" if extent > _SIZE_SPLIT else "small",
-               box_center=((cols.min() + cols.max() + 1) / 2 / width, (rows.min() + rows.max() + 1) / 2 / height),
-               centroid=(centroid[0] / width, centroid[1] / height))
-
-
-def _detect(frame: np.ndarray) -> list[_Blob]:
-  """The shapes in one float `[H, W, 3]` frame: 4-connected blobs of pixels away from the background."""
-  distance = np.linalg.norm(frame - _BACKGROUND, axis=-1)
-  labels, _ = ndimage.label(distance > _FOREGROUND * _MIN_COLOR_DISTANCE)
-  blobs = []
-  for number, where in enumerate(ndimage.find_objects(labels), start=1):
-    if (labels[where] == number).sum() >= _MIN_AREA * distance.size:
-      blob = _blob(frame, distance, labels, number, where)
-      if blob is not None:
-        blobs.append(blob)
-  return blobs
-
-
-def _track(frames: list[list[_Blob]]) -> list[list[_Blob]]:
-  """Follows every first-frame blob through the clip, linking each to the nearest unclaimed blob of each frame."""
-  tracks = [[blob] for blob in frames[0]]
-  for blobs in frames[1:]:
-    pairs = sorted((np.hypot(track[-1].centroid[0] - blob.centroid[0], track[-1].centroid[1] - blob.centroid[1]),
-                    t, b) for t, track in enumerate(tracks) for b, blob in enumerate(blobs))
-    taken_tracks, taken_blobs = set(), set()
-    for _, t, b in pairs:
-      if t not in taken_tracks and b not in taken_blobs:
-        tracks[t].append(blobs[b])
-        taken_tracks.add(t)
-        taken_blobs.add(b)
-  return tracks
-
-
-def _most_common(values) -> str:
-  return collections.Counter(values).most_common(1)[0][0]
-
-
-def _motion(track: list[_Blob]) -> str | None:
-  dx = track[-1].centroid[0] - track[0].centroid[0]
-  dy = track[-1].centroid[1] - track[0].centroid[1]
-  if max(abs(dx), abs(dy)) < _MIN_MOTION:
-    return None
-  if abs(dx) >= abs(dy):
-    return "right" if dx > 0 else "left"
-  return "down" if dy > 0 else "up"
-
-
-def _spec(track: list[_Blob], video_input: bool) -> ShapeSpec:
-  first = track[0]
-  position = _position(first.box_center)
-  named = POSITION_CENTERS[position]
-  return ShapeSpec(shape=_most_common(blob.shape for blob in track), color=_most_common(blob.color for blob in track),
-                   size=_most_common(blob.size for blob in track), position=position,
-                   motion=_motion(track) if video_input else None,
-                   offset=(first.box_center[0] - named[0], first.box_center[1] - named[1]))
-
-
-def analyze(pixels: np.ndarray) -> list[ShapeSpec]:
-  """The shapes visible in uint8 (or float [-1, 1]) `[H, W, 3]` pixels or a `[T, H, W, 3]` clip, in `POSITIONS`
-  order, as ShapeSpecs (offset = measured jitter).
-
-  Position is the quadrant (or center) of the bounding box's center in the first frame -- the box center, not the
-  centroid, because a triangle's centroid sits a sixth of its side below its box center. In a clip, each
-  first-frame shape is tracked; its shape, color and size are the majority over frames and its motion the dominant
-  axis of its centroid's displacement from first to last frame (None when it moved less than TRAVEL / 2).
-  """
-  frames = _as_frames(pixels)
-  tracks = _track([_detect(frame) for frame in frames])
-  specs = [_spec(track, video_input=np.ndim(pixels) == 4) for track in tracks]
-  return sorted(specs, key=lambda spec: POSITIONS.index(spec.position))
-
-
-def match(prompt: Scene | str, pixels: np.ndarray) -> dict[str, float]:
-  """How well `pixels` show `prompt` (a Scene or its caption): for each attribute (shape, color, position, size,
-  and motion for clips) the share of prompt shapes that a detected shape gets right, under the pairing of
-  prompt and detected shapes with the most correct attributes; `count` is 1.0 when as many shapes were found as
-  asked for, and `all` is 1.0 when the count and every attribute are right."""
-  scene = parse_caption(prompt) if isinstance(prompt, str) else prompt
-  detected = analyze(pixels)
-  attributes = ATTRIBUTES + (("motion",) if np.ndim(pixels) == 4 else ())
-  wanted = scene.objects
-  candidates = list(detected) + [None] * max(0, len(wanted) - len(detected))
-
-  def correct(pairing) -> list[list[bool]]:
-    return [[found is not None and getattr(found, name) == getattr(obj, name) for name in attributes]
-            for obj, found in zip(wanted, pairing)]
-
-  best = max((correct(pairing) for pairing in itertools.permutations(candidates, len(wanted))),
-             key=lambda table: sum(map(sum, table)))
-  scores = {name: float(np.mean([row[column] for row in best])) for column, name in enumerate(attributes)}
-  scores["count"] = float(len(detected) == len(wanted))
-  scores["all"] = float(scores["count"] == 1.0 and all(scores[name] == 1.0 for name in attributes))
-  return scores
-
-
-def mean_match(prompts: Sequence[Scene | str], samples: Sequence[np.ndarray]) -> dict[str, float]:
-  """`match` averaged over prompts and their samples (e.g. a generated batch, uint8 or float [-1, 1])."""
-  if len(prompts) != len(samples):
-    raise ValueError(f"mean_match got {len(prompts)} prompts but {len(samples)} samples.")
-  results = [match(prompt, sample) for prompt, sample in zip(prompts, samples)]
-  return {key: float(np.mean([result[key] for result in results])) for key in results[0]}

@@ -42,7 +42,7 @@ import numpy as np
 import PIL.Image
 from absl import logging
 
-from tokgen_jax.data import transforms
+from tokgen_jax.data import registry, transforms
 from tokgen_jax.errors import ConfigError
 
 PHOTO_TRAIN = ("astronaut", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
@@ -261,7 +261,7 @@ def _tfds_missing_error(name: str, data_dir: str, detail: str) -> FileNotFoundEr
       "first), then set config.data.name and config.data.data_dir to match.")
 
 
-def _open_tfds_builder(name: str, data_dir: str):
+def open_tfds_builder(name: str, data_dir: str):
   """The prepared ArrayRecord builder for `name`, or a FileNotFoundError that says how to prepare it."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import; only this source needs it)
   if not name:
@@ -298,7 +298,7 @@ def _tfds_image_shape(record: dict[str, Any]) -> tuple[int, int]:
 def tfds_source(name: str, data_dir: str, split: str, split_key: str) -> ImageSource:
   """Split `split` of a TFDS dataset prepared as ArrayRecord, with encoded images left for PIL to decode."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = _open_tfds_builder(name, data_dir)
+  builder = open_tfds_builder(name, data_dir)
   available = sorted(builder.info.splits.keys())
   if split.split("[")[0] not in available:  # 'train[:1%]'-style sub-splits name their base split first
     raise ConfigError(f"TFDS dataset {name!r} has no split {split!r} (config.data.{split_key}); "
@@ -316,21 +316,31 @@ def tfds_source(name: str, data_dir: str, split: str, split_key: str) -> ImageSo
 @functools.lru_cache(maxsize=16)
 def open_source(kind: str, *, split: str, name: str = "", data_dir: str = "", path: str = "",
                 split_name: str = "", max_corrupt_fraction: float = 0.0, num_threads: int = 1) -> ImageSource:
-  """The source for `split` ('train' | 'eval'); `split_name` is the configured folder/TFDS split name;
-  `max_corrupt_fraction` and `num_threads` apply to folders (see the module docstring).
+  """The image source of `kind` (`registry.IMAGE`) for `split` ('train' | 'eval'); `split_name` is the
+  configured folder/TFDS split name; `max_corrupt_fraction` and `num_threads` apply to folders (see the module
+  docstring).
 
   Cached per process, so pipelines rebuilt for every evaluation reuse the file listing and image shapes.
   """
-  split_key = f"{split}_split"
-  if kind == "photos":
-    return photos_source(split)
-  if kind == "folder":
-    return folder_source(path, split_name, split_key, max_corrupt_fraction=max_corrupt_fraction,
-                         num_threads=num_threads)
-  if kind == "tfds":
-    return tfds_source(name, data_dir, split_name, split_key)
-  if kind == "shapes":  # the synthetic shapes world; config.data.name holds its spec (see shapes.spec_string)
-    from tokgen_jax.data import shapes  # pylint: disable=g-import-not-at-top  (it imports this module)
-    return shapes.image_source(split, name)
-  raise ConfigError(f'Unknown config.data.source {kind!r}; valid image sources: {", ".join(SOURCE_KINDS)}; '
-                    f'video sources: lavfi, gif, video_folder, tfds_video, shapes_video.')
+  return registry.opener(registry.IMAGE, kind)(
+      split, name=name, data_dir=data_dir, path=path, split_name=split_name, split_key=f"{split}_split",
+      max_corrupt_fraction=max_corrupt_fraction, num_threads=num_threads)
+
+
+@registry.register(registry.IMAGE, "photos")
+def _open_photos(split: str, **_) -> ImageSource:
+  return photos_source(split)
+
+
+@registry.register(registry.IMAGE, "folder")
+def _open_folder(split: str, *, path: str, split_name: str, split_key: str, max_corrupt_fraction: float,
+                 num_threads: int, **_) -> ImageSource:
+  del split
+  return folder_source(path, split_name, split_key, max_corrupt_fraction=max_corrupt_fraction,
+                       num_threads=num_threads)
+
+
+@registry.register(registry.IMAGE, "tfds")
+def _open_tfds(split: str, *, name: str, data_dir: str, split_name: str, split_key: str, **_) -> ImageSource:
+  del split
+  return tfds_source(name, data_dir, split_name, split_key)

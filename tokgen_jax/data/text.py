@@ -22,7 +22,7 @@ import functools
 import importlib.util
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -302,3 +302,16 @@ def _check_texts(texts) -> list[str]:
     raise ConfigError(f"TextEncoder.encode: item(s) {bad[:5]} are not strings (first: {type(texts[bad[0]]).__name__}); "
                       "pass a list of str (decode bytes first)")
   return texts
+
+
+def token_states_encoder(max_length: int) -> Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]:
+  """`encode(texts) -> (token states [U, max_length, 384], mask [U, max_length])` as host arrays, padded to
+  `max_length`, in chunks of 256 texts (what a conditional generator stores per caption and reads as `text`)."""
+  encoder = TextEncoder(max_length=max_length, padding="max_length")
+
+  def encode(texts: Sequence[str], chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    texts = list(texts)
+    parts = [encoder.encode(texts[i:i + chunk])[:2] for i in range(0, len(texts), chunk)]
+    return (np.concatenate([np.asarray(p[0]) for p in parts]), np.concatenate([np.asarray(p[1]) for p in parts]))
+
+  return encode

@@ -17,7 +17,7 @@ for it deletes its leftovers. A finished split is never overwritten.
 
 `TokenSource` loads a split into memory (token data is small) after checking every file against `metadata.json`.
 `make_token_pipeline` turns it into Grain batches with the same train / eval structure as the image pipeline
-(`pipeline`): train is this process's slice of the global stream (`pipeline.global_stream`: shuffled every epoch,
+(`pipeline`): train is this process's slice of the global stream (`streams.global_stream`: shuffled every epoch,
 repeated forever, the same global batches for any number of processes); eval is one contiguous
 block per process padded with masked zero examples, so every process runs the same number of steps. Both are
 `MapDataset`s, so the iterator's `get_state()` / `set_state()` resume exactly.
@@ -37,7 +37,7 @@ import grain
 import jax
 import numpy as np
 
-from tokgen_jax.data import pipeline
+from tokgen_jax.data import streams
 from tokgen_jax.errors import ConfigError
 
 FORMAT_VERSION = 1
@@ -437,12 +437,12 @@ def make_token_pipeline(data_config, split: str, *, global_batch_size: int, proc
     process_index: this process; defaults to `jax.process_index()`.
     process_count: number of data-loading processes; defaults to `jax.process_count()`.
   """
-  if split not in pipeline.SPLITS:
-    raise ValueError(f"make_token_pipeline split must be one of {pipeline.SPLITS}, got {split!r}.")
+  if split not in streams.SPLITS:
+    raise ValueError(f"make_token_pipeline split must be one of {streams.SPLITS}, got {split!r}.")
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   # pylint: disable-next=protected-access  (the same checks and message as the image pipeline)
-  local_batch_size = pipeline._local_batch_size(global_batch_size, process_index, process_count)
+  local_batch_size = streams.local_batch_size(global_batch_size, process_index, process_count)
   source = open_configured_token_source(data_config, split)
   if split == "train":
     dataset = _train_dataset(source, data_config, local_batch_size, process_index, process_count)
@@ -464,7 +464,7 @@ def open_configured_token_source(data_config, split: str) -> TokenSource:
 
 def _train_dataset(source: TokenSource, data_config, local_batch_size: int, process_index: int,
                    process_count: int) -> grain.MapDataset:
-  stream = pipeline.global_stream(len(source), int(data_config.seed), local_batch_size * process_count,
+  stream = streams.global_stream(len(source), int(data_config.seed), local_batch_size * process_count,
                                   process_index, process_count)
   return stream.map(lambda element: source[element[0]]).batch(local_batch_size, drop_remainder=True)
 
@@ -475,7 +475,7 @@ def _eval_dataset(source: TokenSource, local_batch_size: int, process_index: int
     raise ConfigError(f"{source.description} has no examples to evaluate on. Tokenize a non-empty eval split.")
   # shard_and_pad works on (record, top, left) tile specs and pads with (-1, 0, 0): a 1-tuple per example keeps
   # the record index in front, so -1 marks padding.
-  specs = pipeline.shard_and_pad([(index,) for index in range(len(source))], local_batch_size, process_index,
+  specs = streams.shard_and_pad([(index,) for index in range(len(source))], local_batch_size, process_index,
                                  process_count)
   padding = source.padding_example()
 

@@ -37,8 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from absl import logging
 
-from tokgen_jax.data import sources
-from tokgen_jax.data import transforms
+from tokgen_jax.data import registry, sources, transforms
 from tokgen_jax.errors import ConfigError
 
 VIDEO_SOURCE_KINDS = ("lavfi", "gif", "video_folder", "tfds_video", "shapes_video")
@@ -396,7 +395,7 @@ def tfds_video_source(name: str, data_dir: str, split: str, split_key: str) -> V
   if not name:
     raise ConfigError('config.data.source is "tfds_video" but config.data.name is empty; set it to a TFDS video '
                       "dataset name, e.g. 'ucf101'.")
-  builder = sources._open_tfds_builder(name, data_dir)  # pylint: disable=protected-access  (same error texts)
+  builder = sources.open_tfds_builder(name, data_dir)
   available = sorted(builder.info.splits.keys())
   if split.split("[")[0] not in available:
     raise ConfigError(f"TFDS dataset {name!r} has no split {split!r} (config.data.{split_key}); "
@@ -418,19 +417,35 @@ def open_video_source(kind: str, *, split: str, num_frames: int, fps: float = 8.
                       lavfi_sources: tuple[str, ...] = DEFAULT_LAVFI_SOURCES, lavfi_size: int = 128,
                       clip_seconds: float = 4.0, lavfi_codec: str = "libx264", max_corrupt_fraction: float = 0.0,
                       num_threads: int = 1) -> VideoSource:
-  """The video source for `split` ('train' | 'eval'); cached per process like `sources.open_source`."""
-  split_key = f"{split}_split"
-  if kind == "lavfi":
-    return lavfi_source(lavfi_sources, split, size=lavfi_size, fps=fps, clip_seconds=clip_seconds,
-                        num_frames=num_frames, codec=lavfi_codec)
-  if kind == "gif":
-    return gif_source(split, fps=fps, num_frames=num_frames)
-  if kind == "video_folder":
-    return video_folder_source(path, split_name, split_key, fps=fps, max_corrupt_fraction=max_corrupt_fraction,
-                               num_threads=num_threads)
-  if kind == "tfds_video":
-    return tfds_video_source(name, data_dir, split_name, split_key)
-  if kind == "shapes_video":  # moving shapes; config.data.name holds the world's spec (see shapes.spec_string)
-    from tokgen_jax.data import shapes  # pylint: disable=g-import-not-at-top  (it imports this module)
-    return shapes.video_source(split, name, num_frames)
-  raise ConfigError(f'Unknown video config.data.source {kind!r}; valid video sources: {", ".join(VIDEO_SOURCE_KINDS)}.')
+  """The video source of `kind` (`registry.VIDEO`) for `split` ('train' | 'eval'); cached per process like
+  `sources.open_source`."""
+  return registry.opener(registry.VIDEO, kind)(
+      split, num_frames=num_frames, fps=fps, name=name, data_dir=data_dir, path=path, split_name=split_name,
+      split_key=f"{split}_split", lavfi_sources=lavfi_sources, lavfi_size=lavfi_size, clip_seconds=clip_seconds,
+      lavfi_codec=lavfi_codec, max_corrupt_fraction=max_corrupt_fraction, num_threads=num_threads)
+
+
+@registry.register(registry.VIDEO, "lavfi")
+def _open_lavfi(split: str, *, lavfi_sources, lavfi_size: int, fps: float, clip_seconds: float, num_frames: int,
+                lavfi_codec: str, **_) -> VideoSource:
+  return lavfi_source(lavfi_sources, split, size=lavfi_size, fps=fps, clip_seconds=clip_seconds,
+                      num_frames=num_frames, codec=lavfi_codec)
+
+
+@registry.register(registry.VIDEO, "gif")
+def _open_gif(split: str, *, fps: float, num_frames: int, **_) -> VideoSource:
+  return gif_source(split, fps=fps, num_frames=num_frames)
+
+
+@registry.register(registry.VIDEO, "video_folder")
+def _open_video_folder(split: str, *, path: str, split_name: str, split_key: str, fps: float,
+                       max_corrupt_fraction: float, num_threads: int, **_) -> VideoSource:
+  del split
+  return video_folder_source(path, split_name, split_key, fps=fps, max_corrupt_fraction=max_corrupt_fraction,
+                             num_threads=num_threads)
+
+
+@registry.register(registry.VIDEO, "tfds_video")
+def _open_tfds_video(split: str, *, name: str, data_dir: str, split_name: str, split_key: str, **_) -> VideoSource:
+  del split
+  return tfds_video_source(name, data_dir, split_name, split_key)

@@ -1,7 +1,7 @@
 """The video branch of `make_pipeline`: Grain iterators of `{'video': float32 [B, T, S, S, 3] in [-1, 1]}`.
 
-train: `pipeline.global_stream` over the videos (the same global batches for any number of processes) -> a clip
-drawn with the randomness of its global position (`pipeline.position_rng`), in this order: the
+train: `streams.global_stream` over the videos (the same global batches for any number of processes) -> a clip
+drawn with the randomness of its global position (`streams.position_rng`), in this order: the
 start frame uniformly in [0, max(0, N - T)], the crop's top and left, and the flip; the same crop and flip apply
 to all T frames -> batch of `global_batch_size // process_count`.
 
@@ -21,7 +21,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from tokgen_jax.data import pipeline
+from tokgen_jax.data import streams
 from tokgen_jax.data import transforms
 from tokgen_jax.data import video
 from tokgen_jax.errors import ConfigError
@@ -99,9 +99,9 @@ def _train_dataset(source: video.VideoSource, data_config, local_batch_size: int
 
   def example(element: tuple[int, int]) -> dict[str, np.ndarray]:
     index, position = element
-    return {"video": clip(index, pipeline.position_rng(seed, position))}
+    return {"video": clip(index, streams.position_rng(seed, position))}
 
-  return (pipeline.global_stream(len(source), seed, local_batch_size * process_count, process_index, process_count)
+  return (streams.global_stream(len(source), seed, local_batch_size * process_count, process_index, process_count)
           .map(example)
           .batch(local_batch_size, drop_remainder=True))
 
@@ -156,6 +156,6 @@ def _eval_dataset(source: video.VideoSource, data_config, local_batch_size: int,
   specs = eval_clip_specs(source, num_frames=num_frames, tile_size=tile_size, resize=resize)
   if not specs:
     raise ValueError(f"{source.description} yields no eval clips.")
-  local_specs = pipeline.shard_and_pad(specs, local_batch_size, process_index, process_count)
+  local_specs = streams.shard_and_pad(specs, local_batch_size, process_index, process_count)
   reader = _EvalClipReader(source, num_frames, tile_size, resize, cache_size=max(1, int(data_config.num_threads)) + 1)
   return grain.MapDataset.source(local_specs).map(reader).batch(local_batch_size)

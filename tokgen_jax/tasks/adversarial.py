@@ -5,10 +5,10 @@
   generator loss  = reconstruction + perceptual + quantizer + `generator_weight`·G(D(x̂))       (x̂ = decoder output)
   discriminator   = `discriminator_weight`·D_loss(D(x), D(sg(x̂))) + `lecam_weight`·LeCAM + `r1_weight`·R1
 
-and updates both parameter groups with their own optimizers. Before `start_step` both adversarial terms are
-masked to zero with `jnp.where` and the discriminator, its optimizer state and the LeCAM anchors are kept exactly
-as initialized. The discriminator's forward and backward passes still run before `start_step`, and their results
-are discarded: one compiled step serves the whole run.
+and updates both parameter groups with their own optimizers. With `start_step` > 0 the autoencoder task has two
+phases (`tasks.base.Phase`): before `start_step` the discriminator never runs (no forward or backward pass), its
+parameters, optimizer state and LeCAM anchors stay exactly as initialized, and its metrics read 0
+(`idle_metrics`); from `start_step` on both terms are live. Each phase compiles once.
 
 Defaults follow Open-MAGVIT2's ImageNet recipe (NUMERICS.md), term by term:
 - generator: non-saturating loss on the discriminator's logits, fixed weight 0.1 (`generator_weight`).
@@ -32,11 +32,14 @@ import optax
 
 from tokgen_jax import losses
 from tokgen_jax.errors import ConfigError
+from tokgen_jax.tasks.base import apply_gradients
+from tokgen_jax.tasks.optimizers import learning_rate_schedule, make_optimizer
 
 GROUP = "discriminator"
 GENERATOR_LOSSES = {"non_saturating": losses.non_saturating_generator_loss, "hinge": losses.hinge_generator_loss}
 DISCRIMINATOR_LOSSES = {"hinge": losses.hinge_discriminator_loss,
                         "non_saturating": losses.non_saturating_discriminator_loss}
+DISCRIMINATORS = {"stylegan2d": losses.StyleGANDiscriminator2D, "stylegan3d": losses.StyleGANDiscriminator3D}
 
 
 def _check_choice(value: str, choices: dict, key: str) -> None:
@@ -68,17 +71,12 @@ class AdversarialTraining:
     anchors = {"lecam_real": jnp.zeros((), jnp.float32), "lecam_fake": jnp.zeros((), jnp.float32)}
     return params, self.optimizer.init(params), anchors
 
-  def active(self, step: jax.Array) -> jax.Array:
-    return step >= self.start_step
-
   def _logits(self, params: Any, x: jax.Array) -> jax.Array:
     return self.discriminator.apply({"params": params}, x)
 
-  def generator_term(self, params: Any, fake: jax.Array, step: jax.Array) -> jax.Array:
-    """`generator_weight·G(D(x̂))` once the discriminator has started, else 0; differentiable in `fake`."""
-    generator_loss = GENERATOR_LOSSES[self.generator_loss]
-    term = self.generator_weight * generator_loss(self._logits(params, fake))
-    return jnp.where(self.active(step), term, jnp.zeros_like(term))
+  def generator_term(self, params: Any, fake: jax.Array) -> jax.Array:
+    """`generator_weight·G(D(x̂))`, differentiable in `fake`."""
+    return self.generator_weight * GENERATOR_LOSSES[self.generator_loss](self._logits(params, fake))
 
   def _loss(self, params: Any, anchors: dict, real: jax.Array, fake: jax.Array):
     real_logits, fake_logits = self._logits(params, real), self._logits(params, fake)
@@ -96,17 +94,40 @@ class AdversarialTraining:
 
   def _update(self, params, opt_state, anchors, real, fake):
     grads, (metrics, anchors) = jax.grad(self._loss, has_aux=True)(params, anchors, real, fake)
-    updates, opt_state = self.optimizer.update(grads, opt_state, params)
-    metrics |= {"discriminator_grad_norm": optax.global_norm(grads)}
-    return optax.apply_updates(params, updates), opt_state, anchors, metrics
+    update = apply_gradients(self.optimizer, params, opt_state, grads, prefix="discriminator_")
+    return update.params, update.opt_state, anchors, metrics | update.metrics
 
   def update(self, params: Any, opt_state: Any, anchors: dict, real: jax.Array, fake: jax.Array,
              step: jax.Array) -> tuple[Any, Any, dict, dict[str, jax.Array]]:
-    """One discriminator optimizer step on `real` and the (gradient-stopped) `fake`, skipped before start_step."""
+    """One discriminator optimizer step on `real` and the (gradient-stopped) `fake`."""
     new_params, new_opt_state, new_anchors, metrics = self._update(params, opt_state, anchors, real,
                                                                    jax.lax.stop_gradient(fake))
-    active = self.active(step)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)
-    metrics = jax.tree.map(lambda m: jnp.where(active, m, jnp.zeros_like(m)), metrics)
-    return (keep(new_params, params), keep(new_opt_state, opt_state), keep(new_anchors, anchors),
-            metrics | {"discriminator_lr": self.learning_rate(step)})
+    return new_params, new_opt_state, new_anchors, metrics | {"discriminator_lr": self.learning_rate(step)}
+
+  def idle_metrics(self, params: Any, opt_state: Any, anchors: dict, real: jax.Array,
+                   step: jax.Array) -> dict[str, jax.Array]:
+    """The metrics of `update` as zeros (the learning rate as scheduled), for steps before `start_step`: traced
+    abstractly, so the discriminator does not run."""
+    shapes = jax.eval_shape(self._update, params, opt_state, anchors, real, real)[3]
+    return {name: jnp.zeros(s.shape, s.dtype) for name, s in shapes.items()} | {
+        "discriminator_lr": self.learning_rate(step)}
+
+
+def build(config: Any) -> AdversarialTraining | None:
+  """`config.adversarial` as an `AdversarialTraining`, or None when it is disabled."""
+  gan = config.adversarial
+  if not gan.enabled:
+    return None
+  kwargs = gan.discriminator.to_dict()
+  name = kwargs.pop("name")
+  if name not in DISCRIMINATORS:
+    raise ConfigError(f"config.adversarial.discriminator.name={name!r} is not known; choose one of "
+                      f"{sorted(DISCRIMINATORS)}.")
+  return AdversarialTraining(
+      discriminator=DISCRIMINATORS[name](**kwargs),
+      optimizer=make_optimizer(gan.optimizer, config.total_steps),
+      learning_rate=learning_rate_schedule(gan.optimizer, config.total_steps),
+      start_step=gan.start_step, generator_weight=gan.generator_weight,
+      discriminator_weight=gan.discriminator_weight, generator_loss=gan.generator_loss,
+      discriminator_loss=gan.discriminator_loss, lecam_weight=gan.lecam_weight, lecam_decay=gan.lecam_decay,
+      r1_weight=gan.r1_weight)

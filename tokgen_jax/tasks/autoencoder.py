@@ -10,20 +10,28 @@ checkpointed state, so a resumed run is bit-identical.
 """
 
 import dataclasses
+import functools
 import math
-from typing import Any
+import pathlib
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from absl import logging
 
+from tokgen_jax import data, quantizers, tokenizers
+from tokgen_jax.data import grids
+from tokgen_jax.errors import ConfigError
 from tokgen_jax.losses import reconstruction_loss
 from tokgen_jax.metrics import ms_ssim, psnr, ssim
 from tokgen_jax.quantizers import bits_per_pixel, tokens_per_image
 from tokgen_jax.tasks import adversarial as adversarial_lib
-from tokgen_jax.tasks.base import TrainState, evaluation_params
-from tokgen_jax.tasks.optimizers import ema_update
+from tokgen_jax.tasks import evaluation
+from tokgen_jax.tasks.base import Phase, RunContext, Task, TrainState, apply_gradients, evaluation_params
+from tokgen_jax.tasks.optimizers import learning_rate_schedule, make_optimizer
 
 GROUP = "autoencoder"
 PERCEPTUAL = "perceptual"
@@ -31,8 +39,9 @@ MS_SSIM_MIN_SIZE = 176  # five scales: the coarsest (1/16) must still hold the 1
 
 
 @dataclasses.dataclass(frozen=True)
-class AutoencoderTask:
-  """`input_shape` is one example without batch: `(H, W, 3)` for images, `(T, H, W, 3)` for videos."""
+class AutoencoderTask(Task):
+  """`input_shape` is one example without batch: `(H, W, 3)` for images, `(T, H, W, 3)` for videos.
+  `feature_networks` loads (once) the networks of the feature metrics (`evaluation.feature_networks`)."""
 
   model: nn.Module
   optimizer: optax.GradientTransformation
@@ -46,6 +55,7 @@ class AutoencoderTask:
   perceptual: nn.Module | None = None
   perceptual_weight: float = 0.0
   perceptual_params: Any = dataclasses.field(default=None, hash=False, compare=False)
+  feature_networks: Callable[[], dict[str, Any]] = dataclasses.field(default=dict, hash=False, compare=False)
 
   @property
   def input_key(self) -> str:
@@ -76,7 +86,8 @@ class AutoencoderTask:
     distances = self.perceptual.apply({"params": state.model_state[PERCEPTUAL]}, reconstruction, x)
     return self.perceptual_weight * jnp.mean(distances)
 
-  def _generator_loss(self, params: Any, state: TrainState, x: jax.Array, rng: jax.Array):
+  def _generator_loss(self, params: Any, state: TrainState, x: jax.Array, rng: jax.Array,
+                      adversarial_on: bool = False):
     dropout_rng, noise_rng = jax.random.split(rng)
     collections = state.model_state[GROUP]
     (reconstruction, aux), new_collections = self.model.apply(
@@ -85,34 +96,50 @@ class AutoencoderTask:
     quantized = aux["quantizer"]
     rec_loss = reconstruction_loss(reconstruction, x, self.l1_weight, self.l2_weight)
     perceptual = self._perceptual_loss(state, reconstruction, x)
-    adversarial = (self.adversarial.generator_term(state.params[adversarial_lib.GROUP], reconstruction, state.step)
-                   if self.adversarial is not None else jnp.zeros((), jnp.float32))
+    adversarial = (self.adversarial.generator_term(state.params[adversarial_lib.GROUP], reconstruction)
+                   if adversarial_on else jnp.zeros((), jnp.float32))
     loss = rec_loss + perceptual + quantized.loss + adversarial
     metrics = {"loss": loss, "reconstruction_loss": rec_loss, "quantizer_loss": quantized.loss, **quantized.metrics}
     if self.perceptual_params is not None:
       metrics["perceptual_loss"] = perceptual
-    if self.adversarial is not None:
+    if adversarial_on:
       metrics["generator_adversarial_loss"] = adversarial
     return loss, (metrics, dict(new_collections), reconstruction)
 
-  def train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+  def phases(self) -> tuple[Phase, ...]:
+    """'reconstruction' (no discriminator), then 'adversarial' from the discriminator's `start_step`."""
+    if self.adversarial is None:
+      return (Phase("reconstruction", 0),)
+    if self.adversarial.start_step <= 0:
+      return (Phase("adversarial", 0),)
+    return (Phase("reconstruction", 0), Phase("adversarial", self.adversarial.start_step))
+
+  def train_step(self, state: TrainState, batch: dict[str, jax.Array],
+                 phase: str = "reconstruction") -> tuple[TrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(state.rng, state.step)
     x = batch[self.input_key]
+    adversarial_on = phase == "adversarial"
+    if adversarial_on and self.adversarial is None:
+      raise ConfigError("AutoencoderTask: phase 'adversarial' needs a discriminator (config.adversarial.enabled).")
     grads, (metrics, collections, reconstruction) = jax.grad(self._generator_loss, has_aux=True)(
-        state.params[GROUP], state, x, rng)
-    updates, group_opt_state = self.optimizer.update(grads, state.opt_state[GROUP], state.params[GROUP])
-    params = dict(state.params, **{GROUP: optax.apply_updates(state.params[GROUP], updates)})
-    opt_state = dict(state.opt_state, **{GROUP: group_opt_state})
+        state.params[GROUP], state, x, rng, adversarial_on)
+    update = apply_gradients(self.optimizer, state.params[GROUP], state.opt_state[GROUP], grads,
+                             state.ema_params.get(GROUP), self.ema_decay)
+    params = dict(state.params, **{GROUP: update.params})
+    opt_state = dict(state.opt_state, **{GROUP: update.opt_state})
     model_state = dict(state.model_state, **{GROUP: collections})
-    metrics |= {"grad_norm": optax.global_norm(grads), "update_norm": optax.global_norm(updates),
-                "param_norm": optax.global_norm(params[GROUP]), "lr": self.learning_rate(state.step)}
+    metrics |= update.metrics | {"lr": self.learning_rate(state.step)}
     if self.adversarial is not None:
       group = adversarial_lib.GROUP
-      params[group], opt_state[group], model_state[group], disc_metrics = self.adversarial.update(
-          state.params[group], state.opt_state[group], state.model_state[group], x, reconstruction, state.step)
+      disc = (state.params[group], state.opt_state[group], state.model_state[group], x)
+      if adversarial_on:
+        params[group], opt_state[group], model_state[group], disc_metrics = self.adversarial.update(
+            *disc, reconstruction, state.step)
+      else:
+        disc_metrics = self.adversarial.idle_metrics(*disc, state.step)
+        metrics["generator_adversarial_loss"] = jnp.zeros((), jnp.float32)
       metrics |= disc_metrics
-    ema_params = ({GROUP: ema_update(state.ema_params[GROUP], params[GROUP], self.ema_decay)}
-                  if self.ema_decay else {})
+    ema_params = {GROUP: update.ema_params} if self.ema_decay else {}
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params,
                               model_state=model_state)
     return new_state, metrics
@@ -181,3 +208,198 @@ class AutoencoderTask:
     quantizer = self.model.quantizer
     tokens = tokens_per_image(quantizer, self.latent_grid(example_shape))
     return bits_per_pixel(tokens, quantizer.bits_per_token, math.prod(example_shape[:-1]))
+
+  # ------------------------------------------------------------------------------------------- protocol
+
+  def evaluator(self, run: RunContext, state: TrainState) -> "ReconstructionPass":
+    del state
+    eval_config = run.config.eval
+    return ReconstructionPass(self.input_key, evaluation.ReconstructionEvaluator(self.feature_networks(),
+                                                                              self.codebook_size),
+                              int(eval_config.num_grid_images), float(run.config.data.get("fps", 8)))
+
+  def modes(self) -> dict[str, Callable[[RunContext], dict[str, Any]]]:
+    return {"sample": self.reconstruct_files, "stats": self.compute_statistics}
+
+  def reconstruct_files(self, run: RunContext) -> dict[str, Any]:
+    """--mode=sample: every file in config.sample.inputs reconstructed into workdir/samples/recon_<name>.png
+    (.mp4/.gif for videos), with its PSNR."""
+    paths = [p.strip() for p in run.config.sample.inputs.split(",") if p.strip()]
+    if not paths:
+      raise ConfigError("config.sample.inputs is empty: --mode=sample reconstructs given images or videos; pass "
+                        "--config.sample.inputs=a.png,b.mp4.")
+    state, step = run.restore()
+    reconstruct = jax.jit(self.reconstruct)
+    fps = float(run.config.data.get("fps", 8))
+    written = {}
+    for path in paths:
+      pixels = self.load_sample_input(run.config.data, path)
+      with run.context():
+        recon = np.asarray(run.gather(reconstruct(state, run.replicate(pixels))))
+      stem = f"recon_{pathlib.Path(path).stem}"
+      out = run.workdir / "samples" / (f"{stem}.mp4" if pixels.ndim == 5 else f"{stem}.png")
+      if run.is_chief:
+        grids.save_examples(out.parent, stem, [pixels, recon], max_rows=1, fps=fps)
+        mse = float(np.mean((recon - pixels) ** 2))
+        print(f"sample {path} → {out} (step {step}, psnr {10 * np.log10(4.0 / max(mse, 1e-12)):.2f} dB)", flush=True)
+      written[path] = str(out)
+    return written
+
+  def load_sample_input(self, data_config: Any, path: str) -> np.ndarray:
+    """One file as a model input `[1, (T,) H, W, 3]` in [-1, 1], center-cropped to multiples of the downsampling
+    factor: a video keeps the longest valid frame count (1 + k·s_t for a temporally downsampling tokenizer) of at
+    most config.data.num_frames frames."""
+    if self.input_key == "video":
+      frames = data.load_video_file(path, fps=float(data_config.fps))[:int(data_config.num_frames)]
+      stride = self.temporal_factor
+      frames = frames[:1 + (len(frames) - 1) // stride * stride]
+    else:
+      frames = data.load_image_file(path)
+    frames = _center_crop_to_multiple(frames, self.model.downsample_factor)
+    return (frames.astype(np.float32) / 127.5 - 1.0)[None]
+
+  @property
+  def temporal_factor(self) -> int:
+    """Frames per latent frame after the first (1 for image tokenizers)."""
+    return int(getattr(self.model, "temporal_downsample_factor", 1))
+
+  def compute_statistics(self, run: RunContext) -> dict[str, Any]:
+    """--mode=stats: reference feature statistics of the eval split, saved as .npz (`mu`, `sigma`, `count`)."""
+    config = run.config
+    batches = ((host[self.input_key], mask) for _, host, mask in run.eval_batches())
+    statistics = evaluation.reference_statistics(self.feature_networks(), self.input_key == "video", batches)
+    path = pathlib.Path(config.eval.reference_statistics or
+                        run.workdir / "stats" / f"{config.data.source}_{config.data.eval_split}.npz")
+    if run.is_chief:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      statistics.save(path)
+      print(f"stats: {statistics.count} examples, {statistics.dim}-d features → {path}", flush=True)
+    return {"path": str(path), "count": statistics.count}
+
+
+def _center_crop_to_multiple(frames: np.ndarray, factor: int) -> np.ndarray:
+  """Center-crop the last-but-one two axes (H, W) of an image `[H, W, C]` or video `[T, H, W, C]` to multiples."""
+  height, width = (frames.shape[-3] // factor) * factor, (frames.shape[-2] // factor) * factor
+  top, left = (frames.shape[-3] - height) // 2, (frames.shape[-2] - width) // 2
+  return frames[..., top:top + height, left:left + width, :]
+
+
+class ReconstructionPass:
+  """The autoencoder's `Evaluator`: per-example metrics, codebook usage and feature metrics over the split
+  (`evaluation.ReconstructionEvaluator`), and the first batch's originals | reconstructions as a grid."""
+
+  def __init__(self, input_key: str, metrics: evaluation.ReconstructionEvaluator, num_grid_images: int, fps: float):
+    self._input_key, self._metrics = input_key, metrics
+    self._num_grid_images, self._fps = num_grid_images, fps
+    self._examples: list[np.ndarray] | None = None
+
+  def update(self, outputs: dict[str, np.ndarray], batch: dict[str, np.ndarray], mask: np.ndarray) -> None:
+    originals = batch[self._input_key]
+    self._metrics.update(outputs, originals, mask)
+    if self._examples is None:
+      self._examples = [originals[mask], outputs["reconstruction"][mask]]
+
+  def results(self) -> dict[str, float]:
+    return self._metrics.results()
+
+  def write_samples(self, directory: pathlib.Path, step: int) -> None:
+    if self._examples is not None:
+      grids.save_examples(directory, f"eval_step_{step}", self._examples, self._num_grid_images, fps=self._fps)
+
+
+# ------------------------------------------------------------------------------------------------------ build
+
+
+def _require(value: Any, key: str, minimum: int, meaning: str) -> None:
+  """ConfigError unless `value` >= `minimum`: a zero or negative size otherwise fails deep inside Flax or XLA with
+  a shape error that names neither the key nor the fix."""
+  if value < minimum:
+    raise ConfigError(f"config.{key}={value} must be at least {minimum} ({meaning}); set config.{key} to "
+                      f"{minimum} or more.")
+
+
+# Positive-size fields of tokenizer and quantizer configs (those that have them): (name, minimum, meaning).
+_MODEL_SIZES = (("channels", 1, "base channel width"), ("num_groups", 1, "GroupNorm groups"),
+                ("num_res_blocks", 0, "residual blocks per level"), ("out_channels", 1, "decoded channels"))
+_QUANTIZER_SIZES = (("codebook_size", 2, "codes per codebook"), ("dim", 1, "latent channels"),
+                    ("bits", 1, "bits per token"))
+
+
+def _check_model_sizes(model_config: Any) -> None:
+  for name, minimum, meaning in _MODEL_SIZES:
+    if name in model_config:
+      _require(model_config[name], f"model.{name}", minimum, meaning)
+  multipliers = tuple(model_config.get("channel_multipliers", (1,)))
+  if not multipliers or min(multipliers) < 1:
+    raise ConfigError(f"config.model.channel_multipliers={multipliers} must list at least one positive multiplier "
+                      "(one per resolution level), e.g. (1, 2, 4).")
+  for name, minimum, meaning in _QUANTIZER_SIZES:
+    if name in model_config.quantizer:
+      _require(model_config.quantizer[name], f"model.quantizer.{name}", minimum, meaning)
+
+
+def build_tokenizer(model_config: Any) -> nn.Module:
+  """The tokenizer module `config.model` describes (`tokenizers.REGISTRY`), its quantizer built from its preset."""
+  if model_config.name not in tokenizers.REGISTRY:
+    raise ConfigError(f"config.model.name={model_config.name!r} is not a known tokenizer; "
+                      f"choose one of {sorted(tokenizers.REGISTRY)}.")
+  _check_model_sizes(model_config)
+  kwargs = model_config.to_dict()
+  kwargs.pop("name")
+  quantizer_kwargs = kwargs.pop("quantizer")
+  kwargs["quantizer"] = quantizers.build(quantizer_kwargs.pop("name"), **quantizer_kwargs)
+  return tokenizers.REGISTRY[model_config.name](**kwargs)
+
+
+def _check_image_size(config: Any, model: nn.Module) -> None:
+  factor = model.downsample_factor
+  _require(config.data.resize, "data.resize", 0, "shorter side to resize to; 0 keeps the native size")
+  for key in ("image_size", "eval_image_size"):
+    size = config.data[key]
+    _require(size, f"data.{key}", 1, "pixels per side of a crop or eval tile")
+    if size % factor:
+      raise ConfigError(
+          f"config.data.{key}={size} is not divisible by the model's downsampling factor {factor} "
+          f"(2 ** (len(config.model.channel_multipliers) - 1)); set config.data.{key} to a multiple of {factor}, "
+          f"e.g. {max(factor, size // factor * factor)}.")
+
+
+def input_shape(data_config: Any) -> tuple[int, ...]:
+  """One training example's shape: `(T, S, S, 3)` for video sources, `(S, S, 3)` for image sources."""
+  size = data_config.image_size
+  if str(data_config.source) in data.VIDEO_SOURCE_KINDS:
+    return (int(data_config.num_frames), size, size, 3)
+  return (size, size, 3)
+
+
+def _build_perceptual(loss_config: Any) -> dict[str, Any]:
+  """LPIPS module and weights, or nothing (with one log line saying why) when no weights file is configured."""
+  weight, path = loss_config.perceptual_weight, loss_config.lpips_weights
+  if not weight:
+    return {}
+  if not path:
+    logging.warning("LPIPS perceptual loss is off although config.loss.perceptual_weight=%g: "
+                    "config.loss.lpips_weights is empty and no weights can be downloaded. Convert them once with "
+                    "`python -m tokgen_jax.convert.lpips` (see its docstring) and pass the .safetensors path.",
+                    weight)
+    return {}
+  from tokgen_jax.convert import lpips as lpips_convert  # pylint: disable=g-import-not-at-top  (torch-free)
+  from tokgen_jax.losses import perceptual  # pylint: disable=g-import-not-at-top
+  return dict(perceptual=perceptual.LPIPS(), perceptual_weight=weight,
+              perceptual_params=lpips_convert.load_lpips(path))
+
+
+def build(config: Any) -> AutoencoderTask:
+  """`config.task='autoencoder'`: a tokenizer trained to reconstruct `config.data` (a GAN when configured)."""
+  model = build_tokenizer(config.model)
+  _check_image_size(config, model)
+  shape = input_shape(config.data)
+  networks = functools.cache(lambda: evaluation.feature_networks(config.eval, is_video=len(shape) == 4))
+  return AutoencoderTask(
+      model=model,
+      optimizer=make_optimizer(config.optimizer, config.total_steps),
+      learning_rate=learning_rate_schedule(config.optimizer, config.total_steps),
+      input_shape=shape, l1_weight=config.loss.l1_weight, l2_weight=config.loss.l2_weight,
+      ema_decay=config.optimizer.ema_decay, eval_ema=bool(config.eval.protocol.use_ema),
+      adversarial=adversarial_lib.build(config), feature_networks=networks,
+      **_build_perceptual(config.loss))

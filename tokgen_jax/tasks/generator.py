@@ -1,4 +1,4 @@
-"""Generator task: train an `ARTransformer` on the token ids a frozen tokenizer wrote (`--mode=tokenize`).
+"""Generator task: train an `ARTransformer` on the token ids a frozen tokenizer wrote (`--mode=encode`).
 
 Batches: `tokens` int `[B, *grid]` (one token layer) or `[B, *grid, levels]` (residual/multi-codebook levels,
 each its own layer, coarse first), plus the condition: `label` `[B]` (class), or `text` `[B, L, D]` and
@@ -9,29 +9,47 @@ entropy over layer l's tokens (LlamaGen's CE; HiTVideo's per-layer weights). Eva
 weighted NLL (nats/token), perplexity is `exp` of its mean, and teacher-forced top-1 token accuracy.
 
 State layout as every task: params/opt_state/ema_params keyed by the group 'generator'.
+
+Modes: `encode` (alias `tokenize`) writes the token shards of `config.tokenize.data` with the frozen tokenizer of
+`config.tokenizer`; `sample` draws samples of `config.sample.prompts` and decodes them with it. Eval adds samples of
+the first eval conditions with and without CFG (`config.eval.protocol`), decoded, and in the shapes world scored
+against their prompts (`metrics.shapes`): `color_shape` is the share of samples whose every prompted shape was
+drawn with the right color and shape, next to `match`'s per-attribute shares. The tokenizer's own reconstruction
+of the real examples is scored the same way (`reference_*`): the ceiling a generator can reach through it.
 """
 
 import dataclasses
+import functools
 import math
-from typing import Any
+import pathlib
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 
+from tokgen_jax import generators
+from tokgen_jax.data import examples as example_data
+from tokgen_jax.data import grids, shapes, text, transforms
+from tokgen_jax.data import tokens as token_data
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.generators import orderings, sampling
 from tokgen_jax.generators.ar import ARTransformer
-from tokgen_jax.tasks.base import TrainState, evaluation_params
-from tokgen_jax.tasks.optimizers import ema_update
+from tokgen_jax.metrics import shapes as shape_metrics
+from tokgen_jax.tasks import autoencoder, frozen_tokenizer
+from tokgen_jax.tasks.base import RunContext, Task, TrainState, apply_gradients, evaluation_params
+from tokgen_jax.tasks.optimizers import learning_rate_schedule, make_optimizer
 
 GROUP = "generator"
 
 
 @dataclasses.dataclass(frozen=True)
-class GeneratorTask:
-  """`token_shape`: one example's tokens without batch, `grid` or `grid + (levels,)` (see module doc)."""
+class GeneratorTask(Task):
+  """`token_shape`: one example's tokens without batch, `grid` or `grid + (levels,)` (see module doc).
+  `tokenizer`: `config.tokenizer` (experiment, workdir, checkpoint_step), loaded once on first use."""
 
   model: ARTransformer
   optimizer: optax.GradientTransformation
@@ -40,6 +58,8 @@ class GeneratorTask:
   layer_weights: tuple[float, ...] = ()
   ema_decay: float = 0.0
   eval_ema: bool = True  # eval and sampling read the EMA weights (when kept): the protocol's use_ema
+  tokenizer: Any = dataclasses.field(default=None, hash=False, compare=False)
+  _loaded: dict = dataclasses.field(default_factory=dict, hash=False, compare=False, repr=False)
 
   input_key = "tokens"
 
@@ -145,15 +165,16 @@ class GeneratorTask:
       metrics |= {f"loss_layer_{l}": per_layer[l] for l in range(len(self.model.vocab_sizes))}
     return loss, metrics
 
-  def train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+  def train_step(self, state: TrainState, batch: dict[str, jax.Array],
+                 phase: str = "train") -> tuple[TrainState, dict[str, jax.Array]]:
+    del phase  # one phase
     rng = jax.random.fold_in(state.rng, state.step)
     grads, metrics = jax.grad(self._loss, has_aux=True)(state.params[GROUP], batch, rng)
-    updates, opt_state = self.optimizer.update(grads, state.opt_state[GROUP], state.params[GROUP])
-    params = optax.apply_updates(state.params[GROUP], updates)
-    metrics |= {"grad_norm": optax.global_norm(grads), "update_norm": optax.global_norm(updates),
-                "param_norm": optax.global_norm(params), "lr": self.learning_rate(state.step)}
-    ema = {GROUP: ema_update(state.ema_params[GROUP], params, self.ema_decay)} if self.ema_decay else {}
-    return state.replace(step=state.step + 1, params={GROUP: params}, opt_state={GROUP: opt_state},
+    update = apply_gradients(self.optimizer, state.params[GROUP], state.opt_state[GROUP], grads,
+                             state.ema_params.get(GROUP), self.ema_decay)
+    metrics |= update.metrics | {"lr": self.learning_rate(state.step)}
+    ema = {GROUP: update.ema_params} if self.ema_decay else {}
+    return state.replace(step=state.step + 1, params={GROUP: update.params}, opt_state={GROUP: update.opt_state},
                          ema_params=ema), metrics
 
   # ------------------------------------------------------------------------------------------ eval, sample
@@ -174,3 +195,256 @@ class GeneratorTask:
     cond = self.condition(cond_batch)
     sequence = sampling.sample_with_cache(self.model, self.eval_params(state), cond, rng, settings, batch_size)
     return self.to_grid(sequence)
+
+  # ------------------------------------------------------------------------------------------- protocol
+
+  def example_conditions(self) -> dict[str, jax.Array]:
+    return {key: value for key, value in self.example_batch().items() if key != "tokens"}
+
+  def sample_settings(self, sample_config: Any, guided: bool = True) -> sampling.SamplingSettings:
+    return settings_from_config(sample_config, guided)
+
+  def draw(self, state: TrainState, conditions: dict[str, np.ndarray], settings: sampling.SamplingSettings,
+           seed: int, batch_size: int) -> np.ndarray:
+    """Token grids `[B, *token_shape]` for the conditions (compiled once per settings; deterministic per seed)."""
+    return np.asarray(_sampler(self, settings, batch_size)(state, conditions, jax.random.PRNGKey(seed)))
+
+  def frozen_tokenizer(self, run: RunContext) -> frozen_tokenizer.FrozenTokenizer:
+    """The tokenizer of `config.tokenizer`, restored on first use and kept."""
+    if "tokenizer" not in self._loaded:
+      self._loaded["tokenizer"] = frozen_tokenizer.load(run, self.tokenizer)
+    return self._loaded["tokenizer"]
+
+  def prompt_conditions(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
+    """The condition batch of prompts: captions through the text encoder (as stored by encode: float16), class
+    ids (or shapes-world class names such as 'red circle') as labels."""
+    kind = self.model.conditioning
+    if kind == "text":
+      embeddings, mask = text.token_states_encoder(self.model.text_length)(list(prompts))
+      return {"text": embeddings.astype(np.float16).astype(np.float32), "text_mask": mask}
+    if kind == "class":
+      return {"label": np.asarray([_class_id(p, self.model.num_classes) for p in prompts], np.int32)}
+    return {}
+
+  def evaluator(self, run: RunContext, state: TrainState) -> "GeneratorPass":
+    return GeneratorPass(self, run, state)
+
+  def modes(self) -> dict[str, Callable[[RunContext], dict[str, Any]]]:
+    return {"encode": self.encode, "tokenize": self.encode, "sample": self.sample_prompts}
+
+  def encode(self, run: RunContext) -> dict[str, Any]:
+    """--mode=encode: `config.tokenize.data` through the frozen tokenizer into token shards at config.data.path."""
+    counts = encode_dataset(run.config, self.frozen_tokenizer(run), str(run.config.data.path), write=run.is_chief)
+    return {"path": str(run.config.data.path), **counts}
+
+  def sample_prompts(self, run: RunContext) -> dict[str, Any]:
+    """--mode=sample: samples of `config.sample.prompts` / `prompts_file` into workdir/samples/prompts_step_<N>.png
+    (one row per prompt, `num_per_prompt` columns) with the prompts in a .txt beside it; shapes-world captions are
+    scored."""
+    config = run.config
+    prompts = read_prompts(config.sample)
+    if not prompts:
+      raise ConfigError("no prompts: --mode=sample of a generator needs --config.sample.prompts='a;b' (captions, or "
+                        "class ids / names) or --config.sample.prompts_file=FILE (one per line).")
+    state, step = run.restore()
+    per_prompt = int(config.sample.num_per_prompt)
+    repeated = [p for p in prompts for _ in range(per_prompt)]
+    grids_ = self.draw(state, self.prompt_conditions(repeated), self.sample_settings(config.sample),
+                       int(config.sample.seed), len(repeated))
+    pixels = self.frozen_tokenizer(run).decode(grids_)
+    path = run.workdir / "samples" / f"prompts_step_{step}.png"
+    summary: dict[str, Any] = {"path": str(path)}
+    if str(config.tokenize.data.source) in example_data.SHAPES_SOURCES:
+      try:
+        summary |= shape_metrics.score_prompts(repeated, pixels)
+      except ConfigError as error:  # free-form prompts: sample, but there is nothing to score against
+        logging.warning("prompts are not shapes-world captions, so samples are not scored: %s", error)
+    if run.is_chief:
+      columns = [pixels[j::per_prompt] for j in range(per_prompt)]
+      grids.save_examples(path.parent, path.stem, columns, max_rows=len(prompts), fps=float(config.data.get("fps", 8)))
+      _write_prompts(path.with_suffix(".txt"), prompts)
+      print(f"sample step {step}: {len(prompts)} prompts x {per_prompt} → {path} " +
+            ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k != "path"), flush=True)
+    return summary
+
+
+def settings_from_config(sample_config: Any, guided: bool = True) -> sampling.SamplingSettings:
+  """`config.sample` or an evaluation protocol as `SamplingSettings`: the quoted cfg_scale converted from its
+  cfg_convention to the sampler's `u + s·(c − u)`; `guided=False` draws the same settings without guidance."""
+  scale = generators.guidance_scale_from(float(sample_config.cfg_scale),
+                                         str(sample_config.get("cfg_convention", "standard")))
+  return sampling.SamplingSettings(temperature=float(sample_config.temperature), top_k=int(sample_config.top_k),
+                                   top_p=float(sample_config.top_p), cfg_ramp=bool(sample_config.cfg_ramp),
+                                   cfg_scale=scale if guided else 1.0)
+
+
+@functools.lru_cache(maxsize=16)
+def _sampler(task: GeneratorTask, settings: sampling.SamplingSettings, batch_size: int):
+  return jax.jit(functools.partial(task.sample, settings=settings, batch_size=batch_size))
+
+
+class GeneratorPass:
+  """The generator's `Evaluator`: teacher-forced NLL / perplexity / token accuracy over the eval tokens, then
+  (config.eval.protocol.num_samples > 0) samples of the first eval conditions with and without CFG, decoded and
+  scored (shapes world)."""
+
+  def __init__(self, task: GeneratorTask, run: RunContext, state: TrainState):
+    self._task, self._run, self._state = task, run, state
+    self._sums, self._count = {"nll": 0.0, "token_accuracy": 0.0}, 0
+    self._columns: list[np.ndarray] = []
+    self._prompts: list = []
+
+  def update(self, outputs: dict[str, np.ndarray], batch: dict[str, np.ndarray], mask: np.ndarray) -> None:
+    del batch
+    for name in self._sums:
+      self._sums[name] += float(np.sum(outputs[name][mask], dtype=np.float64))
+    self._count += int(mask.sum())
+
+  def results(self) -> dict[str, float]:
+    results = {name: total / max(self._count, 1) for name, total in self._sums.items()}
+    results["perplexity"] = float(np.exp(results["nll"]))
+    if self._run.config.eval.protocol.num_samples:
+      results |= self._sample_eval()
+    return results
+
+  def _sample_eval(self) -> dict[str, float]:
+    config, task = self._run.config, self._task
+    tokenizer = task.frozen_tokenizer(self._run)
+    source = token_data.open_configured_token_source(config.data, "eval")
+    protocol = config.eval.protocol
+    examples = [source[i] for i in range(min(int(protocol.num_samples), len(source)))]
+    cond = {key: np.stack([e[key] for e in examples]) for key in ("label", "text", "text_mask") if key in examples[0]}
+    prompts = (source.captions[:len(examples)] if task.model.conditioning == "text" or "label" not in examples[0]
+               else [int(e["label"]) for e in examples])
+    reference = tokenizer.decode(np.stack([e["tokens"] for e in examples]))
+    scored = prompts is not None and str(config.tokenize.data.source) in example_data.SHAPES_SOURCES
+    results = ({f"reference_{k}": v for k, v in shape_metrics.score_prompts(prompts, reference).items()}
+               if scored else {})
+    self._columns, self._prompts = [reference], prompts or []
+    guided = task.sample_settings(protocol).guided
+    for name, guidance in ({"cfg": True, "nocfg": False} if guided else {"nocfg": False}).items():
+      grids_ = task.draw(self._state, cond, task.sample_settings(protocol, guidance), int(protocol.seed),
+                         len(examples))
+      self._columns.append(tokenizer.decode(grids_))
+      if scored:
+        results |= {f"{name}_{k}": v for k, v in shape_metrics.score_prompts(prompts, self._columns[-1]).items()}
+    return results
+
+  def write_samples(self, directory: pathlib.Path, step: int) -> None:
+    if not self._columns:
+      return
+    config = self._run.config
+    grids.save_examples(directory, f"eval_step_{step}", self._columns, int(config.eval.num_grid_images),
+                        fps=float(config.tokenize.data.get("fps", 8)))
+    _write_prompts(directory / f"eval_step_{step}_prompts.txt", self._prompts)
+
+
+def _write_prompts(path: pathlib.Path, prompts: list) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text("".join(f"{p}\n" for p in prompts), encoding="utf-8")
+
+
+def _class_id(prompt: str, num_classes: int) -> int:
+  prompt = prompt.strip()
+  if prompt.isdigit() and int(prompt) < num_classes:
+    return int(prompt)
+  color, _, shape = prompt.partition(" ")
+  if color in shapes.COLOR_NAMES and shape in shapes.SHAPES:
+    return shapes.class_label(shape, color)
+  raise ConfigError(f"prompt {prompt!r} is not a class id below {num_classes} or a shapes class name like "
+                    f"'red circle'; class-conditional models take those.")
+
+
+def read_prompts(sample_config: Any) -> list[str]:
+  """Prompts of --mode=sample: `config.sample.prompts` (';'-separated) and the lines of `prompts_file`."""
+  prompts = [p.strip() for p in str(sample_config.prompts).split(";") if p.strip()]
+  if sample_config.prompts_file:
+    try:
+      with open(sample_config.prompts_file, encoding="utf-8") as file:
+        prompts += [line.strip() for line in file if line.strip()]
+    except OSError as error:
+      raise ConfigError(f"config.sample.prompts_file={sample_config.prompts_file!r} cannot be read ({error}); "
+                        f"give a text file with one prompt per line.") from error
+  return prompts
+
+
+# ------------------------------------------------------------------------------------------------------ encode
+
+
+def _batches(source: Sequence[dict[str, Any]], batch_size: int):
+  for start in range(0, len(source), batch_size):
+    yield [source[i] for i in range(start, min(start + batch_size, len(source)))]
+
+
+def _pixels(examples: list[dict[str, Any]], batch_size: int) -> np.ndarray:
+  """Float [-1, 1] pixels of the examples, padded with zeros to a fixed batch (one compiled encoder)."""
+  key = "video" if "video" in examples[0] else "image"
+  pixels = np.stack([transforms.scale_to_signed_unit(e[key]) for e in examples])
+  return np.concatenate([pixels, np.zeros((batch_size - len(pixels),) + pixels.shape[1:], pixels.dtype)])
+
+
+def encode_dataset(config: Any, tokenizer: frozen_tokenizer.FrozenTokenizer, directory: str,
+                   write: bool = True) -> dict[str, int]:
+  """Train and eval token shards of `config.tokenize.data` under `directory` (with labels and captions when the
+  source has them, and the captions' MiniLM token states when `config.tokenize.text_encoder` is set); returns the
+  examples per split."""
+  tokenize_config = config.tokenize
+  batch_size = int(tokenize_config.batch_size)
+  encode_texts = text.token_states_encoder(int(config.model.text_length)) if tokenize_config.text_encoder else None
+  counts = {}
+  for split, split_name in (("train", config.data.train_split), ("eval", config.data.eval_split)):
+    source = example_data.labeled_source(tokenize_config.data, split)
+    writer = token_data.TokenShardWriter(directory, str(split_name), shard_size=int(tokenize_config.shard_size),
+                                         metadata={"tokenizer_workdir": str(config.tokenizer.workdir),
+                                                   "tokenizer_step": tokenizer.step}) if write else None
+    for batch in _batches(source, batch_size):
+      token_grids = tokenizer.encode(_pixels(batch, batch_size))[:len(batch)]
+      labels = np.asarray([e["label"] for e in batch], np.int32) if "label" in batch[0] else None
+      captions = [e["caption"] for e in batch] if "caption" in batch[0] else None
+      if writer is not None:
+        writer.add(token_grids, labels, captions)
+    if writer is not None:
+      writer.close(encode_texts)
+    counts[split] = len(source)
+    print(f"encode {split}: {len(source)} examples → {directory}/{split_name}", flush=True)
+  return counts
+
+
+# ------------------------------------------------------------------------------------------------------- build
+
+
+def tokenizer_token_shape(tokenizer_config: Any) -> tuple[tuple[int, ...], int, int]:
+  """`(token_shape, grid_ndim, codebook_size)` of one example of the tokenizer experiment `tokenizer_config`:
+  the grid `(h, w)` or `(t, h, w)` (its rank is `grid_ndim`), plus a trailing levels dim for multi-codebook
+  quantizers; from an abstract (free) forward."""
+  model = autoencoder.build_tokenizer(tokenizer_config.model)
+  example = jnp.zeros((1,) + autoencoder.input_shape(tokenizer_config.data), jnp.float32)
+  rng = jax.random.PRNGKey(0)
+  rngs = {"params": rng, "dropout": rng, "noise": rng}
+  indices = jax.eval_shape(lambda x: model.init_with_output(rngs, x, method="tokenize")[0], example)
+  codebook_size = int(getattr(model.quantizer, "codebook_size", 0))
+  if not codebook_size:
+    raise ConfigError(f"config.tokenizer: the tokenizer's quantizer {tokenizer_config.model.quantizer.name!r} is "
+                      f"continuous; an AR generator needs discrete tokens (vq, lfq, fsq, rvq).")
+  return tuple(indices.shape[1:]), example.ndim - 2, codebook_size
+
+
+def build(config: Any) -> GeneratorTask:
+  """`config.task='generator'`: an AR transformer over the tokens of the frozen tokenizer `config.tokenizer`."""
+  token_shape, grid_ndim, codebook_size = tokenizer_token_shape(config.tokenizer.experiment)
+  kwargs = config.model.to_dict()
+  if kwargs.pop("name") != "ar":
+    raise ConfigError(f"config.model.name={config.model.name!r}: the generator task trains 'ar' models.")
+  kwargs["dtype"] = jnp.dtype(kwargs.pop("dtype"))
+  grid, levels = token_shape[:grid_ndim], (token_shape[grid_ndim] if len(token_shape) > grid_ndim else 1)
+  model = ARTransformer(vocab_sizes=(codebook_size,) * levels, layer_grids=(tuple(grid),) * levels, **kwargs)
+  model.validate()
+  if str(config.data.source) == "tokens" and str(config.data.path):  # tokens already written must fit the model
+    for split in (config.data.train_split, config.data.eval_split):
+      token_data.check_split_fits(str(config.data.path), str(split), token_shape=token_shape,
+                                  codebook_size=codebook_size)
+  return GeneratorTask(model=model, optimizer=make_optimizer(config.optimizer, config.total_steps),
+                       learning_rate=learning_rate_schedule(config.optimizer, config.total_steps),
+                       token_shape=token_shape, layer_weights=tuple(config.loss.layer_weights),
+                       ema_decay=config.optimizer.ema_decay, eval_ema=bool(config.eval.protocol.use_ema),
+                       tokenizer=config.tokenizer)

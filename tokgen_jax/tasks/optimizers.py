@@ -30,7 +30,3 @@ def make_optimizer(optimizer_config: Any, total_steps: int) -> optax.GradientTra
       optax.adamw(learning_rate_schedule(optimizer_config, total_steps), b1=optimizer_config.b1,
                   b2=optimizer_config.b2, weight_decay=optimizer_config.weight_decay, mask=_decay_mask),
   )
-
-
-def ema_update(ema_params: Any, params: Any, decay: float) -> Any:
-  return optax.incremental_update(params, ema_params, step_size=1.0 - decay)
