@@ -7,6 +7,7 @@ eval:    restore config.eval.checkpoint_step (0: the latest) and evaluate it on 
 compile: lower and compile the train step (and sampler) for a TPU pod topology, ahead of time (`aot`).
 bench:   time N train steps after warm-up (`bench.training`): step time, TFLOP/s and MFU per device, data-wait and
          checkpoint-blocking shares.
+summary: parameters, shapes, sequence lengths, bits per pixel and FLOPs per example, from abstract shapes alone.
 Every other mode is the task's (`task.modes()`): a tokenizer's `sample` (reconstruct files) and `stats`
 (reference feature statistics), a generator's `encode` (alias `tokenize`: write latent shards with its frozen
 tokenizer) and `sample` (draw samples of prompts).
@@ -24,12 +25,10 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from tokgen_jax import aot, checkpoint, config as config_lib, data, guard, sharding, tasks, writers
+from tokgen_jax import aot, checkpoint, config as config_lib, data, guard, sharding, summary, tasks, writers
 from tokgen_jax.bench import training as bench_training
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.run import Run, Timer, compile_step, count_params, setup
-
-BUILTIN_MODES = ("train", "eval", "compile", "bench")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str, topology: str = "") -> dict[str, Any]:
@@ -38,7 +37,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str, topology: st
   if mode == "compile":
     return aot.compile_experiment(config, workdir, topology)
   state_run = setup(config, workdir)
-  modes = {"train": train, "eval": evaluate_checkpoint, "bench": bench_training.bench} | state_run.task.modes()
+  modes = {"train": train, "eval": evaluate_checkpoint, "bench": bench_training.bench,
+           "summary": summary.summarize} | state_run.task.modes()
   if mode not in modes:
     raise ConfigError(f"--mode={mode!r} is not a mode of config.task={config.task!r}; choose one of "
                       f"{sorted(set(modes) | {'compile'})}.")

@@ -221,6 +221,18 @@ class AutoencoderTask(Task):
   def modes(self) -> dict[str, Callable[[RunContext], dict[str, Any]]]:
     return {"sample": self.reconstruct_files, "stats": self.compute_statistics}
 
+  def describe(self) -> dict[str, Any]:
+    """Per example: the input, the token ids (`tokenize`, abstract) with their vocabulary and bits, and bits per
+    pixel."""
+    example = self.example_batch()[self.input_key]
+    variables = jax.eval_shape(lambda x: self.model.init(jax.random.PRNGKey(0), x), example)
+    tokens = jax.eval_shape(lambda v, x: self.model.apply(v, x, method="tokenize"), variables, example)
+    return {"input": {"shape": list(self.input_shape), "dtype": str(example.dtype)},
+            "latents": {"tokens": {"shape": list(tokens.shape[1:]), "dtype": str(tokens.dtype)}},
+            "latent_grid": list(self.latent_grid(tuple(self.input_shape))),
+            "codebook_size": self.codebook_size, "bits_per_token": float(self.model.quantizer.bits_per_token),
+            "bits_per_pixel": self.bits_per_pixel((1,) + tuple(self.input_shape))}
+
   def reconstruct_files(self, run: RunContext) -> dict[str, Any]:
     """--mode=sample: every file in config.sample.inputs reconstructed into workdir/samples/recon_<name>.png
     (.mp4/.gif for videos), with its PSNR."""

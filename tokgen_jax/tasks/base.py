@@ -10,6 +10,7 @@ The trainer, `aot` and `bench` see a task only through `Task`:
   example_conditions() / sample(...)          a generator's sampler (None: the task does not sample)
   sample_settings(config.sample)
   modes()                                     extra `--mode`s: name -> function(run) -> summary dict
+  describe()                                  the task's own figures for `--mode=summary`
 
 `run` is a `RunContext` (the trainer's `run.Run`), the only view of the run a task gets.
 """
@@ -184,4 +185,8 @@ class Task(abc.ABC):
 
   def modes(self) -> dict[str, Callable[[RunContext], dict[str, Any]]]:
     """Extra `--mode`s this task offers, by name."""
+    return {}
+
+  def describe(self) -> dict[str, Any]:
+    """The task's own figures for `--mode=summary` (JSON-able, from static shapes only)."""
     return {}

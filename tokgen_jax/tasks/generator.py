@@ -232,6 +232,13 @@ class GeneratorTask(Task):
   def modes(self) -> dict[str, Callable[[RunContext], dict[str, Any]]]:
     return {"encode": self.encode, "tokenize": self.encode, "sample": self.sample_prompts}
 
+  def describe(self) -> dict[str, Any]:
+    """The token layout the model sees: shape per example, layers, sequence lengths, vocabularies, prefix."""
+    return {"latents": {"tokens": {"shape": list(self.token_shape), "dtype": "int32"}},
+            "sequence_length": int(self.model.num_tokens), "layer_lengths": list(self.model.layer_lengths),
+            "vocab_sizes": list(self.model.vocab_sizes), "condition": str(self.model.conditioning),
+            "prefix_length": int(self.model.prefix_length)}
+
   def encode(self, run: RunContext) -> dict[str, Any]:
     """--mode=encode: `config.tokenize.data` through the frozen tokenizer into token shards at config.data.path."""
     counts = encode_dataset(run.config, self.frozen_tokenizer(run), str(run.config.data.path), write=run.is_chief)
