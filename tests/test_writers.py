@@ -16,28 +16,28 @@ from tokgen_jax.writers import MetricWriter, format_progress, write_json_atomic
 
 
 def read_jsonl(path):
-    with open(path, encoding="utf-8") as file:
-        return [json.loads(line) for line in file]
+  with open(path, encoding="utf-8") as file:
+    return [json.loads(line) for line in file]
 
 
 def read_tensorboard_scalars(logdir):
-    """{tag: [(step, value), ...]} from every event file in `logdir`.
+  """{tag: [(step, value), ...]} from every event file in `logdir`.
 
-    TFRecord framing: uint64 length, uint32 length CRC, payload (an Event proto), uint32 payload CRC.
-    """
-    scalars = {}
-    for filename in sorted(os.listdir(logdir)):
-        with open(os.path.join(logdir, filename), "rb") as file:
-            data = file.read()
-        offset = 0
-        while offset < len(data):
-            (length,) = struct.unpack("<Q", data[offset : offset + 8])
-            payload = data[offset + 12 : offset + 12 + length]
-            offset += 12 + length + 4
-            event = event_pb2.Event.FromString(payload)
-            for value in event.summary.value:
-                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
-    return scalars
+  TFRecord framing: uint64 length, uint32 length CRC, payload (an Event proto), uint32 payload CRC.
+  """
+  scalars = {}
+  for filename in sorted(os.listdir(logdir)):
+    with open(os.path.join(logdir, filename), "rb") as file:
+      data = file.read()
+    offset = 0
+    while offset < len(data):
+      (length,) = struct.unpack("<Q", data[offset : offset + 8])
+      payload = data[offset + 12 : offset + 12 + length]
+      offset += 12 + length + 4
+      event = event_pb2.Event.FromString(payload)
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -45,64 +45,64 @@ def read_tensorboard_scalars(logdir):
 
 
 def test_jsonl_lines_parse_and_match(tmp_path):
-    with MetricWriter(str(tmp_path)) as writer:
-        writer.write(1, {"loss": 0.5, "lr": np.float32(1e-3)})
-        writer.write(2, {"loss": np.array(0.25), "accuracy": np.int64(1)})
-    lines = read_jsonl(tmp_path / "metrics.jsonl")
-    assert lines[0] == {"step": 1, "loss": 0.5, "lr": pytest.approx(1e-3)}
-    assert lines[1] == {"step": 2, "loss": 0.25, "accuracy": 1.0}
+  with MetricWriter(str(tmp_path)) as writer:
+    writer.write(1, {"loss": 0.5, "lr": np.float32(1e-3)})
+    writer.write(2, {"loss": np.array(0.25), "accuracy": np.int64(1)})
+  lines = read_jsonl(tmp_path / "metrics.jsonl")
+  assert lines[0] == {"step": 1, "loss": 0.5, "lr": pytest.approx(1e-3)}
+  assert lines[1] == {"step": 2, "loss": 0.25, "accuracy": 1.0}
 
 
 def test_jsonl_is_flushed_before_close(tmp_path):
-    writer = MetricWriter(tmp_path)
-    writer.write(7, {"loss": 1.0})
-    # Read while the writer is still open: a run killed here keeps the line.
-    assert read_jsonl(tmp_path / "metrics.jsonl") == [{"step": 7, "loss": 1.0}]
-    writer.close()
+  writer = MetricWriter(tmp_path)
+  writer.write(7, {"loss": 1.0})
+  # Read while the writer is still open: a run killed here keeps the line.
+  assert read_jsonl(tmp_path / "metrics.jsonl") == [{"step": 7, "loss": 1.0}]
+  writer.close()
 
 
 def test_appending_across_writers_keeps_earlier_lines(tmp_path):
-    with MetricWriter(tmp_path) as first:
-        first.write(1, {"loss": 1.0})
-    with MetricWriter(tmp_path) as resumed:
-        resumed.write(2, {"loss": 0.5})
-    assert [line["step"] for line in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
+  with MetricWriter(tmp_path) as first:
+    first.write(1, {"loss": 1.0})
+  with MetricWriter(tmp_path) as resumed:
+    resumed.write(2, {"loss": 0.5})
+  assert [line["step"] for line in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
 
 
 def test_non_finite_values_are_valid_json_strings(tmp_path):
-    with MetricWriter(tmp_path) as writer:
-        writer.write(3, {"loss": float("nan"), "grad_norm": np.float32("inf"), "neg": -math.inf, "ok": 2.0})
-    raw = (tmp_path / "metrics.jsonl").read_text()
-    assert "NaN" not in raw and "Infinity" not in raw
-    (line,) = read_jsonl(tmp_path / "metrics.jsonl")
-    assert line == {"step": 3, "loss": "nan", "grad_norm": "inf", "neg": "-inf", "ok": 2.0}
-    assert math.isnan(float(line["loss"])) and float(line["neg"]) == -math.inf
+  with MetricWriter(tmp_path) as writer:
+    writer.write(3, {"loss": float("nan"), "grad_norm": np.float32("inf"), "neg": -math.inf, "ok": 2.0})
+  raw = (tmp_path / "metrics.jsonl").read_text()
+  assert "NaN" not in raw and "Infinity" not in raw
+  (line,) = read_jsonl(tmp_path / "metrics.jsonl")
+  assert line == {"step": 3, "loss": "nan", "grad_norm": "inf", "neg": "-inf", "ok": 2.0}
+  assert math.isnan(float(line["loss"])) and float(line["neg"]) == -math.inf
 
 
 def test_tensorboard_event_file_holds_the_scalars(tmp_path):
-    with MetricWriter(tmp_path) as writer:
-        writer.write(10, {"loss": 0.75, "lr": 3e-4})
-        writer.write(20, {"loss": 0.5})
-    logdir = tmp_path / "tensorboard"
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(logdir))
-    scalars = read_tensorboard_scalars(logdir)
-    assert scalars["loss"] == [(10, 0.75), (20, 0.5)]
-    assert scalars["lr"] == [(10, pytest.approx(3e-4))]
+  with MetricWriter(tmp_path) as writer:
+    writer.write(10, {"loss": 0.75, "lr": 3e-4})
+    writer.write(20, {"loss": 0.5})
+  logdir = tmp_path / "tensorboard"
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(logdir))
+  scalars = read_tensorboard_scalars(logdir)
+  assert scalars["loss"] == [(10, 0.75), (20, 0.5)]
+  assert scalars["lr"] == [(10, pytest.approx(3e-4))]
 
 
 def test_disabled_writer_writes_nothing(tmp_path):
-    workdir = tmp_path / "process1"
-    with MetricWriter(workdir, enabled=False) as writer:
-        writer.write(1, {"loss": 1.0})
-    assert not workdir.exists()
+  workdir = tmp_path / "process1"
+  with MetricWriter(workdir, enabled=False) as writer:
+    writer.write(1, {"loss": 1.0})
+  assert not workdir.exists()
 
 
 def test_bad_scalars_raise_clear_errors(tmp_path):
-    with MetricWriter(tmp_path) as writer:
-        with pytest.raises(ValueError, match="'step'"):
-            writer.write(1, {"step": 1.0})
-        with pytest.raises(TypeError, match="'per_example'"):
-            writer.write(1, {"per_example": np.ones(3)})
+  with MetricWriter(tmp_path) as writer:
+    with pytest.raises(ValueError, match="'step'"):
+      writer.write(1, {"step": 1.0})
+    with pytest.raises(TypeError, match="'per_example'"):
+      writer.write(1, {"per_example": np.ones(3)})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -110,17 +110,17 @@ def test_bad_scalars_raise_clear_errors(tmp_path):
 
 
 def test_format_progress_order_and_number_formats():
-    line = format_progress(
-        120,
-        2000,
-        {"loss": 0.12341, "lr": 3e-4, "steps/s": 4.21, "examples/s": 67.4, "data_wait_frac": 0.031},
-    )
-    assert line == "step 120/2000 | loss 0.1234 | lr 3.0e-04 | steps/s 4.21 | examples/s 67.4 | data_wait 3.1%"
+  line = format_progress(
+      120,
+      2000,
+      {"loss": 0.12341, "lr": 3e-4, "steps/s": 4.21, "examples/s": 67.4, "data_wait_frac": 0.031},
+  )
+  assert line == "step 120/2000 | loss 0.1234 | lr 3.0e-04 | steps/s 4.21 | examples/s 67.4 | data_wait 3.1%"
 
 
 def test_format_progress_large_integer_and_non_finite_values():
-    line = format_progress(5, 10, {"tokens/s": 1234567.0, "count": np.int64(42), "loss": float("nan"), "z": 0.0})
-    assert line == "step 5/10 | tokens/s 1.2e+06 | count 42 | loss nan | z 0"
+  line = format_progress(5, 10, {"tokens/s": 1234567.0, "count": np.int64(42), "loss": float("nan"), "z": 0.0})
+  assert line == "step 5/10 | tokens/s 1.2e+06 | count 42 | loss nan | z 0"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -128,22 +128,22 @@ def test_format_progress_large_integer_and_non_finite_values():
 
 
 def test_write_json_atomic_round_trips_and_leaves_no_temporary(tmp_path):
-    path = tmp_path / "nested" / "dir" / "config.json"
-    write_json_atomic(path, {"a": 1, "b": [1.5, np.float32(2.0)], "c": np.arange(2), "bad": float("nan")})
-    write_json_atomic(path, {"a": 2})  # replacing an existing file
-    assert json.loads(path.read_text()) == {"a": 2}
-    assert os.listdir(path.parent) == ["config.json"]
-    write_json_atomic(path, {"b": [1.5, np.float32(2.0)], "c": np.arange(2), "bad": float("nan")})
-    assert json.loads(path.read_text()) == {"b": [1.5, 2.0], "c": [0, 1], "bad": "nan"}
+  path = tmp_path / "nested" / "dir" / "config.json"
+  write_json_atomic(path, {"a": 1, "b": [1.5, np.float32(2.0)], "c": np.arange(2), "bad": float("nan")})
+  write_json_atomic(path, {"a": 2})  # replacing an existing file
+  assert json.loads(path.read_text()) == {"a": 2}
+  assert os.listdir(path.parent) == ["config.json"]
+  write_json_atomic(path, {"b": [1.5, np.float32(2.0)], "c": np.arange(2), "bad": float("nan")})
+  assert json.loads(path.read_text()) == {"b": [1.5, 2.0], "c": [0, 1], "bad": "nan"}
 
 
 def test_write_json_atomic_failure_keeps_old_file(tmp_path):
-    path = tmp_path / "state.json"
-    write_json_atomic(path, {"version": 1})
-    with pytest.raises(TypeError):
-        write_json_atomic(path, {"version": object()})
-    assert json.loads(path.read_text()) == {"version": 1}
-    assert os.listdir(tmp_path) == ["state.json"]
+  path = tmp_path / "state.json"
+  write_json_atomic(path, {"version": 1})
+  with pytest.raises(TypeError):
+    write_json_atomic(path, {"version": object()})
+  assert json.loads(path.read_text()) == {"version": 1}
+  assert os.listdir(tmp_path) == ["state.json"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -151,65 +151,65 @@ def test_write_json_atomic_failure_keeps_old_file(tmp_path):
 
 
 def test_image_grid_pixel_layout(tmp_path):
-    """Two examples, two columns of 2x2 images: exact pixels, 2-pixel white gutters, clipping, first max_rows."""
-    originals = np.full((3, 2, 2, 3), -1.0, dtype=np.float32)  # black
-    originals[1] = 1.0  # white
-    reconstructions = np.zeros((3, 2, 2, 3), dtype=np.float32)
-    reconstructions[0, :, :, 0] = 5.0  # overshoot clips to 255 in red
-    reconstructions[0, :, :, 1:] = -1.0
-    reconstructions[1, 0, 1] = [-1.0, 1.0, -1.0]  # one green pixel, rest mid gray
-    path = tmp_path / "grids" / "recon.png"
-    save_image_grid(path, [originals, reconstructions], max_rows=2)
+  """Two examples, two columns of 2x2 images: exact pixels, 2-pixel white gutters, clipping, first max_rows."""
+  originals = np.full((3, 2, 2, 3), -1.0, dtype=np.float32)  # black
+  originals[1] = 1.0  # white
+  reconstructions = np.zeros((3, 2, 2, 3), dtype=np.float32)
+  reconstructions[0, :, :, 0] = 5.0  # overshoot clips to 255 in red
+  reconstructions[0, :, :, 1:] = -1.0
+  reconstructions[1, 0, 1] = [-1.0, 1.0, -1.0]  # one green pixel, rest mid gray
+  path = tmp_path / "grids" / "recon.png"
+  save_image_grid(path, [originals, reconstructions], max_rows=2)
 
-    grid = np.asarray(Image.open(path))
-    assert grid.dtype == np.uint8 and grid.shape == (2 * 2 + 2, 2 * 2 + 2, 3)
-    gray = 128  # round(0.5 * 255)
-    expected = np.full((6, 6, 3), 255, dtype=np.uint8)  # gutters are white
-    expected[0:2, 0:2] = 0
-    expected[4:6, 0:2] = 255
-    expected[0:2, 4:6] = [255, 0, 0]
-    expected[4:6, 4:6] = gray
-    expected[4, 5] = [0, 255, 0]
-    np.testing.assert_array_equal(grid, expected)
-    assert os.listdir(path.parent) == ["recon.png"]
+  grid = np.asarray(Image.open(path))
+  assert grid.dtype == np.uint8 and grid.shape == (2 * 2 + 2, 2 * 2 + 2, 3)
+  gray = 128  # round(0.5 * 255)
+  expected = np.full((6, 6, 3), 255, dtype=np.uint8)  # gutters are white
+  expected[0:2, 0:2] = 0
+  expected[4:6, 0:2] = 255
+  expected[0:2, 4:6] = [255, 0, 0]
+  expected[4:6, 4:6] = gray
+  expected[4, 5] = [0, 255, 0]
+  np.testing.assert_array_equal(grid, expected)
+  assert os.listdir(path.parent) == ["recon.png"]
 
 
 def test_grayscale_column_is_repeated_to_rgb(tmp_path):
-    gray = np.linspace(-1, 1, 2 * 4 * 4).reshape(2, 4, 4, 1)
-    save_image_grid(tmp_path / "gray.png", [gray])
-    grid = np.asarray(Image.open(tmp_path / "gray.png"))
-    assert grid.shape == (10, 4, 3)
-    np.testing.assert_array_equal(grid[..., 0], grid[..., 2])
+  gray = np.linspace(-1, 1, 2 * 4 * 4).reshape(2, 4, 4, 1)
+  save_image_grid(tmp_path / "gray.png", [gray])
+  grid = np.asarray(Image.open(tmp_path / "gray.png"))
+  assert grid.shape == (10, 4, 3)
+  np.testing.assert_array_equal(grid[..., 0], grid[..., 2])
 
 
 # Decoding MP4 starts an ffmpeg subprocess, which trips JAX's fork warning when JAX is loaded by other tests.
 @pytest.mark.filterwarnings(r"ignore:os\.fork\(\) was called:RuntimeWarning")
 @pytest.mark.parametrize("suffix", [".gif", ".mp4"])
 def test_video_grid_frame_count(tmp_path, suffix):
-    rng = np.random.default_rng(0)
-    frames = 5
-    videos = rng.uniform(-1, 1, (3, frames, 16, 16, 3)).astype(np.float32)
-    path = tmp_path / f"samples{suffix}"
-    save_image_grid(path, [videos, videos], max_rows=2)
-    decoded = iio.imread(path, index=None, extension=suffix)
-    assert decoded.shape == (frames, 2 * 16 + 2, 2 * 16 + 2, 3)
-    assert os.listdir(tmp_path) == [path.name]
+  rng = np.random.default_rng(0)
+  frames = 5
+  videos = rng.uniform(-1, 1, (3, frames, 16, 16, 3)).astype(np.float32)
+  path = tmp_path / f"samples{suffix}"
+  save_image_grid(path, [videos, videos], max_rows=2)
+  decoded = iio.imread(path, index=None, extension=suffix)
+  assert decoded.shape == (frames, 2 * 16 + 2, 2 * 16 + 2, 3)
+  assert os.listdir(tmp_path) == [path.name]
 
 
 def test_gif_frames_hold_the_video(tmp_path):
-    """GIF is lossless for few colors: the middle frame decodes to the exact input pixels."""
-    videos = np.full((1, 3, 12, 12, 3), -1.0, dtype=np.float32)
-    videos[0, 1, 4:8, 4:8] = 1.0
-    save_image_grid(tmp_path / "square.gif", [videos])
-    decoded = iio.imread(tmp_path / "square.gif", index=None)
-    np.testing.assert_array_equal(decoded[1][..., :3], ((videos[0, 1] + 1) * 127.5).astype(np.uint8))
+  """GIF is lossless for few colors: the middle frame decodes to the exact input pixels."""
+  videos = np.full((1, 3, 12, 12, 3), -1.0, dtype=np.float32)
+  videos[0, 1, 4:8, 4:8] = 1.0
+  save_image_grid(tmp_path / "square.gif", [videos])
+  decoded = iio.imread(tmp_path / "square.gif", index=None)
+  np.testing.assert_array_equal(decoded[1][..., :3], ((videos[0, 1] + 1) * 127.5).astype(np.uint8))
 
 
 def test_image_grid_rejects_mismatched_inputs(tmp_path):
-    with pytest.raises(ValueError, match="column 1"):
-        save_image_grid(tmp_path / "a.png", [np.zeros((2, 4, 4, 3)), np.zeros((2, 5, 4, 3))])
-    with pytest.raises(ValueError, match=".gif or .mp4"):
-        save_image_grid(tmp_path / "a.png", [np.zeros((2, 3, 4, 4, 3))])
-    with pytest.raises(ValueError, match="channels"):
-        save_image_grid(tmp_path / "a.png", [np.zeros((2, 4, 4, 2))])
-    assert os.listdir(tmp_path) == []
+  with pytest.raises(ValueError, match="column 1"):
+    save_image_grid(tmp_path / "a.png", [np.zeros((2, 4, 4, 3)), np.zeros((2, 5, 4, 3))])
+  with pytest.raises(ValueError, match=".gif or .mp4"):
+    save_image_grid(tmp_path / "a.png", [np.zeros((2, 3, 4, 4, 3))])
+  with pytest.raises(ValueError, match="channels"):
+    save_image_grid(tmp_path / "a.png", [np.zeros((2, 4, 4, 2))])
+  assert os.listdir(tmp_path) == []

@@ -31,40 +31,40 @@ TENSORBOARD_DIRNAME = "tensorboard"
 
 
 def _json_float(value: float) -> float | str:
-    """A float JSON can hold: finite floats unchanged, NaN/inf as the strings "nan", "inf", "-inf"."""
-    if math.isfinite(value):
-        return value
-    if math.isnan(value):
-        return "nan"
-    return "inf" if value > 0 else "-inf"
+  """A float JSON can hold: finite floats unchanged, NaN/inf as the strings "nan", "inf", "-inf"."""
+  if math.isfinite(value):
+    return value
+  if math.isnan(value):
+    return "nan"
+  return "inf" if value > 0 else "-inf"
 
 
 def _scalar_to_float(name: str, value: Any) -> float:
-    """Python, numpy and jax scalars (or one-element arrays) to a Python float."""
-    try:
-        return float(np.asarray(value).reshape(()))
-    except (TypeError, ValueError) as error:
-        raise TypeError(
-            f"metric {name!r} must be a number or one-element array, got {type(value).__name__} {value!r}; "
-            "reduce it (e.g. with .mean()) before writing."
-        ) from error
+  """Python, numpy and jax scalars (or one-element arrays) to a Python float."""
+  try:
+    return float(np.asarray(value).reshape(()))
+  except (TypeError, ValueError) as error:
+    raise TypeError(
+        f"metric {name!r} must be a number or one-element array, got {type(value).__name__} {value!r}; "
+        "reduce it (e.g. with .mean()) before writing."
+    ) from error
 
 
 def _to_json_compatible(obj: Any) -> Any:
-    """Recursively turn numpy/jax values into Python ones and non-finite floats into strings."""
-    if isinstance(obj, Mapping):
-        return {str(key): _to_json_compatible(value) for key, value in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_to_json_compatible(value) for value in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return _json_float(float(obj))
-    if hasattr(obj, "__array__"):  # numpy and jax arrays
-        return _to_json_compatible(np.asarray(obj).tolist())
-    return obj
+  """Recursively turn numpy/jax values into Python ones and non-finite floats into strings."""
+  if isinstance(obj, Mapping):
+    return {str(key): _to_json_compatible(value) for key, value in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_to_json_compatible(value) for value in obj]
+  if isinstance(obj, (bool, np.bool_)):
+    return bool(obj)
+  if isinstance(obj, (int, np.integer)):
+    return int(obj)
+  if isinstance(obj, (float, np.floating)):
+    return _json_float(float(obj))
+  if hasattr(obj, "__array__"):  # numpy and jax arrays
+    return _to_json_compatible(np.asarray(obj).tolist())
+  return obj
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -72,17 +72,17 @@ def _to_json_compatible(obj: Any) -> Any:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write `obj` as indented JSON to `path` atomically, creating parent directories.
+  """Write `obj` as indented JSON to `path` atomically, creating parent directories.
 
-    numpy/jax values are converted; NaN/inf become "nan"/"inf"/"-inf" so the file stays valid JSON.
-    """
-    text = json.dumps(_to_json_compatible(obj), indent=2, allow_nan=False) + "\n"
-    with files.atomic_path(path) as temporary:
-        with open(temporary, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            # Data on disk before the rename, so a power loss cannot leave the new name with empty content.
-            os.fsync(file.fileno())
+  numpy/jax values are converted; NaN/inf become "nan"/"inf"/"-inf" so the file stays valid JSON.
+  """
+  text = json.dumps(_to_json_compatible(obj), indent=2, allow_nan=False) + "\n"
+  with files.atomic_path(path) as temporary:
+    with open(temporary, "w", encoding="utf-8") as file:
+      file.write(text)
+      file.flush()
+      # Data on disk before the rename, so a power loss cannot leave the new name with empty content.
+      os.fsync(file.fileno())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -90,64 +90,64 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 
 def drop_partial_last_line(path: str) -> None:
-    """Cut a line a killed run left half-written, so appended lines stay one JSON record each."""
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
-        return
-    with open(path, "rb+") as file:
-        content = file.read()
-        if not content.endswith(b"\n"):
-            file.truncate(content.rfind(b"\n") + 1)
+  """Cut a line a killed run left half-written, so appended lines stay one JSON record each."""
+  if not os.path.exists(path) or os.path.getsize(path) == 0:
+    return
+  with open(path, "rb+") as file:
+    content = file.read()
+    if not content.endswith(b"\n"):
+      file.truncate(content.rfind(b"\n") + 1)
 
 
 class MetricWriter:
-    """Writes scalars per step to `workdir/metrics.jsonl` and to TensorBoard events in `workdir/tensorboard/`.
+  """Writes scalars per step to `workdir/metrics.jsonl` and to TensorBoard events in `workdir/tensorboard/`.
 
-    Each `write` appends one line `{"step": step, **scalars}` and flushes both sinks, so a killed run keeps every
-    step it logged. Re-opening the same workdir (a resumed run) appends after the earlier lines.
-    With `enabled=False` (JAX processes other than 0) nothing is created or written.
-    """
+  Each `write` appends one line `{"step": step, **scalars}` and flushes both sinks, so a killed run keeps every
+  step it logged. Re-opening the same workdir (a resumed run) appends after the earlier lines.
+  With `enabled=False` (JAX processes other than 0) nothing is created or written.
+  """
 
-    def __init__(self, workdir: str | os.PathLike, *, enabled: bool = True):
-        self.enabled = enabled
-        self.metrics_path = os.path.join(os.fspath(workdir), METRICS_FILENAME)
-        self._jsonl = None
-        self._tensorboard = None
-        if not enabled:
-            return
-        os.makedirs(workdir, exist_ok=True)
-        drop_partial_last_line(self.metrics_path)
-        self._jsonl = open(self.metrics_path, "a", encoding="utf-8")
-        # Imported here: non-writing processes never pay for the protobuf import.
-        from tensorboardX import SummaryWriter
+  def __init__(self, workdir: str | os.PathLike, *, enabled: bool = True):
+    self.enabled = enabled
+    self.metrics_path = os.path.join(os.fspath(workdir), METRICS_FILENAME)
+    self._jsonl = None
+    self._tensorboard = None
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    drop_partial_last_line(self.metrics_path)
+    self._jsonl = open(self.metrics_path, "a", encoding="utf-8")
+    # Imported here: non-writing processes never pay for the protobuf import.
+    from tensorboardX import SummaryWriter
 
-        self._tensorboard = SummaryWriter(logdir=os.path.join(workdir, TENSORBOARD_DIRNAME))
+    self._tensorboard = SummaryWriter(logdir=os.path.join(workdir, TENSORBOARD_DIRNAME))
 
-    def write(self, step: int, scalars: Mapping[str, Any]) -> None:
-        if not self.enabled:
-            return
-        if "step" in scalars:
-            raise ValueError("scalars must not contain the key 'step': it is the write() step argument.")
-        values = {name: _scalar_to_float(name, value) for name, value in scalars.items()}
-        record = {"step": int(step), **{name: _json_float(value) for name, value in values.items()}}
-        self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
-        self._jsonl.flush()
-        for name, value in values.items():
-            self._tensorboard.add_scalar(name, value, global_step=int(step))
-        self._tensorboard.flush()
+  def write(self, step: int, scalars: Mapping[str, Any]) -> None:
+    if not self.enabled:
+      return
+    if "step" in scalars:
+      raise ValueError("scalars must not contain the key 'step': it is the write() step argument.")
+    values = {name: _scalar_to_float(name, value) for name, value in scalars.items()}
+    record = {"step": int(step), **{name: _json_float(value) for name, value in values.items()}}
+    self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
+    self._jsonl.flush()
+    for name, value in values.items():
+      self._tensorboard.add_scalar(name, value, global_step=int(step))
+    self._tensorboard.flush()
 
-    def close(self) -> None:
-        if self._jsonl is not None:
-            self._jsonl.close()
-            self._jsonl = None
-        if self._tensorboard is not None:
-            self._tensorboard.close()
-            self._tensorboard = None
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._jsonl = None
+    if self._tensorboard is not None:
+      self._tensorboard.close()
+      self._tensorboard = None
 
-    def __enter__(self) -> MetricWriter:
-        return self
+  def __enter__(self) -> MetricWriter:
+    return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+  def __exit__(self, *exc_info) -> None:
+    self.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -155,29 +155,29 @@ class MetricWriter:
 
 
 def _format_number(value: Any) -> str:
-    """Compact: integers as is, 4 significant digits in [1e-3, 1e5), scientific outside (lr 3.0e-04)."""
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    number = float(np.asarray(value).reshape(()))
-    if number == 0.0 or not math.isfinite(number):
-        return f"{number:g}"
-    if 1e-3 <= abs(number) < 1e5:
-        return f"{number:.4g}"
-    return f"{number:.1e}"
+  """Compact: integers as is, 4 significant digits in [1e-3, 1e5), scientific outside (lr 3.0e-04)."""
+  if isinstance(value, (bool, np.bool_)):
+    return str(bool(value))
+  if isinstance(value, (int, np.integer)):
+    return str(int(value))
+  number = float(np.asarray(value).reshape(()))
+  if number == 0.0 or not math.isfinite(number):
+    return f"{number:g}"
+  if 1e-3 <= abs(number) < 1e5:
+    return f"{number:.4g}"
+  return f"{number:.1e}"
 
 
 def format_progress(step: int, total_steps: int, scalars: Mapping[str, Any]) -> str:
-    """One log line: `step 120/2000 | loss 0.1234 | lr 3.0e-04 | steps/s 4.21 | data_wait 3.1%`.
+  """One log line: `step 120/2000 | loss 0.1234 | lr 3.0e-04 | steps/s 4.21 | data_wait 3.1%`.
 
-    Keys appear in the given order; `data_wait_frac` (fraction of time spent waiting on input) prints as a
-    percentage named `data_wait`.
-    """
-    parts = [f"step {int(step)}/{int(total_steps)}"]
-    for name, value in scalars.items():
-        if name == "data_wait_frac":
-            parts.append(f"data_wait {100.0 * float(np.asarray(value)):.1f}%")
-        else:
-            parts.append(f"{name} {_format_number(value)}")
-    return " | ".join(parts)
+  Keys appear in the given order; `data_wait_frac` (fraction of time spent waiting on input) prints as a
+  percentage named `data_wait`.
+  """
+  parts = [f"step {int(step)}/{int(total_steps)}"]
+  for name, value in scalars.items():
+    if name == "data_wait_frac":
+      parts.append(f"data_wait {100.0 * float(np.asarray(value)):.1f}%")
+    else:
+      parts.append(f"{name} {_format_number(value)}")
+  return " | ".join(parts)
