@@ -2,7 +2,6 @@
 
 import pytest
 
-from tokgen_jax import trainer
 from tokgen_jax import run as run_lib
 from tokgen_jax.config import load_experiment
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import set_fields, tiny_config
-from tokgen_jax import data, sharding, tasks, trainer
+from tokgen_jax import data, sharding, tasks
 from tokgen_jax import run as run_lib
 from tokgen_jax.config import load_experiment
 from tokgen_jax.configs import mesh as mesh_presets

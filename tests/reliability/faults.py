@@ -15,7 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from tests.helpers import QUICKSTART, cli_overrides
-from tokgen_jax import checkpoint, trainer
+from tokgen_jax import checkpoint
 from tokgen_jax import run as run_lib
 
 TMP_SUFFIX = ".orbax-checkpoint-tmp"

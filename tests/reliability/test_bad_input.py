@@ -60,7 +60,7 @@ import PIL.Image
 import pytest
 
 from tests.helpers import QUICKSTART, set_fields, tiny_config
-from tokgen_jax import tasks, trainer
+from tokgen_jax import tasks
 from tokgen_jax import run as run_lib
 from tokgen_jax.config import load_experiment
 from tokgen_jax.convert import inception as inception_convert

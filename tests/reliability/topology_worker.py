@@ -72,7 +72,7 @@ def _check(state, run, reference: dict[str, np.ndarray]) -> dict:
 
 
 def _setup(phase: str, workdir: pathlib.Path):
-  from tokgen_jax import trainer
+  from tokgen_jax import run as run_lib
 
   assert jax.local_device_count() == DEVICES_PER_PROCESS[phase], jax.local_devices()
   config = _config(phase)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import tiny_config
-from tokgen_jax import data, sharding, trainer
+from tokgen_jax import data, sharding
 from tokgen_jax import run as run_lib
 from tokgen_jax.configs import mesh as mesh_presets
 

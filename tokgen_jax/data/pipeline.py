@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from tokgen_jax.data import sources, streams, tokens, transforms, video, video_pipeline
-from tokgen_jax.errors import ConfigError
+
 
 
 
