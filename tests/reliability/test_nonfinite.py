@@ -30,9 +30,9 @@ def nan_batches_at(monkeypatch):
   original = autoencoder.AutoencoderTask.train_step
 
   def poison(steps):
-    def train_step(self, state, batch):
+    def train_step(self, state, batch, phase="reconstruction"):
       bad = jnp.isin(state.step + 1, jnp.asarray(steps))
-      return original(self, state, jax.tree.map(lambda x: jnp.where(bad, jnp.nan, x), batch))
+      return original(self, state, jax.tree.map(lambda x: jnp.where(bad, jnp.nan, x), batch), phase)
 
     monkeypatch.setattr(autoencoder.AutoencoderTask, "train_step", train_step)
 
