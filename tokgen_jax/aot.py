@@ -18,7 +18,7 @@ import numpy as np
 
 from tokgen_jax import perf, sharding, tasks, writers
 from tokgen_jax.errors import ConfigError
-from tokgen_jax.run import count_params, setup
+from tokgen_jax.run import abstract_batch, count_params, setup
 
 _TOPOLOGY = re.compile(r"(v4|v5e|v5p|v6e):(\d+(?:x\d+){1,2})")
 
@@ -91,12 +91,6 @@ def check_fits(reports: list[CompiledReport], hbm: int | None, topology: str) ->
     raise ConfigError(f"{worst.name} needs {_gib(worst.total_bytes)} per chip on {topology}, more than the "
                       f"{_gib(hbm)} of HBM. Shard more (config.mesh fsdp/tensor), lower config.batch_size, enable "
                       f"remat (config.model.remat_policy) or pick a larger topology.")
-
-
-def abstract_batch(example: dict[str, Any], batch_size: int, sharding: Any) -> dict[str, jax.ShapeDtypeStruct]:
-  """The global batch of `batch_size` examples shaped like `example` (a one-example batch), batch-sharded."""
-  return {key: jax.ShapeDtypeStruct((batch_size,) + tuple(np.shape(value)[1:]), np.asarray(value).dtype,
-                                    sharding=sharding) for key, value in example.items()}
 
 
 def _compile_reports(run, config: Any, num_devices: int) -> list[CompiledReport]:

@@ -90,11 +90,14 @@ class Run:
     return jax.make_array_from_process_local_data(NamedSharding(self.mesh, PartitionSpec()), host_array)
 
   def eval_batches(self) -> Iterator[tuple[dict[str, jax.Array], dict[str, np.ndarray], np.ndarray]]:
-    """(global batch without its mask, the same batch on the host, host mask) of every held-out batch."""
+    """(global batch without its mask, the same batch on the host, host mask) of every held-out batch. One process
+    already holds the whole batch; several gather it."""
     for local_batch in data.make_pipeline(self.config.data, "eval", global_batch_size=self.config.eval.batch_size):
       batch = sharding.global_batch(local_batch, self.mesh)
       mask = batch.pop("mask")
-      yield batch, self.gather(batch), self.gather(mask).astype(bool)
+      host = dict(local_batch) if jax.process_count() == 1 else self.gather(dict(batch, mask=mask))
+      host_mask = np.asarray(host.pop("mask")).astype(bool)
+      yield batch, host, host_mask
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str, devices: list | None = None) -> Run:
@@ -114,8 +117,19 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices: list | None 
   return Run(config, pathlib.Path(workdir), mesh, rules, task, abstract_state, state_shardings)
 
 
+def abstract_batch(example: dict[str, Any], batch_size: int,
+                   sharding: Any = None) -> dict[str, jax.ShapeDtypeStruct]:
+  """The global batch of `batch_size` examples shaped like `example` (a one-example batch), with `sharding`."""
+  return {key: jax.ShapeDtypeStruct((batch_size,) + tuple(np.shape(value)[1:]), np.asarray(value).dtype,
+                                    sharding=sharding) for key, value in example.items()}
+
+
+def count_elements(tree: Any) -> int:
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+
+
 def count_params(abstract_state: Any) -> int:
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(abstract_state.params))
+  return count_elements(abstract_state.params)
 
 
 def compile_step(run_: Run, state: Any, batch: Any, nonfinite: str = "stop", phase: str | None = None):

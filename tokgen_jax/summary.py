@@ -8,29 +8,19 @@ the FLOPs per example of every train-step phase. Prints a table and writes WORKD
 
 from typing import Any
 
-import jax
 import numpy as np
 
 from tokgen_jax import perf, sharding, tasks, writers
-from tokgen_jax.run import Run, count_params
-
-
-def _count(tree: Any) -> int:
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+from tokgen_jax.run import Run, abstract_batch, count_elements, count_params
 
 
 def parameter_counts(abstract_state: Any) -> dict[str, Any]:
   """`{group: {"total": n, submodule: n, ...}}` over the trainable parameter groups."""
   counts = {}
   for group, params in abstract_state.params.items():
-    children = {name: _count(child) for name, child in params.items()} if isinstance(params, dict) else {}
-    counts[group] = {"total": _count(params), **children}
+    children = {name: count_elements(child) for name, child in params.items()} if isinstance(params, dict) else {}
+    counts[group] = {"total": count_elements(params), **children}
   return counts
-
-
-def _batch_of(example: dict[str, Any], batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-  return {key: jax.ShapeDtypeStruct((batch_size,) + tuple(np.shape(value)[1:]), np.asarray(value).dtype)
-          for key, value in example.items()}
 
 
 def _shapes(tree: dict[str, Any]) -> dict[str, Any]:
@@ -40,7 +30,7 @@ def _shapes(tree: dict[str, Any]) -> dict[str, Any]:
 def train_flops_per_example(run_: Run) -> dict[str, float]:
   """FLOPs of one train step per example (forward, backward and update; `perf.count_flops`), per phase."""
   batch_size = int(run_.config.batch_size)
-  batch = _batch_of(run_.task.example_batch(), batch_size)
+  batch = abstract_batch(run_.task.example_batch(), batch_size)
   flops = {}
   with run_.context():
     for phase in run_.task.phases():

@@ -30,8 +30,6 @@ import numpy as np
 from tokgen_jax.data import sources, streams, tokens, transforms, video, video_pipeline
 
 
-
-
 def make_pipeline(data_config, split: str, *, global_batch_size: int, process_index: int | None = None,
                   process_count: int | None = None) -> grain.DatasetIterator:
   """Returns an iterator of `{'image': float32 [B, S, S, 3] in [-1, 1]}` (eval adds `'mask': bool [B]`).

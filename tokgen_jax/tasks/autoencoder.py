@@ -115,10 +115,11 @@ class AutoencoderTask(Task):
     return (Phase("reconstruction", 0), Phase("adversarial", self.adversarial.start_step))
 
   def train_step(self, state: TrainState, batch: dict[str, jax.Array],
-                 phase: str = "reconstruction") -> tuple[TrainState, dict[str, jax.Array]]:
+                 phase: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One step of `phase` (default: the phase of step 0, see `phases`)."""
     rng = jax.random.fold_in(state.rng, state.step)
     x = batch[self.input_key]
-    adversarial_on = phase == "adversarial"
+    adversarial_on = (phase or self.phases()[0].name) == "adversarial"
     if adversarial_on and self.adversarial is None:
       raise ConfigError("AutoencoderTask: phase 'adversarial' needs a discriminator (config.adversarial.enabled).")
     grads, (metrics, collections, reconstruction) = jax.grad(self._generator_loss, has_aux=True)(
