@@ -45,7 +45,7 @@ def tokens(path: str = "", **overrides) -> ml_collections.ConfigDict:
 def shapes(image_size: int = 32, num_frames: int = 0, num_shapes: int | tuple[int, ...] = (1, 2),
            train_examples: int = 50_000, eval_examples: int = 1_000, world_seed: int = 0,
            **overrides) -> ml_collections.ConfigDict:
-  """The offline shapes world (`tokgen_jax.data.shapes`): one or two named shapes whose content `shapes.match`
+  """The offline shapes world (`tokgen_jax.data.shapes`): one or two named shapes whose content `metrics.shapes.match`
   reads back from generated pixels, so samples are scored on CPU without FID. `num_frames` 0 gives images (source
   'shapes'), at least 2 gives clips of moving shapes (source 'shapes_video').
 

@@ -5,19 +5,20 @@ from pixels, so on a CPU the samples are scored against their prompts instead of
 under 30 minutes on a 2-core CPU):
 
   tokgen --config=experiments/ar_shapes.py:tokenizer --workdir=/tmp/ar_shapes/tokenizer
-  tokgen --config=experiments/ar_shapes.py:local --workdir=/tmp/ar_shapes/generator --mode=tokenize
+  tokgen --config=experiments/ar_shapes.py:local --workdir=/tmp/ar_shapes/generator --mode=encode
   tokgen --config=experiments/ar_shapes.py:local --workdir=/tmp/ar_shapes/generator
   tokgen --config=experiments/ar_shapes.py:local --workdir=/tmp/ar_shapes/generator --mode=sample \
       --config.sample.prompts="a large red circle in the center;a small blue square in the top left"
 
 1. `:tokenizer` trains a VQGAN (32x32 scenes → 8x8 tokens of a 512-entry codebook), about 5 minutes.
-2. `--mode=tokenize` encodes the train and eval scenes once into token shards under WORKDIR/tokens, with each
+2. `--mode=encode` encodes the train and eval scenes once into token shards under WORKDIR/tokens, with each
    caption's all-MiniLM-L6-v2 token embeddings (the offline text encoder).
 3. Training fits an ARTransformer (4 layers, width 128) on 64 tokens after a 24-position text prefix. Each eval
    reports teacher-forced NLL / token accuracy and decodes samples of the first `num_samples` eval captions with
-   and without classifier-free guidance, scored by `shapes.match`: `cfg_color_shape` / `nocfg_color_shape` is the
-   share whose shape was drawn in the prompted color and form; `reference_color_shape` scores the tokenizer's
-   reconstruction of the real scenes (the ceiling through this tokenizer).
+   and without classifier-free guidance, scored by `metrics.shapes.match`: `cfg_color_shape` /
+   `nocfg_color_shape` is the share whose shape was drawn in the prompted color and form;
+   `reference_color_shape` scores the tokenizer's reconstruction of the real scenes (the ceiling through this
+   tokenizer).
 4. `--mode=sample` draws `num_per_prompt` samples per caption into WORKDIR/samples/prompts_step_N.png.
 
 Arguments: `tokenizer` | `local` (default), then `steps=N`, `batch=N`, `shapes=1` (shapes per scene, 1 or 2),

@@ -45,7 +45,7 @@ def _losses(workdir):
 
 
 def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
-  """2 processes x 2 devices and 1 process x 4 devices see the same global batches (`pipeline.global_stream`)
+  """2 processes x 2 devices and 1 process x 4 devices see the same global batches (`streams.global_stream`)
   and the same 4-device mesh, so they log the same losses."""
   _launch(tmp_path / "two", total_steps=4)
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")

@@ -75,7 +75,7 @@ COVERAGE = {
 
 
 def _boxed_state(config):
-  """The task's abstract init with its logical boxes, as `trainer.setup` computes it, and the fsdp shardings."""
+  """The task's abstract init with its logical boxes, as `run.setup` computes it, and the fsdp shardings."""
   with config.unlocked():
     config.mesh = mesh_presets.preset("fsdp", NUM_DEVICES)
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:NUM_DEVICES])

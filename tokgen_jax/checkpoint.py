@@ -185,7 +185,7 @@ def check_file_sizes(step_dir: pathlib.Path) -> None:
 def _restore_data(directory: pathlib.Path, data_iterator: Any) -> None:
   """Set the iterator to its saved position. Grain names the file by process index and count; when the count has
   changed since the save, every saved file holds the same position (a count of global batches: each process's
-  iterator yields its share of every global batch, `pipeline.global_stream`), which then applies to any layout."""
+  iterator yields its share of every global batch, `streams.global_stream`), which then applies to any layout."""
   own = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
   saved = sorted(directory.glob("process_*-of-*.json"))
   if own.exists():

@@ -1,7 +1,7 @@
 """Bad input (issue 8, item 7): every bad input gets a clear error naming what, where and the fix, or a counted skip.
 
 Each case plants the bad input in `tmp_path` and goes through the entry point a run uses (`data.make_pipeline`,
-`trainer.setup`, the `tokgen` command line, `convert.load_state_dict`, ...).
+`run.setup`, the `tokgen` command line, `convert.load_state_dict`, ...).
 
 Bad input tried                                          Answer
 -------------------------------------------------------  ------------------------------------------------------------
@@ -32,7 +32,7 @@ CLI: --config.modle.channels, --config.model.chanels,    exit status != 0 naming
 experiment arguments: unknown name, steps=abc,           ConfigError "experiment argument 'locl' ... is not known;
   steps=1.5, local=maybe                                   valid names" / "... is not an integer; write e.g. steps=0" /
                                                            "... is not a boolean; write local=true or local=false"
-impossible shapes: image_size 17 (factor 2), 0, -16;     ConfigError from trainer.setup naming config.<key>=<value> and
+impossible shapes: image_size 17 (factor 2), 0, -16;     ConfigError from run.setup naming config.<key>=<value> and
   eval_image_size 0; resize -5; batch_size 0, -8, 12 on    the fix ("set config.data.image_size to a multiple of 2",
   8 devices; model.channels 0; channel_multipliers ();     "must be at least 1 ... set config.<key> to 1 or more", "a
   quantizer codebook_size 0, dim 0; video num_frames 8     multiple of 8", "1 + k·2 ... data.num_frames")

@@ -5,13 +5,13 @@ processes, CPU devices, gloo collectives):
 1. 1 process x 8 devices (mesh fsdp=8) trains 3 steps with `trainer.run` and checkpoints step 3; the checkpoint read
    back there is the reference.
 2. 2 processes x 2 devices (mesh fsdp=2 x tensor=2) restore step 3 with `Manager.restore` and the abstract state of
-   `trainer.setup` on their mesh: every leaf (params, Adam moments, EMA, step, rng) carries that mesh's sharding,
+   `run.setup` on their mesh: every leaf (params, Adam moments, EMA, step, rng) carries that mesh's sharding,
    and every shard each process holds equals the reference slice at `shard.index`. The layouts really differ (conv
    kernels split 8 ways on fsdp before, 2 x 2 on fsdp and tensor after), so Orbax resharded. They then add 1 to
    every leaf in a jitted function on their mesh and save the result as step 4 (each process writes its shards).
 3. And back: 1 process x 8 devices restores step 4 with its fsdp=8 shardings; every leaf equals the reference + 1.
 The data iterator moves too: Grain names its files by process count (`process_0-of-1.json`), and
-`checkpoint.Manager.restore` applies the saved position under another count, since `pipeline.global_stream` makes
+`checkpoint.Manager.restore` applies the saved position under another count, since `streams.global_stream` makes
 it a count of global batches; each phase checks the restored position.
 """
 

@@ -126,7 +126,7 @@ def reshard(workdir: pathlib.Path) -> dict:
   config, run = _setup("reshard", workdir)
   assert jax.process_count() == 2 and dict(run.mesh.shape) == {"data": 1, "fsdp": 2, "tensor": 2}
   # The 1-process data checkpoint holds the position in the global stream, which is the same for any process
-  # count (`pipeline.global_stream`), so this run's iterator continues from it.
+  # count (`streams.global_stream`), so this run's iterator continues from it.
   train_iter = _train_iterator(config)
   state = _restore(run, workdir, STEPS, train_iter)
   assert train_iter.get_state() == {"next_index": STEPS}, train_iter.get_state()

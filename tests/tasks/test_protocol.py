@@ -57,8 +57,8 @@ class MeanColorTask(Task):
 
   def init(self, rng, batch):
     params = {GROUP: {"color": jnp.zeros((3,), jnp.float32)}}
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state={GROUP: self.optimizer.init(params[GROUP])},
-                      ema_params={}, model_state={}, rng=rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state={GROUP: self.optimizer.init(params[GROUP])}, ema_params={}, model_state={}, rng=rng)
 
   def phases(self):
     return (Phase("warmup", 0), Phase("main", self.warmup_steps))
@@ -122,7 +122,8 @@ def _training_batches(config) -> list[np.ndarray]:
 def test_train_runs_both_phases_and_reaches_the_closed_form(trained):
   config, workdir, summary = trained
   color = np.zeros(3)
-  for step, images in enumerate(_training_batches(config)):  # sgd on mean over 3 channels: c += lr·scale·2/3·(x̄ - c)
+  # SGD on the mean over 3 channels: c += lr·scale·2/3·(x̄ - c)
+  for step, images in enumerate(_training_batches(config)):
     scale = 0.1 if step < 2 else 1.0
     color = color + 0.1 * scale * 2 / 3 * (images.mean(axis=(0, 1, 2)) - color)
   from tokgen_jax import run as run_lib  # pylint: disable=import-outside-toplevel

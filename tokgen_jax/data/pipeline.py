@@ -1,7 +1,7 @@
 """`make_pipeline`: a Grain iterator of image batches for training or held-out evaluation.
 
-train: `streams.global_stream`: the records shuffled with the seed, reshuffled every epoch, repeated forever; each global
-batch is split into one contiguous slice per process -> decode -> random crop/flip drawn from the seed and the
+train: `streams.global_stream`: the records shuffled with the seed, reshuffled every epoch, repeated forever; each
+global batch is split into one contiguous slice per process -> decode -> random crop/flip drawn from the seed and the
 element's global position (`streams.position_rng`), so batches do not depend on the number of processes -> batch of
 `global_batch_size // process_count`, dropping nothing because the stream is infinite.
 
