@@ -34,8 +34,10 @@ import numpy as np
 
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.generators import orderings
+from tokgen_jax.nn.attention import KVCache, attention_dims
+from tokgen_jax.nn.projection import Projection
 from tokgen_jax.nn.rope import rope_frequencies
-from tokgen_jax.nn.transformer import KVCache, LlamaStack, Projection, attention_dims, llama_mlp_dim
+from tokgen_jax.nn.transformer import LlamaStack, llama_mlp_dim
 
 CONDITIONINGS = ("class", "text", "none")
 ROPE_MODES = ("grid", "sequence")

@@ -16,10 +16,12 @@ __all__ = [
 ]
 
 from tokgen_jax.nn.rope import apply_rope, default_axis_dims, rope_frequencies
-from tokgen_jax.nn.transformer import (Attention, KVCache, LlamaBlock, LlamaStack, RMSNorm, SwiGLU, attention_mask,
-                                       grouped_query_attention, llama_mlp_dim)
+from tokgen_jax.nn import masks
+from tokgen_jax.nn.attention import Attention, KVCache, attention_dims, dot_product_attention
+from tokgen_jax.nn.projection import Projection
+from tokgen_jax.nn.transformer import LlamaBlock, LlamaStack, RMSNorm, SwiGLU, llama_mlp_dim
 
 __all__ += [
-    "apply_rope", "default_axis_dims", "rope_frequencies", "Attention", "KVCache", "LlamaBlock", "LlamaStack",
-    "RMSNorm", "SwiGLU", "attention_mask", "grouped_query_attention", "llama_mlp_dim",
+    "apply_rope", "default_axis_dims", "rope_frequencies", "masks", "Attention", "KVCache", "attention_dims",
+    "dot_product_attention", "Projection", "LlamaBlock", "LlamaStack", "RMSNorm", "SwiGLU", "llama_mlp_dim",
 ]

@@ -1,11 +1,164 @@
-"""Attention layers."""
+"""The one attention of the package: a scaled dot-product kernel taking a boolean mask, and the layers around it.
+
+- `dot_product_attention`: `softmax(q kᵀ / sqrt(d) + mask) v` with grouped-query heads, through
+  `jax.nn.dot_product_attention` (XLA everywhere; `implementation="cudnn"` selects the fused GPU kernel), written
+  out only when attention-weight dropout is live (the fused kernels have none).
+- `Attention`: multi-head self-attention with projections carrying logical axis names, RoPE, a `KVCache`, and a
+  mask from a builder in `nn/masks.py` (causal by default; block-causal, windowed, bidirectional, prefix-LM).
+- `SpatialSelfAttention`: VQGAN's single-head attention over all H·W positions of a feature map.
+"""
+
+from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
+from tokgen_jax.errors import ConfigError
+from tokgen_jax.nn import masks
 from tokgen_jax.nn.conv import Conv
 from tokgen_jax.nn.norms import group_norm
+from tokgen_jax.nn.projection import Projection
+from tokgen_jax.nn.rope import apply_rope
+
+Dtype = Any
+
+HEAD_AXES = ("batch", "length", "heads", "kv")
+HIDDEN_AXES = ("batch", "length", "embed")
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of the positions decoded so far, `[B, max_len, kv_heads, head_dim]`, and how many there are.
+
+  `index` is the next free position (an int32 scalar). A `LlamaStack` cache stacks one per layer: every leaf
+  gains a leading `[num_layers]` axis so `nn.scan` hands each layer its own slice.
+  """
+
+  k: jax.Array
+  v: jax.Array
+  index: jax.Array
+
+  @classmethod
+  def zeros(cls, batch: int, max_len: int, num_kv_heads: int, head_dim: int, dtype: Dtype = jnp.float32,
+            num_layers: int | None = None) -> "KVCache":
+    lead = () if num_layers is None else (num_layers,)
+    kv = jnp.zeros(lead + (batch, max_len, num_kv_heads, head_dim), dtype)
+    return cls(k=kv, v=kv, index=jnp.zeros(lead, jnp.int32))
+
+  @property
+  def max_len(self) -> int:
+    return self.k.shape[-3]
+
+  def update(self, k_new: jax.Array, v_new: jax.Array) -> "KVCache":
+    """Write `[B, n, kv_heads, D]` at positions `[index, index + n)` and advance the index.
+
+    `dynamic_update_slice` clamps a start past `max_len - n`, which would overwrite the latest entries: size the
+    cache for the whole sequence (prompt + generated tokens).
+    """
+    start = (0, self.index, 0, 0)
+    k = jax.lax.dynamic_update_slice(self.k, k_new.astype(self.k.dtype), start)
+    v = jax.lax.dynamic_update_slice(self.v, v_new.astype(self.v.dtype), start)
+    k, v = (nn.with_logical_constraint(a, HEAD_AXES) for a in (k, v))
+    return KVCache(k=k, v=v, index=self.index + k_new.shape[1])
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+                          dropout: nn.Module | None = None, deterministic: bool = True,
+                          implementation: str | None = None) -> jax.Array:
+  """`softmax(q kᵀ / sqrt(d) + mask) v` (Vaswani et al. 2017, eq. 1) with grouped-query heads (Ainslie et al. 2023).
+
+  q `[B, Lq, H, D]`, k/v `[B, Lk, G, D]` with G dividing H: query heads `g·H/G ... (g+1)·H/G - 1` share kv head
+  g (Llama's `repeat_kv`). `mask` is `[Lq, Lk]` or `[B, Lq, Lk]` booleans (True = may attend), None for full
+  attention. Logits and softmax are float32 whatever the compute dtype.
+  """
+  if mask is not None:
+    mask = mask[None, None] if mask.ndim == 2 else mask[:, None]
+  if dropout is None or deterministic:
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+  batch, length, heads, head_dim = q.shape
+  kv_heads = k.shape[2]
+  grouped = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
+  logits = jnp.einsum("bqkgd,bskd->bkgqs", grouped, k, preferred_element_type=jnp.float32) * head_dim ** -0.5
+  if mask is not None:
+    logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
+  weights = dropout(jax.nn.softmax(logits, axis=-1), deterministic=False)
+  out = jnp.einsum("bkgqs,bskd->bqkgd", weights.astype(v.dtype), v)
+  return out.reshape(batch, length, heads, head_dim)
+
+
+def attention_dims(features: int, num_heads: int, num_kv_heads: int | None = None,
+                   head_dim: int | None = None) -> tuple[int, int, int]:
+  """(heads, kv_heads, head_dim) of an attention layer over embedding width `features`, validated."""
+  kv_heads = num_kv_heads or num_heads
+  if num_heads % kv_heads:
+    raise ConfigError(f"Attention: num_kv_heads={kv_heads} must divide num_heads={num_heads} (each kv head serves "
+                      f"an equal group of query heads); pick a divisor of {num_heads}.")
+  if head_dim is None:
+    if features % num_heads:
+      raise ConfigError(f"Attention: embedding width {features} is not divisible by num_heads={num_heads}; change "
+                        f"the width or the head count, or set head_dim explicitly.")
+    head_dim = features // num_heads
+  return num_heads, kv_heads, head_dim
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with grouped-query kv heads, RoPE on q and k, a mask builder and an optional cache.
+
+  Call with `cache=None` for the full sequence (positions `[0, L)`), or with a per-layer `KVCache` to process new
+  tokens at positions `[index, index + n)`; returns `(out, cache)`. `cos, sin` (from `rope_frequencies`) are those
+  of exactly the tokens in x; None skips RoPE. `mask` (a `nn/masks.py` builder) decides which positions read
+  which; cached queries also never read unwritten slots, so a bidirectional prefix must be prefilled in one call.
+  """
+
+  num_heads: int
+  num_kv_heads: int | None = None
+  head_dim: int | None = None
+  mask: masks.MaskBuilder = masks.Causal()
+  attention_dropout_rate: float = 0.0
+  implementation: str | None = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, cos: jax.Array | None = None, sin: jax.Array | None = None,
+               cache: KVCache | None = None, deterministic: bool = True) -> tuple[jax.Array, KVCache | None]:
+    heads, kv_heads, head_dim = attention_dims(x.shape[-1], self.num_heads, self.num_kv_heads, self.head_dim)
+    length = x.shape[1]
+    if cache is not None:
+      _check_cache(cache, length, kv_heads, head_dim)
+    proj = lambda h, name: Projection((h, head_dim), ("embed", "heads", "kv"), dtype=self.dtype,
+                                      param_dtype=self.param_dtype, name=name)
+    q, k, v = proj(heads, "query")(x), proj(kv_heads, "key")(x), proj(kv_heads, "value")(x)
+    q, k, v = (nn.with_logical_constraint(a, HEAD_AXES) for a in (q, k, v))
+    if cos is not None:
+      q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+    if cache is None:
+      self.mask.check_length(length)
+      mask = self.mask(jnp.arange(length), jnp.arange(length))
+    else:
+      offset = cache.index
+      cache = cache.update(k, v)
+      k, v = cache.k, cache.v
+      self.mask.check_length(cache.max_len)
+      key_positions = jnp.arange(cache.max_len)
+      mask = self.mask(offset + jnp.arange(length), key_positions) & (key_positions < cache.index)[None]
+    dropout = nn.Dropout(self.attention_dropout_rate) if self.attention_dropout_rate else None
+    out = dot_product_attention(q, k, v, mask, dropout, deterministic, self.implementation)
+    out = Projection((x.shape[-1],), ("heads", "kv", "embed"), in_axes=2, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name="out")(out)
+    return nn.with_logical_constraint(out, HIDDEN_AXES), cache
+
+
+def _check_cache(cache: KVCache, length: int, kv_heads: int, head_dim: int) -> None:
+  if cache.k.ndim != 4 or cache.k.shape[2:] != (kv_heads, head_dim):
+    raise ConfigError(f"Attention: KV cache keys {cache.k.shape} do not match [B, max_len, kv_heads={kv_heads}, "
+                      f"head_dim={head_dim}]; build the cache with LlamaStack.init_cache for this model.")
+  if length > cache.max_len:
+    raise ConfigError(f"Attention: {length} new tokens do not fit a KV cache of max_len={cache.max_len}; "
+                      f"init the cache with max_len >= the full sequence length (prompt + generated).")
 
 
 class SpatialSelfAttention(nn.Module):
@@ -17,7 +170,6 @@ class SpatialSelfAttention(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     batch, height, width, channels = x.shape
     h = group_norm(x, self.num_groups)
-    q, k, v = (Conv(channels, (1, 1), name=n)(h).reshape(batch, height * width, channels) for n in "qkv")
-    weights = jax.nn.softmax(jnp.einsum("bqc,bkc->bqk", q, k) / jnp.sqrt(channels).astype(q.dtype), axis=-1)
-    out = jnp.einsum("bqk,bkc->bqc", weights, v).reshape(batch, height, width, channels)
+    q, k, v = (Conv(channels, (1, 1), name=n)(h).reshape(batch, height * width, 1, channels) for n in "qkv")
+    out = dot_product_attention(q, k, v, mask=None).reshape(batch, height, width, channels)
     return x + Conv(channels, (1, 1), name="proj")(out)
