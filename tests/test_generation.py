@@ -1,4 +1,4 @@
-"""The generator path end to end at toy size: train a tokenizer, --mode=tokenize, train the AR generator with
+"""The generator path end to end at toy size: train a tokenizer, --mode=tokenize (latent shards), train the AR generator with
 sample eval (CFG on/off, shapes scores), --mode=sample from prompts; and the errors of a missing tokenizer."""
 
 import json
@@ -11,7 +11,7 @@ from tokgen_jax import trainer
 from tokgen_jax.metrics import shapes as shape_metrics
 from tokgen_jax.config import load_experiment
 from tokgen_jax.configs import data as data_presets
-from tokgen_jax.data import tokens as token_data
+from tokgen_jax.data import latents as latent_data
 from tokgen_jax.errors import ConfigError
 
 PROMPTS = "a large red circle in the center;a small blue square in the top left"
@@ -54,12 +54,13 @@ def trained(tmp_path_factory):
 def test_tokenize_writes_every_example_with_captions_and_text(trained):
   _, generator_dir, counts, _ = trained
   assert counts["train"] == 48 and counts["eval"] == 8
-  source = token_data.TokenSource(generator_dir / "tokens", "train")
-  assert len(source) == 48 and source.metadata["token_shape"] == [4, 4] and source.metadata["has_text"]
+  source = latent_data.LatentSource(generator_dir / "tokens", "train")
+  assert len(source) == 48 and source.specs["tokens"]["shape"] == [4, 4] and source.metadata["has_text"]
+  assert set(source.specs) == {"tokens", "label"}
   example = source[0]
   assert example["tokens"].shape == (4, 4) and example["tokens"].max() < 32
   assert example["text"].shape == (24, 384) and example["text_mask"].sum() > 3
-  assert source.captions[0].startswith("a ")
+  assert source.caption(0).startswith("a ")
 
 
 @pytest.mark.slow

@@ -89,6 +89,15 @@ class Run:
     """A host array every process holds whole, as one replicated global array."""
     return jax.make_array_from_process_local_data(NamedSharding(self.mesh, PartitionSpec()), host_array)
 
+  def map_local(self, fn, state: Any, local_batch: Any) -> Any:
+    """`fn(state, batch)` (jitted) over the global batch whose rows each process contributes from its own
+    `local_batch`; returns this process's rows of every output, on the host. Each process thus works through its
+    own share of a dataset (`--mode=encode`). Local rows must divide over the local devices."""
+    rows = sharding.batch_sharding(self.mesh)
+    with self.context():
+      outputs = _batch_parallel(fn, rows)(state, sharding.global_batch(local_batch, self.mesh))
+    return jax.tree.map(np.asarray, multihost_utils.global_array_to_host_local_array(outputs, self.mesh, rows.spec))
+
   def eval_batches(self) -> Iterator[tuple[dict[str, jax.Array], dict[str, np.ndarray], np.ndarray]]:
     """(global batch without its mask, the same batch on the host, host mask) of every held-out batch. One process
     already holds the whole batch; several gather it."""
@@ -100,8 +109,13 @@ class Run:
       yield batch, host, host_mask
 
 
+@functools.lru_cache(maxsize=8)
+def _batch_parallel(fn, batch_sharding: NamedSharding):
+  return jax.jit(fn, out_shardings=batch_sharding)
+
+
 def setup(config: ml_collections.ConfigDict, workdir: str, devices: list | None = None) -> Run:
-  if config.data.source == "tokens" and not config.data.path:
+  if config.data.source in data.LATENT_SOURCES and not config.data.path:
     config.data.path = str(pathlib.Path(workdir).absolute() / "tokens")  # encode writes, train reads, here
   mesh = sharding.make_mesh(config.mesh, devices)
   sharding.check_batch_size(config.batch_size, mesh)

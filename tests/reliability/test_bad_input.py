@@ -20,11 +20,11 @@ video folder: random bytes .mp4, truncated .mp4,         counted skip (`corrupt_
 image arrays (TFDS records): 2-D gray, [H, W, 1|4]       converted to uint8 [H, W, 3]
 image arrays: 5-D, 5 channels, 0 x W, float [0, 1] or    ConfigError naming the record ("tfds toy/train "image"
   [0, 255], int64 out of 0..255, 5-D video field           field"), shape / dtype / value range and the conversion
-token shard: wrong rank, float32 / int64 dtype, ids      ConfigError "<shard> is unusable: ... delete <split dir> and
-  above max_token_id, negative ids, object array (a        re-run `--mode=tokenize`"; the pickle does not run
+latent shard: wrong shape, float32 / int64 dtype, ids    ConfigError "<shard> is unusable: ... delete <split dir> and
+  above max_value, negative ids, object array (a           re-run `--mode=encode`"; the pickle does not run
   pickle)
-TokenShardWriter.add: float, 1-D, negative ids           ConfigError "tokens must be an integer array [n, ...]" / "ids
-                                                           must lie in [0, ...]"
+LatentShardWriter.add: complex, 0-D, negative ids, inf   ConfigError "must be a numeric or bool array [n, ...]" / "ids
+                                                           must lie in [0, ...]" / "holds NaN or inf"
 tokens of another tokenizer (grid 4x4 for an 8x8         ConfigError from tasks.build "<split>/metadata.json: ... shape
   tokenizer, ids >= codebook size)                         ... / outside the configured tokenizer's vocabulary ..."
 CLI: --config.modle.channels, --config.model.chanels,    exit status != 0 naming the key and `Did you mean "model"` /
@@ -67,7 +67,7 @@ from tokgen_jax.convert import inception as inception_convert
 from tokgen_jax.convert import lpips as lpips_convert
 from tokgen_jax.convert.state_dict import load_state_dict
 from tokgen_jax.data import make_pipeline, sources, transforms, video
-from tokgen_jax.data import tokens as token_store
+from tokgen_jax.data import latents as latent_store
 from tokgen_jax.errors import ConfigError
 
 _GOOD_VALUES = (0, 60, 120, 180)  # one solid gray image per value, so every crop shows which image it came from
@@ -281,12 +281,12 @@ def test_video_arrays_of_wrong_rank_or_dtype_are_refused(frames, pattern):
     video._decode_tfds_video({"video": frames}, where=_WHERE)  # pylint: disable=protected-access
 
 
-# ------------------------------------------------------------------------------------------------ token shards
+# ----------------------------------------------------------------------------------------------- latent shards
 
 
 def _write_tokens(directory, split="train", grid=(2, 3), count=4, high=6):
-  with token_store.TokenShardWriter(directory, split, shard_size=count) as writer:
-    writer.add(np.arange(count * int(np.prod(grid))).reshape(count, *grid) % high)
+  with latent_store.LatentShardWriter(directory, split, shard_size=count) as writer:
+    writer.add({"tokens": np.arange(count * int(np.prod(grid))).reshape(count, *grid) % high})
 
 
 def _token_config(path):
@@ -306,34 +306,35 @@ class _Payload:
 
 
 @pytest.mark.parametrize("tokens, pattern", [
-    (np.zeros((4, 6), np.uint16), r"its 'tokens' has shape \(4, 6\), metadata\.json says \(4, 2, 3\)"),
-    (np.zeros((4, 2, 3), np.float32), r"its tokens are float32, not uint16 or int32"),
-    (np.zeros((4, 2, 3), np.int64), r"its tokens are int64, not uint16 or int32"),
-    (np.full((4, 2, 3), 999, np.uint16), r"its token ids span \[999, 999\], outside \[0, max_token_id=5\]"),
-    (np.full((4, 2, 3), -1, np.int32), r"its token ids span \[-1, -1\], outside \[0, max_token_id=5\]"),
-    ("pickle", r"not a readable \.npz archive .*Object arrays cannot be loaded"),
+    (np.zeros((4, 6), np.uint16), r"its shape is \(4, 6\), metadata\.json says \(4, 2, 3\)"),
+    (np.zeros((4, 2, 3), np.float32), r"its dtype is float32, not what metadata\.json records"),
+    (np.zeros((4, 2, 3), np.int64), r"its dtype is int64, not what metadata\.json records"),
+    (np.full((4, 2, 3), 999, np.uint16), r"its values span \[999, 999\], outside \[0, max_value=5\]"),
+    (np.full((4, 2, 3), -1, np.int32), r"its values span \[-1, -1\], outside \[0, max_value=5\]"),
+    ("pickle", r"not a readable \.npy file .*Python objects in dtype"),
 ])
-def test_bad_token_shard_names_file_and_fix(tmp_path, tokens, pattern):
+def test_bad_latent_shard_names_file_and_fix(tmp_path, tokens, pattern):
   _write_tokens(tmp_path)
-  shard, marker = tmp_path / "train" / "shard_00000.npz", tmp_path / "pwned"
+  shard, marker = tmp_path / "train" / "part_00000" / "shard_00000.tokens.npy", tmp_path / "pwned"
   if isinstance(tokens, str):
     tokens = np.array([_Payload(marker)] * 24, dtype=object).reshape(4, 2, 3)
-  np.savez(shard, tokens=tokens)
+  np.save(shard, tokens, allow_pickle=True)
   expected = re.escape(f"{shard} is unusable: ") + pattern + ".*" + re.escape(f"delete {tmp_path / 'train'}")
-  with pytest.raises(ConfigError, match=expected + r".*--mode=tokenize"):
-    _pipeline(_token_config(tmp_path), batch=2)
+  with pytest.raises(ConfigError, match=expected + r".*--mode=encode"):
+    next(_pipeline(_token_config(tmp_path), batch=2))  # shards are read lazily, on the first batch
   assert not marker.exists()
 
 
 @pytest.mark.parametrize("tokens, pattern", [
-    (np.zeros((2, 3), np.float32), r"integer array \[n, \.\.\.\].*got float32"),
-    (np.zeros(4, np.int32), r"integer array \[n, \.\.\.\] with a per-example grid, got int32 \(4,\)"),
+    (np.zeros((2, 3), np.complex64), r"'tokens' must be a numeric or bool array \[n, \.\.\.\], got complex64"),
+    (np.zeros((), np.int32), r"'tokens' must be a numeric or bool array \[n, \.\.\.\], got int32 \(\)"),
     (np.full((2, 3), -2, np.int64), r"ids must lie in \[0, 2147483647\], got \[-2, -2\]"),
+    (np.full((2, 3), np.inf, np.float32), r"'tokens' holds NaN or inf"),
 ])
-def test_token_writer_refuses_wrong_rank_dtype_or_range(tmp_path, tokens, pattern):
-  writer = token_store.TokenShardWriter(tmp_path, "train")
+def test_latent_writer_refuses_wrong_rank_dtype_or_range(tmp_path, tokens, pattern):
+  writer = latent_store.LatentShardWriter(tmp_path, "train")
   with pytest.raises(ConfigError, match=pattern):
-    writer.add(tokens)
+    writer.add({"tokens": tokens})
 
 
 def _generator_config(token_dir):
@@ -342,13 +343,14 @@ def _generator_config(token_dir):
 
 
 @pytest.mark.parametrize("grid, high, pattern", [
-    ((4, 4), 512, r"per-example shape \(4, 4\), but config\.tokenizer\.experiment makes tokens of shape \(8, 8\)"),
-    ((8, 8), 600, r"ids reach 599, outside the configured tokenizer's vocabulary of 512 ids"),
+    ((4, 4), 512, r"per-example shape \(4, 4\), but config\.tokenizer\.experiment makes shape \(8, 8\)"),
+    ((8, 8), 600, r"'tokens' ids reach 599, outside the configured tokenizer's vocabulary of 512 ids"),
 ])
 def test_tokens_of_another_tokenizer_are_refused(tmp_path, grid, high, pattern):
   _write_tokens(tmp_path, grid=grid, count=10, high=high)
   config = _generator_config(tmp_path)
-  with pytest.raises(ConfigError, match=re.escape(str(tmp_path / "train" / "metadata.json")) + ": .*" + pattern +
+  metadata = tmp_path / "train" / "part_00000" / "metadata.json"
+  with pytest.raises(ConfigError, match=re.escape(str(metadata)) + ": .*" + pattern +
                      r".*Point config\.tokenizer at the tokenizer that wrote them, or delete"):
     tasks.build(config)
 

@@ -8,7 +8,7 @@ import pytest
 
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.quantizers import LookupFreeQuantizer
-from tokgen_jax.tokenizers import REGISTRY, MagvitV2
+from tokgen_jax.tokenizers import REGISTRY, Factors, LatentSpec, MagvitV2
 
 BITS = 6
 
@@ -45,7 +45,7 @@ def forward(small):
 @pytest.fixture(scope="module")
 def detokenize(small):
   model, variables, _ = small
-  return jax.jit(lambda indices: model.apply(variables, indices, method="detokenize"))
+  return jax.jit(lambda indices: model.apply(variables, {"tokens": indices}, method="decode"))
 
 
 def test_registered():
@@ -55,7 +55,8 @@ def test_registered():
 def test_shapes_and_factors(small, forward):
   model, _, videos = small
   latent, indices, reconstruction = forward(videos)
-  assert (model.downsample_factor, model.temporal_downsample_factor) == (4, 2)
+  assert model.factors == Factors(temporal=2, spatial=4)
+  assert model.latent_grid(videos.shape[1:]) == (3, 4, 4) and model.latent_grid((16, 16, 3)) == (4, 4)
   chex.assert_shape(latent, (1, 3, 4, 4, BITS))
   chex.assert_shape(indices, (1, 3, 4, 4))
   chex.assert_shape(reconstruction, videos.shape)
@@ -174,13 +175,19 @@ def test_kl_bottleneck_gives_continuous_latents_for_diffusion():
   model = small_model(quantizer=KLBottleneck(dim=4))
   videos = jax.random.uniform(jax.random.key(0), (1, 5, 16, 16, 3), minval=-1, maxval=1)
   variables = model.init({"params": jax.random.key(1), "noise": jax.random.key(2)}, videos)
-  encode = jax.jit(lambda v, rng, train: model.apply(variables, v, train=train, rngs={"noise": rng}, method="encode"),
-                   static_argnums=2)
+  encode = jax.jit(lambda v, rng, train: model.apply(variables, v, train=train, rngs={"noise": rng},
+                                                     method="quantize"), static_argnums=2)
   latent, out = encode(videos, jax.random.key(3), False)
   chex.assert_shape(latent, (1, 3, 4, 4, 4))
   np.testing.assert_array_equal(latent, encode(videos, jax.random.key(4), False)[0])
   sampled, _ = encode(videos, jax.random.key(3), True)
   assert not np.allclose(sampled, latent) and out.loss > 0.0
+  named = jax.jit(lambda v: model.apply(variables, v, method="encode"))(videos)  # the protocol: `latents`, no ids
+  assert list(named) == ["latents"]
+  np.testing.assert_array_equal(named["latents"], latent)
+  assert model.latent_specs(videos.shape[1:]) == {"latents": LatentSpec((3, 4, 4, 4), "float32", 0)}
+  np.testing.assert_allclose(jax.jit(lambda z: model.apply(variables, z, method="decode"))(named),
+                             jax.jit(model.apply)(variables, videos)[0], atol=1e-5)
 
 
 @pytest.mark.parametrize("adaptive_norm", ("style", "spatial"))
@@ -189,7 +196,7 @@ def test_adaptive_norm_forms_place_their_layers_and_stay_causal(adaptive_norm):
   decoder block norm is adaptive. Both keep output frame 0 independent of later latent frames."""
   model = small_model(adaptive_norm=adaptive_norm)
   z = jax.random.normal(jax.random.key(0), (1, 3, 4, 4, BITS))
-  params = jax.jit(lambda z: model.init(jax.random.key(1), z, method="decode"))(z)["params"]["decoder"]
+  params = jax.jit(lambda z: model.init(jax.random.key(1), z, method="decode_codes"))(z)["params"]["decoder"]
   levels = [name for name in params if name.startswith("adaptive_norm_")]
   block_norms = [params[name]["norm1"] for name in params if name.startswith("ResBlock3D")]
   if adaptive_norm == "style":
@@ -197,11 +204,11 @@ def test_adaptive_norm_forms_place_their_layers_and_stay_causal(adaptive_norm):
     assert all(set(norm) == {"scale", "bias"} for norm in block_norms)
   else:
     assert not levels and all(set(norm) == {"gamma", "beta"} for norm in block_norms)
-  decode = jax.jit(lambda z: model.apply({"params": {"decoder": params}}, z, method="decode"))
+  decode = jax.jit(lambda z: model.apply({"params": {"decoder": params}}, z, method="decode_codes"))
   out, changed = decode(z), decode(z.at[:, 1:].multiply(-2.0))
   np.testing.assert_array_equal(out[:, 0], changed[:, 0])
   with pytest.raises(ConfigError, match="config.model.adaptive_norm"):
-    small_model(adaptive_norm="spade").init(jax.random.key(0), z, method="decode")
+    small_model(adaptive_norm="spade").init(jax.random.key(0), z, method="decode_codes")
 
 
 def test_paper_presets_follow_the_seed():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tokgen_jax.quantizers import VectorQuantizer
-from tokgen_jax.tokenizers import VQGAN
+from tokgen_jax.tokenizers import VQGAN, Factors, LatentSpec
 
 
 @pytest.fixture(scope="module")
@@ -22,15 +22,19 @@ def test_shapes_and_dtypes(model_and_variables):
   chex.assert_shape(reconstruction, images.shape)
   chex.assert_type(reconstruction, jnp.float32)
   chex.assert_shape(aux["quantizer"].indices, (2, 4, 4))
-  assert model.downsample_factor == 4
+  assert model.factors == Factors(temporal=1, spatial=4)
 
 
-def test_tokenize_detokenize_equals_forward(model_and_variables):
+def test_encode_decode_equals_forward_and_specs_describe_encode(model_and_variables):
   model, variables, images = model_and_variables
-  reconstruction, _ = jax.jit(model.apply)(variables, images)
-  indices = jax.jit(lambda v, x: model.apply(v, x, method=model.tokenize))(variables, images)
-  detokenized = jax.jit(lambda v, i: model.apply(v, i, method=model.detokenize))(variables, indices)
-  chex.assert_trees_all_close(detokenized, reconstruction, atol=1e-5)
+  reconstruction, aux = jax.jit(model.apply)(variables, images)
+  latents = jax.jit(lambda v, x: model.apply(v, x, method=model.encode))(variables, images)
+  assert list(latents) == ["tokens"]
+  np.testing.assert_array_equal(latents["tokens"], aux["quantizer"].indices)
+  decoded = jax.jit(lambda v, i: model.apply(v, i, method=model.decode))(variables, latents)
+  chex.assert_trees_all_close(decoded, reconstruction, atol=1e-5)
+  assert model.latent_specs((16, 16, 3)) == {"tokens": LatentSpec((4, 4), "int32", 64)}
+  assert model.latent_grid((16, 16, 3)) == (4, 4)
 
 
 @pytest.mark.parametrize("multipliers,factor", [((1, 1, 2, 2), 8), ((1, 1, 2, 2, 4), 16)])

@@ -7,6 +7,7 @@ over video (offline lavfi renderings and the scikit-image GIF, video folders, TF
 """
 
 from tokgen_jax.data import shapes  # registers the shapes world's sources
+from tokgen_jax.data.latents import SOURCE_NAMES as LATENT_SOURCES
 from tokgen_jax.data.pipeline import make_pipeline
 from tokgen_jax.data.sources import PHOTO_HELD_OUT
 from tokgen_jax.data.sources import PHOTO_TRAIN
@@ -15,5 +16,5 @@ from tokgen_jax.data.video import DEFAULT_LAVFI_SOURCES
 from tokgen_jax.data.video import VIDEO_SOURCE_KINDS
 from tokgen_jax.data.video import load_video_file
 
-__all__ = ["make_pipeline", "load_image_file", "load_video_file", "PHOTO_TRAIN", "PHOTO_HELD_OUT",
+__all__ = ["make_pipeline", "LATENT_SOURCES", "load_image_file", "load_video_file", "PHOTO_TRAIN", "PHOTO_HELD_OUT",
            "DEFAULT_LAVFI_SOURCES", "VIDEO_SOURCE_KINDS"]

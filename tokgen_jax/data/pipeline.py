@@ -27,7 +27,7 @@ import grain
 import jax
 import numpy as np
 
-from tokgen_jax.data import sources, streams, tokens, transforms, video, video_pipeline
+from tokgen_jax.data import latents, sources, streams, transforms, video, video_pipeline
 
 
 def make_pipeline(data_config, split: str, *, global_batch_size: int, process_index: int | None = None,
@@ -38,7 +38,8 @@ def make_pipeline(data_config, split: str, *, global_batch_size: int, process_in
   `video_pipeline` for them and their extra fields (num_frames, fps, lavfi_sources, clip_seconds, lavfi_codec,
   max_corrupt_fraction).
 
-  Source 'tokens' reads token shards written by `--mode=tokenize` instead; see `tokens.make_token_pipeline`.
+  Sources 'latents' (alias 'tokens') read the latent shards `--mode=encode` wrote instead; see
+  `latents.make_latent_pipeline`.
 
   Args:
     data_config: `config.data` (fields: source, name, data_dir, path, train_split, eval_split, image_size,
@@ -51,9 +52,9 @@ def make_pipeline(data_config, split: str, *, global_batch_size: int, process_in
   """
   if split not in streams.SPLITS:
     raise ValueError(f"make_pipeline split must be one of {streams.SPLITS}, got {split!r}.")
-  if str(data_config.source) == "tokens":
-    return tokens.make_token_pipeline(data_config, split, global_batch_size=global_batch_size,
-                                      process_index=process_index, process_count=process_count)
+  if str(data_config.source) in latents.SOURCE_NAMES:
+    return latents.make_latent_pipeline(data_config, split, global_batch_size=global_batch_size,
+                                        process_index=process_index, process_count=process_count)
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   local_batch_size = streams.local_batch_size(global_batch_size, process_index, process_count)

@@ -7,8 +7,9 @@ The autoregressive generators (LlamaGen-style image AR, HiTVideo-style video AR)
   so far; `n > 1` prefills a prompt (class / text tokens) in one call, `n == 1` samples a token.
 
 Both paths share one attention (`nn/attention.py`) and one mask builder (`nn/masks.py`, causal by default), so
-decoding one token at a time reproduces the full forward. Layers are stacked with `nn.scan` (parameters and caches gain a leading "layers" axis), which compiles
-one block whatever the depth; `remat_policy` trades recomputation for activation memory.
+decoding one token at a time reproduces the full forward. Layers are stacked with `nn.scan` (parameters and
+caches gain a leading "layers" axis), which compiles one block whatever the depth; `remat_policy` trades
+recomputation for activation memory.
 
 Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `kv`, and `layers` when scanned); activations
 are constrained to (`batch`, `length`, `embed` | `mlp` | `heads`, `kv`).

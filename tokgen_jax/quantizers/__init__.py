@@ -1,7 +1,7 @@
 """Quantizers: one interface `z_q, out = quantizer(z, train=...)`, chosen by name from a registry.
 
 Every quantizer returns `z_q` with the straight-through gradient of `z` and a `QuantizerOutput` (indices, loss,
-metrics), and has `codes_from_indices(indices)`, `bits_per_token` and `dim`.
+metrics), and has `codes_from_indices(indices)`, `bits_per_token`, `codebook_size` (0: continuous) and `dim`.
 """
 
 from typing import Any

@@ -33,7 +33,7 @@ class KLBottleneck(nn.Module):
   not meant to reach a proper prior.
 
   There are no tokens: `indices` are int32 zeros of shape `z.shape[:-1]` (kept so every quantizer returns the
-  same structure), and `codes_from_indices` raises. `bits_per_token` is a storage figure (16·dim bits per latent
+  same structure), `codebook_size` is 0 and `codes_from_indices` raises. `bits_per_token` is a storage figure (16·dim bits per latent
   position in float16), not an entropy.
   """
 
@@ -44,6 +44,11 @@ class KLBottleneck(nn.Module):
   @property
   def bits_per_token(self) -> float:
     return float(STORAGE_BITS * self.dim)
+
+  @property
+  def codebook_size(self) -> int:
+    """0: continuous, there are no token ids (every quantizer has `codebook_size`)."""
+    return 0
 
   def codes_from_indices(self, indices: jax.Array) -> jax.Array:
     del indices

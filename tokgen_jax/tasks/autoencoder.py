@@ -155,15 +155,15 @@ class AutoencoderTask(Task):
     # Evaluate what a viewer would see: decoders overshoot [-1, 1].
     return jnp.clip(reconstruction, -1.0, 1.0), aux["quantizer"].indices
 
-  def tokenize(self, state: TrainState, x: jax.Array) -> jax.Array:
-    """Token ids of inputs `[B, *input_shape]`: `[B, *grid]`, plus a levels dim for multi-codebook quantizers."""
+  def encode(self, state: TrainState, x: jax.Array) -> dict[str, jax.Array]:
+    """The named latents of inputs `[B, *input_shape]` (`tokenizers/base.py`: `tokens` or `latents`)."""
     variables = {"params": self.eval_params(state), **state.model_state[GROUP]}
-    return self.model.apply(variables, x, method="tokenize")
+    return self.model.apply(variables, x, method="encode")
 
-  def detokenize(self, state: TrainState, indices: jax.Array) -> jax.Array:
-    """Pixels in [-1, 1] decoded from token ids (the inverse of `tokenize` up to reconstruction error)."""
+  def decode(self, state: TrainState, latents: dict[str, jax.Array]) -> jax.Array:
+    """Pixels in [-1, 1] decoded from named latents (the inverse of `encode` up to reconstruction error)."""
     variables = {"params": self.eval_params(state), **state.model_state[GROUP]}
-    return jnp.clip(self.model.apply(variables, indices, method="detokenize"), -1.0, 1.0)
+    return jnp.clip(self.model.apply(variables, latents, method="decode"), -1.0, 1.0)
 
   def reconstruct(self, state: TrainState, x: jax.Array) -> jax.Array:
     return self._reconstruct_and_tokens(state, x)[0]
@@ -185,29 +185,20 @@ class AutoencoderTask(Task):
     return outputs
 
   def _flat_tokens(self, indices: jax.Array, batch_shape: tuple[int, ...]) -> jax.Array:
-    grid_ndim = len(self.latent_grid(tuple(batch_shape[1:])))
+    grid_ndim = len(self.model.latent_grid(tuple(batch_shape[1:])))
     has_levels = indices.ndim > 1 + grid_ndim
     return indices.reshape((indices.shape[0], -1) + ((indices.shape[-1],) if has_levels else ()))
 
   @property
   def codebook_size(self) -> int:
     """Entries per codebook (level), 0 for a continuous bottleneck."""
-    return int(getattr(self.model.quantizer, "codebook_size", 0))
-
-  def latent_grid(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The token grid of one example of `input_shape` (`[..., H, W, C]`, with T first for videos)."""
-    height, width = input_shape[-3:-1]
-    factor = self.model.downsample_factor
-    grid = (height // factor, width // factor)
-    if len(input_shape) == 4 and input_shape[-4] > 0 and hasattr(self.model, "temporal_downsample_factor"):
-      grid = (1 + (input_shape[-4] - 1) // self.model.temporal_downsample_factor,) + grid
-    return grid
+    return int(self.model.quantizer.codebook_size)
 
   def bits_per_pixel(self, batch_shape: tuple[int, ...]) -> float:
     """Bits per pixel of the token representation of one example of `batch_shape` ([B, (T,) H, W, C])."""
     example_shape = tuple(batch_shape[1:])
     quantizer = self.model.quantizer
-    tokens = tokens_per_image(quantizer, self.latent_grid(example_shape))
+    tokens = tokens_per_image(quantizer, self.model.latent_grid(example_shape))
     return bits_per_pixel(tokens, quantizer.bits_per_token, math.prod(example_shape[:-1]))
 
   # ------------------------------------------------------------------------------------------- protocol
@@ -223,14 +214,14 @@ class AutoencoderTask(Task):
     return {"sample": self.reconstruct_files, "stats": self.compute_statistics}
 
   def describe(self) -> dict[str, Any]:
-    """Per example: the input, the token ids (`tokenize`, abstract) with their vocabulary and bits, and bits per
-    pixel."""
-    example = self.example_batch()[self.input_key]
-    variables = jax.eval_shape(lambda x: self.model.init(jax.random.PRNGKey(0), x), example)
-    tokens = jax.eval_shape(lambda v, x: self.model.apply(v, x, method="tokenize"), variables, example)
-    return {"input": {"shape": list(self.input_shape), "dtype": str(example.dtype)},
-            "latents": {"tokens": {"shape": list(tokens.shape[1:]), "dtype": str(tokens.dtype)}},
-            "latent_grid": list(self.latent_grid(tuple(self.input_shape))),
+    """Per example: the input, the named latents (`encode`, abstract) with their vocabulary, the latent grid and
+    factors, bits per token and bits per pixel."""
+    specs = self.model.latent_specs(tuple(self.input_shape))
+    factors = self.model.factors
+    return {"input": {"shape": list(self.input_shape), "dtype": "float32"},
+            "latents": {name: spec.as_dict() for name, spec in specs.items()},
+            "latent_grid": list(self.model.latent_grid(tuple(self.input_shape))),
+            "factors": {"temporal": factors.temporal, "spatial": factors.spatial},
             "codebook_size": self.codebook_size, "bits_per_token": float(self.model.quantizer.bits_per_token),
             "bits_per_pixel": self.bits_per_pixel((1,) + tuple(self.input_shape))}
 
@@ -268,13 +259,13 @@ class AutoencoderTask(Task):
       frames = frames[:1 + (len(frames) - 1) // stride * stride]
     else:
       frames = data.load_image_file(path)
-    frames = _center_crop_to_multiple(frames, self.model.downsample_factor)
+    frames = _center_crop_to_multiple(frames, self.model.factors.spatial)
     return (frames.astype(np.float32) / 127.5 - 1.0)[None]
 
   @property
   def temporal_factor(self) -> int:
     """Frames per latent frame after the first (1 for image tokenizers)."""
-    return int(getattr(self.model, "temporal_downsample_factor", 1))
+    return self.model.factors.temporal
 
   def compute_statistics(self, run: RunContext) -> dict[str, Any]:
     """--mode=stats: reference feature statistics of the eval split, saved as .npz (`mu`, `sigma`, `count`)."""
@@ -351,7 +342,7 @@ def _check_model_sizes(model_config: Any) -> None:
       _require(model_config.quantizer[name], f"model.quantizer.{name}", minimum, meaning)
 
 
-def build_tokenizer(model_config: Any) -> nn.Module:
+def build_tokenizer(model_config: Any) -> tokenizers.Tokenizer:
   """The tokenizer module `config.model` describes (`tokenizers.REGISTRY`), its quantizer built from its preset."""
   if model_config.name not in tokenizers.REGISTRY:
     raise ConfigError(f"config.model.name={model_config.name!r} is not a known tokenizer; "
@@ -365,7 +356,7 @@ def build_tokenizer(model_config: Any) -> nn.Module:
 
 
 def _check_image_size(config: Any, model: nn.Module) -> None:
-  factor = model.downsample_factor
+  factor = model.factors.spatial
   _require(config.data.resize, "data.resize", 0, "shorter side to resize to; 0 keeps the native size")
   for key in ("image_size", "eval_image_size"):
     size = config.data[key]

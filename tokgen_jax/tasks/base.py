@@ -139,6 +139,9 @@ class RunContext(Protocol):
   def replicate(self, host_array: np.ndarray) -> jax.Array:
     ...
 
+  def map_local(self, fn: Callable[[Any, Any], Any], state: Any, local_batch: Any) -> Any:
+    ...
+
   def eval_batches(self) -> Iterator[tuple[dict[str, jax.Array], dict[str, np.ndarray], np.ndarray]]:
     ...
 

@@ -1,7 +1,8 @@
 """A trained tokenizer held fixed under a second stage: its task and restored state, with jitted encode/decode.
 
 A generator loads it through the run (`RunContext.load_experiment(config.tokenizer.experiment, workdir)`), encodes
-a dataset with it once (`--mode=encode`) and decodes its samples with it.
+its share of a dataset with it once (`--mode=encode`, each process its own rows) and decodes its samples with it.
+Latents are the tokenizer's named arrays (`tokenizers/base.py`): `{"tokens": ...}` or `{"latents": ...}`.
 """
 
 import dataclasses
@@ -21,20 +22,21 @@ class FrozenTokenizer:
   task: AutoencoderTask
   state: Any
   step: int
-
-  @functools.cached_property
-  def _encode(self):
-    return jax.jit(self.task.tokenize)
+  run: RunContext
 
   @functools.cached_property
   def _decode(self):
-    return jax.jit(self.task.detokenize)
+    return jax.jit(self.task.decode)
 
-  def encode(self, pixels: np.ndarray) -> np.ndarray:
-    return np.asarray(self._encode(self.state, pixels))
+  def encode(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """Named latents of this process's `pixels` (every process calls it together, each with its own rows)."""
+    return self.run.map_local(self.task.encode, self.state, pixels)
 
-  def decode(self, token_grids: np.ndarray) -> np.ndarray:
-    return np.asarray(self._decode(self.state, token_grids))
+  def latent_specs(self) -> dict[str, Any]:
+    return self.task.model.latent_specs(tuple(self.task.input_shape))
+
+  def decode(self, latents: dict[str, np.ndarray]) -> np.ndarray:
+    return np.asarray(self._decode(self.state, latents))
 
 
 def load(run: RunContext, tokenizer_config: Any) -> FrozenTokenizer:
@@ -45,4 +47,4 @@ def load(run: RunContext, tokenizer_config: Any) -> FrozenTokenizer:
   except ConfigError as error:
     raise ConfigError(f"config.tokenizer.workdir={tokenizer_config.workdir!r}: {error} The generator needs a "
                       f"trained tokenizer there (train it with its experiment, e.g. the ':tokenizer' variant).") from error
-  return FrozenTokenizer(task, state, step)
+  return FrozenTokenizer(task, state, step, run)

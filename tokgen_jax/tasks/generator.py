@@ -31,10 +31,10 @@ import numpy as np
 import optax
 from absl import logging
 
-from tokgen_jax import generators
+from tokgen_jax import generators, tokenizers
 from tokgen_jax.data import examples as example_data
 from tokgen_jax.data import grids, shapes, text, transforms
-from tokgen_jax.data import tokens as token_data
+from tokgen_jax.data import latents as latent_data
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.generators import orderings, sampling
 from tokgen_jax.generators.ar import ARTransformer
@@ -241,7 +241,7 @@ class GeneratorTask(Task):
 
   def encode(self, run: RunContext) -> dict[str, Any]:
     """--mode=encode: `config.tokenize.data` through the frozen tokenizer into token shards at config.data.path."""
-    counts = encode_dataset(run.config, self.frozen_tokenizer(run), str(run.config.data.path), write=run.is_chief)
+    counts = encode_dataset(run.config, self.frozen_tokenizer(run), str(run.config.data.path))
     return {"path": str(run.config.data.path), **counts}
 
   def sample_prompts(self, run: RunContext) -> dict[str, Any]:
@@ -258,7 +258,7 @@ class GeneratorTask(Task):
     repeated = [p for p in prompts for _ in range(per_prompt)]
     grids_ = self.draw(state, self.prompt_conditions(repeated), self.sample_settings(config.sample),
                        int(config.sample.seed), len(repeated))
-    pixels = self.frozen_tokenizer(run).decode(grids_)
+    pixels = self.frozen_tokenizer(run).decode({tokenizers.TOKENS: grids_})
     path = run.workdir / "samples" / f"prompts_step_{step}.png"
     summary: dict[str, Any] = {"path": str(path)}
     if str(config.tokenize.data.source) in example_data.SHAPES_SOURCES:
@@ -317,13 +317,14 @@ class GeneratorPass:
   def _sample_eval(self) -> dict[str, float]:
     config, task = self._run.config, self._task
     tokenizer = task.frozen_tokenizer(self._run)
-    source = token_data.open_configured_token_source(config.data, "eval")
+    source = latent_data.open_configured_source(config.data, "eval")
     protocol = config.eval.protocol
     examples = [source[i] for i in range(min(int(protocol.num_samples), len(source)))]
     cond = {key: np.stack([e[key] for e in examples]) for key in ("label", "text", "text_mask") if key in examples[0]}
-    prompts = (source.captions[:len(examples)] if task.model.conditioning == "text" or "label" not in examples[0]
+    captions = [source.caption(i) for i in range(len(examples))] if source.has_captions else None
+    prompts = (captions if task.model.conditioning == "text" or "label" not in examples[0]
                else [int(e["label"]) for e in examples])
-    reference = tokenizer.decode(np.stack([e["tokens"] for e in examples]))
+    reference = tokenizer.decode({tokenizers.TOKENS: np.stack([e[tokenizers.TOKENS] for e in examples])})
     scored = prompts is not None and str(config.tokenize.data.source) in example_data.SHAPES_SOURCES
     results = ({f"reference_{k}": v for k, v in shape_metrics.score_prompts(prompts, reference).items()}
                if scored else {})
@@ -332,7 +333,7 @@ class GeneratorPass:
     for name, guidance in ({"cfg": True, "nocfg": False} if guided else {"nocfg": False}).items():
       grids_ = task.draw(self._state, cond, task.sample_settings(protocol, guidance), int(protocol.seed),
                          len(examples))
-      self._columns.append(tokenizer.decode(grids_))
+      self._columns.append(tokenizer.decode({tokenizers.TOKENS: grids_}))
       if scored:
         results |= {f"{name}_{k}": v for k, v in shape_metrics.score_prompts(prompts, self._columns[-1]).items()}
     return results
@@ -390,30 +391,41 @@ def _pixels(examples: list[dict[str, Any]], batch_size: int) -> np.ndarray:
   return np.concatenate([pixels, np.zeros((batch_size - len(pixels),) + pixels.shape[1:], pixels.dtype)])
 
 
-def encode_dataset(config: Any, tokenizer: frozen_tokenizer.FrozenTokenizer, directory: str,
-                   write: bool = True) -> dict[str, int]:
-  """Train and eval token shards of `config.tokenize.data` under `directory` (with labels and captions when the
-  source has them, and the captions' MiniLM token states when `config.tokenize.text_encoder` is set); returns the
-  examples per split."""
+def process_share(count: int, process_index: int, process_count: int) -> range:
+  """The contiguous block of `count` examples process `process_index` encodes (blocks in process order)."""
+  return range(count * process_index // process_count, count * (process_index + 1) // process_count)
+
+
+def encode_dataset(config: Any, tokenizer: frozen_tokenizer.FrozenTokenizer, directory: str) -> dict[str, int]:
+  """Latent shards of `config.tokenize.data` under `directory`: every array the tokenizer encodes, with labels and
+  captions when the source has them and the captions' MiniLM token states when `config.tokenize.text_encoder` is
+  set. Each process encodes and writes its own contiguous share (its part); returns the examples per split."""
   tokenize_config = config.tokenize
-  batch_size = int(tokenize_config.batch_size)
+  local_devices = jax.local_device_count()
+  batch_size = -(-int(tokenize_config.batch_size) // local_devices) * local_devices  # rows divide over devices
   encode_texts = text.token_states_encoder(int(config.model.text_length)) if tokenize_config.text_encoder else None
   counts = {}
   for split, split_name in (("train", config.data.train_split), ("eval", config.data.eval_split)):
     source = example_data.labeled_source(tokenize_config.data, split)
-    writer = token_data.TokenShardWriter(directory, str(split_name), shard_size=int(tokenize_config.shard_size),
-                                         metadata={"tokenizer_workdir": str(config.tokenizer.workdir),
-                                                   "tokenizer_step": tokenizer.step}) if write else None
-    for batch in _batches(source, batch_size):
-      token_grids = tokenizer.encode(_pixels(batch, batch_size))[:len(batch)]
-      labels = np.asarray([e["label"] for e in batch], np.int32) if "label" in batch[0] else None
-      captions = [e["caption"] for e in batch] if "caption" in batch[0] else None
-      if writer is not None:
-        writer.add(token_grids, labels, captions)
-    if writer is not None:
+    share = process_share(len(source), jax.process_index(), jax.process_count())
+    # Every process runs the same number of encode calls (they are collective), padding past its share's end.
+    num_batches = -(-(-(-len(source) // jax.process_count())) // batch_size)  # of the largest share
+    with latent_data.LatentShardWriter(directory, str(split_name), shard_size=int(tokenize_config.shard_size),
+                                       part=jax.process_index(), num_parts=jax.process_count(),
+                                       metadata={"tokenizer_workdir": str(config.tokenizer.workdir),
+                                                 "tokenizer_step": tokenizer.step}) as writer:
+      for index in range(num_batches):
+        batch = [source[i] for i in share[index * batch_size:(index + 1) * batch_size]]
+        encoded = tokenizer.encode(_pixels(batch or [source[0]], batch_size))
+        if not batch:
+          continue
+        arrays = {name: value[:len(batch)] for name, value in encoded.items()}
+        if "label" in batch[0]:
+          arrays["label"] = np.asarray([e["label"] for e in batch], np.int32)
+        writer.add(arrays, [e["caption"] for e in batch] if "caption" in batch[0] else None)
       writer.close(encode_texts)
     counts[split] = len(source)
-    print(f"encode {split}: {len(source)} examples → {directory}/{split_name}", flush=True)
+    print(f"encode {split}: {len(share)} of {len(source)} examples → {directory}/{split_name}", flush=True)
   return counts
 
 
@@ -423,17 +435,16 @@ def encode_dataset(config: Any, tokenizer: frozen_tokenizer.FrozenTokenizer, dir
 def tokenizer_token_shape(tokenizer_config: Any) -> tuple[tuple[int, ...], int, int]:
   """`(token_shape, grid_ndim, codebook_size)` of one example of the tokenizer experiment `tokenizer_config`:
   the grid `(h, w)` or `(t, h, w)` (its rank is `grid_ndim`), plus a trailing levels dim for multi-codebook
-  quantizers; from an abstract (free) forward."""
+  quantizers; from the tokenizer's abstract `latent_specs`."""
   model = autoencoder.build_tokenizer(tokenizer_config.model)
-  example = jnp.zeros((1,) + autoencoder.input_shape(tokenizer_config.data), jnp.float32)
-  rng = jax.random.PRNGKey(0)
-  rngs = {"params": rng, "dropout": rng, "noise": rng}
-  indices = jax.eval_shape(lambda x: model.init_with_output(rngs, x, method="tokenize")[0], example)
-  codebook_size = int(getattr(model.quantizer, "codebook_size", 0))
-  if not codebook_size:
+  shape = autoencoder.input_shape(tokenizer_config.data)
+  specs = model.latent_specs(shape)
+  if tokenizers.TOKENS not in specs:
     raise ConfigError(f"config.tokenizer: the tokenizer's quantizer {tokenizer_config.model.quantizer.name!r} is "
-                      f"continuous; an AR generator needs discrete tokens (vq, lfq, fsq, rvq).")
-  return tuple(indices.shape[1:]), example.ndim - 2, codebook_size
+                      f"continuous (it encodes {sorted(specs)}); an AR generator needs discrete tokens (vq, lfq, "
+                      "fsq, rvq).")
+  spec = specs[tokenizers.TOKENS]
+  return tuple(spec.shape), len(shape) - 1, spec.vocab_size
 
 
 def build(config: Any) -> GeneratorTask:
@@ -446,10 +457,10 @@ def build(config: Any) -> GeneratorTask:
   grid, levels = token_shape[:grid_ndim], (token_shape[grid_ndim] if len(token_shape) > grid_ndim else 1)
   model = ARTransformer(vocab_sizes=(codebook_size,) * levels, layer_grids=(tuple(grid),) * levels, **kwargs)
   model.validate()
-  if str(config.data.source) == "tokens" and str(config.data.path):  # tokens already written must fit the model
+  if str(config.data.source) in latent_data.SOURCE_NAMES and str(config.data.path):  # written ones must fit
+    spec = tokenizers.LatentSpec(tuple(token_shape), "int32", codebook_size)
     for split in (config.data.train_split, config.data.eval_split):
-      token_data.check_split_fits(str(config.data.path), str(split), token_shape=token_shape,
-                                  codebook_size=codebook_size)
+      latent_data.check_split_fits(str(config.data.path), str(split), {tokenizers.TOKENS: spec})
   return GeneratorTask(model=model, optimizer=make_optimizer(config.optimizer, config.total_steps),
                        learning_rate=learning_rate_schedule(config.optimizer, config.total_steps),
                        token_shape=token_shape, layer_weights=tuple(config.loss.layer_weights),

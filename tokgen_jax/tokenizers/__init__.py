@@ -1,13 +1,12 @@
-"""Autoencoders that map pixels to tokens and back, chosen by name from a registry."""
+"""Autoencoders that map pixels to named latent arrays and back (`tokenizers/base.py`), chosen by name."""
 
-import flax.linen as nn
-
+from tokgen_jax.tokenizers.base import LATENTS, TOKENS, Factors, LatentSpec, Tokenizer
 from tokgen_jax.tokenizers.magvit2 import MagvitV2
 from tokgen_jax.tokenizers.vqgan import VQGAN
 
-REGISTRY: dict[str, type[nn.Module]] = {
+REGISTRY: dict[str, type[Tokenizer]] = {
     "vqgan": VQGAN,
     "magvit2": MagvitV2,
 }
 
-__all__ = ["VQGAN", "MagvitV2", "REGISTRY"]
+__all__ = ["Factors", "LatentSpec", "Tokenizer", "TOKENS", "LATENTS", "VQGAN", "MagvitV2", "REGISTRY"]

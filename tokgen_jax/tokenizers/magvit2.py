@@ -26,16 +26,16 @@ frames back to 1 + (t - 1)·s_t frames, output frame i reading latent frames ≤
 outputs keep the input's rank.
 """
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.nn import (AdaptiveGroupNorm, BlurPool3D, CausalConv3D, DepthToSpaceUpsample3D, check_frame_count,
                            group_standardize)
 from tokgen_jax.quantizers import QuantizerOutput
+from tokgen_jax.tokenizers.base import Factors, Tokenizer
 
 _ACTIVATION_AXES = ("batch", "time", "height", "width", "conv_out")
 
@@ -151,18 +151,17 @@ class Decoder3D(nn.Module):
     return CausalConv3D(self.out_channels, temporal_padding=self.temporal_padding, name="conv_out")(h)
 
 
-class MagvitV2(nn.Module):
+class MagvitV2(Tokenizer):
   """Video/image tokenizer: `reconstruction, aux = model(videos, train)`, videos `[B, T, H, W, 3]` in [-1, 1].
 
-  `tokenize` maps videos to an index grid `[B, 1 + (T-1)/s_t, H/f, W/f]` (images `[B, H, W, 3]` to
-  `[B, H/f, W/f]`), `detokenize` maps it back. f = `downsample_factor`, s_t = `temporal_downsample_factor`.
+  `encode` maps videos to `{"tokens": [B, 1 + (T-1)/s_t, H/f, W/f]}` (images `[B, H, W, 3]` to `[B, H/f, W/f]`;
+  `latents` with a trailing dim behind a continuous bottleneck), `decode` maps it back; f, s_t = `factors`.
   `temporal_downsample[i]` says whether the downsample after level i also halves time (one entry per level
   but the last). `upsample_kernel_size` is the kernel of the conv before each depth-to-space: 3x3x3 (as
   Open-MAGVIT2's 3x3) or 1x1x1 (as magvit2-pytorch); at paper size the 3x3x3 ones to 8·512 channels dominate
   the decoder's parameters.
   """
 
-  quantizer: nn.Module
   channels: int = 128
   channel_multipliers: Sequence[int] = (1, 2, 2, 4)
   num_res_blocks: int = 2
@@ -175,12 +174,9 @@ class MagvitV2(nn.Module):
   adaptive_norm: str = "style"
 
   @property
-  def downsample_factor(self) -> int:
-    return 2 ** (len(self.channel_multipliers) - 1)
-
-  @property
-  def temporal_downsample_factor(self) -> int:
-    return 2 ** sum(bool(flag) for flag in self.temporal_downsample)
+  def factors(self) -> Factors:
+    return Factors(temporal=2 ** sum(bool(flag) for flag in self.temporal_downsample),
+                   spatial=2 ** (len(self.channel_multipliers) - 1))
 
   def setup(self):
     if len(self.temporal_downsample) != len(self.channel_multipliers) - 1:
@@ -202,29 +198,19 @@ class MagvitV2(nn.Module):
     z = self.encoder(self._as_video(videos))
     return z if videos.ndim == 5 else z[:, 0]
 
-  def encode(self, videos: jax.Array, train: bool = False) -> tuple[jax.Array, QuantizerOutput]:
+  def quantize(self, videos: jax.Array, train: bool = False) -> tuple[jax.Array, QuantizerOutput]:
     z_q, out = self.quantizer(self.encoder(self._as_video(videos)), train=train)
     if videos.ndim == 4:  # an image: drop the one-frame time axis of codes and indices
       z_q, out = z_q[:, 0], out.replace(indices=out.indices[:, 0])
     return z_q, out
 
-  def decode(self, z_q: jax.Array, train: bool = False) -> jax.Array:
+  def decode_codes(self, z_q: jax.Array, train: bool = False) -> jax.Array:
     """Latents `[B, t, h, w, D]` → videos `[B, 1 + (t-1)·s_t, H, W, 3]`; `[B, h, w, D]` → images."""
     del train  # no dropout or batch statistics: kept for the tokenizer interface
     if z_q.ndim not in (4, 5):
-      raise ConfigError(f"MagvitV2.decode: expects latents [B, t, h, w, D] or [B, h, w, D], got {z_q.shape}.")
+      raise ConfigError(f"MagvitV2.decode_codes: expects latents [B, t, h, w, D] or [B, h, w, D], got {z_q.shape}.")
     out = self.decoder(z_q if z_q.ndim == 5 else z_q[:, None])
     return out if z_q.ndim == 5 else out[:, 0]
-
-  def tokenize(self, videos: jax.Array) -> jax.Array:
-    return self.encode(videos, train=False)[1].indices
-
-  def detokenize(self, indices: jax.Array) -> jax.Array:
-    return self.decode(self.quantizer.codes_from_indices(indices))
-
-  def __call__(self, videos: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
-    z_q, quantized = self.encode(videos, train)
-    return self.decode(z_q, train), {"quantizer": quantized}
 
   def _as_video(self, videos: jax.Array) -> jax.Array:
     if videos.ndim not in (4, 5):
@@ -232,8 +218,8 @@ class MagvitV2(nn.Module):
                         f"{videos.shape}.")
     videos = videos if videos.ndim == 5 else videos[:, None]
     height, width = videos.shape[2:4]
-    if height % self.downsample_factor or width % self.downsample_factor:
+    if height % self.factors.spatial or width % self.factors.spatial:
       raise ConfigError(f"MagvitV2: frame size {height}x{width} is not divisible by the spatial downsampling "
-                        f"factor {self.downsample_factor}; crop or resize to a multiple of it.")
-    check_frame_count(videos.shape[1], self.temporal_downsample_factor, "MagvitV2")
+                        f"factor {self.factors.spatial}; crop or resize to a multiple of it.")
+    check_frame_count(videos.shape[1], self.factors.temporal, "MagvitV2")
     return videos

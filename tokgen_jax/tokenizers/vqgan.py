@@ -4,14 +4,14 @@ The encoder halves the resolution once per entry of `channel_multipliers` after 
 factor is `2 ** (len(channel_multipliers) - 1)` (4, 8 or 16 for 3, 4 or 5 levels).
 """
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from tokgen_jax.nn import Conv, Downsample2D, ResBlock2D, SpatialSelfAttention, Upsample2D, group_norm
 from tokgen_jax.quantizers import QuantizerOutput
+from tokgen_jax.tokenizers.base import Factors, Tokenizer
 
 _ACTIVATION_AXES = ("batch", "height", "width", "conv_out")
 
@@ -71,13 +71,13 @@ def _mid_block(h: jax.Array, num_groups: int, dropout: float, use_attention: boo
   return ResBlock2D(h.shape[-1], num_groups, dropout)(h, train)
 
 
-class VQGAN(nn.Module):
+class VQGAN(Tokenizer):
   """Image tokenizer: `reconstruction, out = model(images, train)` with images `[B, H, W, 3]` in [-1, 1].
 
-  `tokenize` maps images to an index grid `[B, H/f, W/f]`, `detokenize` maps it back to images.
+  `encode` maps images to `{"tokens": [B, H/f, W/f]}` (`{"latents": [B, H/f, W/f, D]}` behind a continuous
+  bottleneck), `decode` maps that back to images; f = `factors.spatial` (see `tokenizers/base.py`).
   """
 
-  quantizer: nn.Module
   channels: int = 32
   channel_multipliers: Sequence[int] = (1, 2, 2)
   num_res_blocks: int = 1
@@ -87,8 +87,8 @@ class VQGAN(nn.Module):
   out_channels: int = 3
 
   @property
-  def downsample_factor(self) -> int:
-    return 2 ** (len(self.channel_multipliers) - 1)
+  def factors(self) -> Factors:
+    return Factors(temporal=1, spatial=2 ** (len(self.channel_multipliers) - 1))
 
   def setup(self):
     shared = dict(channels=self.channels, channel_multipliers=self.channel_multipliers,
@@ -97,25 +97,16 @@ class VQGAN(nn.Module):
     self.encoder = Encoder2D(latent_dim=self.quantizer.dim, **shared)
     self.decoder = Decoder2D(out_channels=self.out_channels, **shared)
 
-  def encode(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, QuantizerOutput]:
+  def quantize(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, QuantizerOutput]:
     self._check_shape(images)
     return self.quantizer(self.encoder(images, train), train=train)
 
-  def decode(self, z_q: jax.Array, train: bool = False) -> jax.Array:
+  def decode_codes(self, z_q: jax.Array, train: bool = False) -> jax.Array:
     return self.decoder(z_q, train)
-
-  def tokenize(self, images: jax.Array) -> jax.Array:
-    return self.encode(images, train=False)[1].indices
-
-  def detokenize(self, indices: jax.Array) -> jax.Array:
-    return self.decode(self.quantizer.codes_from_indices(indices))
-
-  def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
-    z_q, quantized = self.encode(images, train)
-    return self.decode(z_q, train), {"quantizer": quantized}
 
   def _check_shape(self, images: jax.Array) -> None:
     height, width = images.shape[-3:-1]
-    if height % self.downsample_factor or width % self.downsample_factor:
+    factor = self.factors.spatial
+    if height % factor or width % factor:
       raise ValueError(f"VQGAN: image size {height}x{width} is not divisible by the downsampling factor "
-                       f"{self.downsample_factor}; crop or resize the images to a multiple of it.")
+                       f"{factor}; crop or resize the images to a multiple of it.")

@@ -1,0 +1,110 @@
+"""The tokenizer protocol: pixels ↔ a dict of named latent arrays, with per-example shapes known without running.
+
+A tokenizer is a Flax module over `[B, H, W, 3]` images or `[B, T, H, W, 3]` videos in [-1, 1]:
+
+- `encode(x) -> {name: [B, ...]}`: what a second stage trains on. Discrete bottlenecks give `tokens` (int32 ids,
+  a trailing levels dim for multi-codebook quantizers); continuous ones give `latents` (float). Hierarchical,
+  multi-scale and factorized tokenizers name one array per layer, scale or plane (`tokens_0`, `latents_xy`, ...).
+- `decode(latents) -> pixels` from the same dict (the inverse of `encode` up to reconstruction error).
+- `latent_specs(input_shape) -> {name: LatentSpec}`: each array's per-example shape, dtype and vocabulary, from an
+  abstract forward (`jax.eval_shape`: free, no parameters).
+- `factors`: how many frames and pixels one latent position spans (`Factors(temporal, spatial)`).
+- `__call__(x, train) -> (reconstruction, {"quantizer": QuantizerOutput})`: the training forward.
+
+Subclasses supply `factors`, `quantize(x, train) -> (z_q, QuantizerOutput)` and `decode_codes(z_q, train)`; the
+named-array methods are written once here on top of them.
+"""
+
+import abc
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tokgen_jax.quantizers.base import QuantizerOutput
+
+TOKENS = "tokens"
+LATENTS = "latents"
+
+
+@dataclasses.dataclass(frozen=True)
+class Factors:
+  """Frames (after the first) and pixels per side that one latent position covers."""
+
+  temporal: int
+  spatial: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentSpec:
+  """One named latent array of one example: shape, dtype, and ids in [0, vocab_size) (0: continuous)."""
+
+  shape: tuple[int, ...]
+  dtype: str
+  vocab_size: int = 0
+
+  @property
+  def is_discrete(self) -> bool:
+    return self.vocab_size > 0
+
+  def as_dict(self) -> dict[str, Any]:
+    return {"shape": list(self.shape), "dtype": self.dtype, "vocab_size": self.vocab_size}
+
+
+class Tokenizer(nn.Module, abc.ABC):
+  """Base of the tokenizers in `tokenizers.REGISTRY` (see the module docstring for the protocol)."""
+
+  quantizer: nn.Module
+
+  @property
+  @abc.abstractmethod
+  def factors(self) -> Factors:
+    """Frames and pixels per latent position."""
+
+  @abc.abstractmethod
+  def quantize(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, QuantizerOutput]:
+    """The bottleneck's codes `z_q` (straight-through gradient) and its `QuantizerOutput` for inputs x."""
+
+  @abc.abstractmethod
+  def decode_codes(self, z_q: jax.Array, train: bool = False) -> jax.Array:
+    """Pixels from codes shaped like `quantize`'s `z_q`."""
+
+  @property
+  def is_discrete(self) -> bool:
+    return self.quantizer.codebook_size > 0
+
+  def encode(self, x: jax.Array) -> dict[str, jax.Array]:
+    z_q, quantized = self.quantize(x, train=False)
+    return {TOKENS: quantized.indices} if self.is_discrete else {LATENTS: z_q}
+
+  def decode(self, latents: dict[str, jax.Array]) -> jax.Array:
+    if self.is_discrete:
+      return self.decode_codes(self.quantizer.codes_from_indices(latents[TOKENS]))
+    return self.decode_codes(latents[LATENTS])
+
+  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
+    z_q, quantized = self.quantize(x, train)
+    return self.decode_codes(z_q, train), {"quantizer": quantized}
+
+  def latent_grid(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The latent grid of one example of `input_shape`: `(h, w)` for `[H, W, C]`, `(t, h, w)` for `[T, H, W, C]`."""
+    height, width = input_shape[-3:-1]
+    grid = (height // self.factors.spatial, width // self.factors.spatial)
+    if len(input_shape) == 4:
+      grid = (1 + (input_shape[0] - 1) // self.factors.temporal,) + grid
+    return grid
+
+  def latent_specs(self, input_shape: tuple[int, ...]) -> dict[str, LatentSpec]:
+    """`{name: LatentSpec}` of `encode` on one example of `input_shape`, from an abstract forward."""
+    rng = jax.random.PRNGKey(0)
+    rngs = {"params": rng, "dropout": rng, "noise": rng}
+    unbound = self.clone(parent=None)
+    example = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
+    encoded = jax.eval_shape(lambda x: unbound.init_with_output(rngs, x, method="encode")[0], example)
+    vocab = int(self.quantizer.codebook_size)
+    return {name: LatentSpec(tuple(array.shape[1:]), np.dtype(array.dtype).name,
+                             vocab if np.issubdtype(array.dtype, np.integer) else 0)
+            for name, array in encoded.items()}
