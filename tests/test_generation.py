@@ -1,5 +1,6 @@
-"""The generator path end to end at toy size: train a tokenizer, --mode=tokenize (latent shards), train the AR generator with
-sample eval (CFG on/off, shapes scores), --mode=sample from prompts; and the errors of a missing tokenizer."""
+"""The generator path end to end at toy size: train a tokenizer, --mode=tokenize (latent shards), train the AR
+generator with sample eval (CFG on/off, shapes scores), --mode=sample from prompts; and the errors of a missing
+tokenizer."""
 
 import json
 

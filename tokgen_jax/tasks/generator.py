@@ -10,7 +10,7 @@ weighted NLL (nats/token), perplexity is `exp` of its mean, and teacher-forced t
 
 State layout as every task: params/opt_state/ema_params keyed by the group 'generator'.
 
-Modes: `encode` (alias `tokenize`) writes the token shards of `config.tokenize.data` with the frozen tokenizer of
+Modes: `encode` (alias `tokenize`) writes the latent shards of `config.tokenize.data` with the frozen tokenizer of
 `config.tokenizer`; `sample` draws samples of `config.sample.prompts` and decodes them with it. Eval adds samples of
 the first eval conditions with and without CFG (`config.eval.protocol`), decoded, and in the shapes world scored
 against their prompts (`metrics.shapes`): `color_shape` is the share of samples whose every prompted shape was
@@ -240,7 +240,7 @@ class GeneratorTask(Task):
             "prefix_length": int(self.model.prefix_length)}
 
   def encode(self, run: RunContext) -> dict[str, Any]:
-    """--mode=encode: `config.tokenize.data` through the frozen tokenizer into token shards at config.data.path."""
+    """--mode=encode: `config.tokenize.data` through the frozen tokenizer into latent shards at config.data.path."""
     counts = encode_dataset(run.config, self.frozen_tokenizer(run), str(run.config.data.path))
     return {"path": str(run.config.data.path), **counts}
 
