@@ -8,8 +8,12 @@ import pytest
 
 from tests.helpers import tiny_config
 from tokgen_jax import run as run_lib
+from tokgen_jax.configs import data as data_presets
+from tokgen_jax.configs import quantizers as quantizer_presets
+from tokgen_jax.data import examples as example_data
+from tokgen_jax.data import latents as latent_data
 from tokgen_jax.errors import ConfigError
-from tokgen_jax.tasks import frozen_tokenizer
+from tokgen_jax.tasks import frozen_tokenizer, generator
 
 
 class _Run:
@@ -54,3 +58,27 @@ def test_a_missing_tokenizer_run_says_what_to_train():
                                         r"tokenizer there"):
     frozen_tokenizer.load(_Run(error=ConfigError("no checkpoint in /nowhere/checkpoints.")),
                           _tokenizer_config("/nowhere"))
+
+
+def test_encode_dataset_stores_continuous_latents_with_labels_and_captions(tmp_path):
+  """A KL tokenizer (latent diffusion's) through `encode_dataset`: the shards hold its float `latents`, equal to
+  encoding the same scenes directly, in dataset order."""
+  config = tiny_config(quantizer_overrides={"model.quantizer": quantizer_presets.kl(dim=4)},
+                       data=data_presets.shapes(16, num_shapes=1, train_examples=12, eval_examples=5, num_threads=1,
+                                                prefetch=1))
+  run = run_lib.setup(config, str(tmp_path / "tokenizer"))
+  frozen = frozen_tokenizer.load(_Run(loaded=(run.task, run.init_state(), 3), run=run), _tokenizer_config("/unused"))
+  assert {name: spec.is_discrete for name, spec in frozen.latent_specs().items()} == {"latents": False}
+  encode_config = ml_collections.ConfigDict({
+      "tokenize": {"data": config.data, "batch_size": 8, "shard_size": 5, "text_encoder": False},
+      "data": {"train_split": "train", "eval_split": "eval"}, "tokenizer": {"workdir": "/unused"}})
+  counts = generator.encode_dataset(encode_config, frozen, str(tmp_path / "latents"))
+  assert counts == {"train": 12, "eval": 5}
+  source = latent_data.LatentSource(tmp_path / "latents", "train")
+  assert set(source.specs) == {"latents", "label"} and source.specs["latents"]["dtype"] == "float32"
+  scenes = example_data.labeled_source(config.data, "train")
+  pixels = np.stack([scenes[i]["image"] for i in range(8)]).astype(np.float32) / 127.5 - 1.0
+  direct = frozen.encode(pixels)["latents"]
+  for index in range(8):
+    np.testing.assert_allclose(source[index]["latents"], direct[index], atol=1e-6)
+    assert source[index]["label"] == scenes[index]["label"] and source.caption(index) == scenes[index]["caption"]
