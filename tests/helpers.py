@@ -36,3 +36,19 @@ def tiny_config(experiment: str = QUICKSTART, quantizer_overrides: dict | None =
 def cli_overrides(**overrides) -> list[str]:
   """The same tiny config as `--config.key=value` flags."""
   return [f"--config.{key}={value}" for key, value in (TINY_OVERRIDES | overrides).items()]
+
+
+# The ar_shapes VQGAN at test size over a 48 + 8 scene shapes world (16 px scenes, 4x4 tokens of 32 codes).
+TINY_SHAPES_TOKENIZER = {"model.channels": 8, "model.channel_multipliers": (1, 2, 2), "model.num_groups": 4,
+                         "model.quantizer.codebook_size": 32, "model.quantizer.dim": 4, "batch_size": 8,
+                         "total_steps": 2, "eval_every_steps": 0, "checkpoint_every_steps": 2, "eval.batch_size": 8}
+
+
+def tiny_shapes_data():
+  from tokgen_jax.configs import data as data_presets  # pylint: disable=g-import-not-at-top
+  return data_presets.shapes(16, num_shapes=1, train_examples=48, eval_examples=8, num_threads=1, prefetch=1)
+
+
+def tiny_shapes_tokenizer():
+  return set_fields(load_experiment("experiments/ar_shapes.py:tokenizer"), TINY_SHAPES_TOKENIZER | {
+      "data": tiny_shapes_data()})

@@ -7,27 +7,18 @@ import json
 import numpy as np
 import pytest
 
-from tests.helpers import set_fields
+from tests.helpers import set_fields, tiny_shapes_data, tiny_shapes_tokenizer
 from tokgen_jax import trainer
 from tokgen_jax.metrics import shapes as shape_metrics
 from tokgen_jax.config import load_experiment
-from tokgen_jax.configs import data as data_presets
 from tokgen_jax.data import latents as latent_data
 from tokgen_jax.errors import ConfigError
 
 PROMPTS = "a large red circle in the center;a small blue square in the top left"
 
 
-def _shapes():
-  return data_presets.shapes(16, num_shapes=1, train_examples=48, eval_examples=8, num_threads=1, prefetch=1)
-
-
-def _tokenizer_config():
-  config = load_experiment("experiments/ar_shapes.py:tokenizer")
-  return set_fields(config, {
-      "model.channels": 8, "model.channel_multipliers": (1, 2, 2), "model.num_groups": 4,
-      "model.quantizer.codebook_size": 32, "model.quantizer.dim": 4, "data": _shapes(), "batch_size": 8,
-      "total_steps": 2, "eval_every_steps": 0, "checkpoint_every_steps": 2, "eval.batch_size": 8})
+_shapes = tiny_shapes_data
+_tokenizer_config = tiny_shapes_tokenizer
 
 
 def _generator_config(tokenizer_workdir: str, **overrides):
