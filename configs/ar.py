@@ -25,7 +25,8 @@ def ar(size: str = "local", conditioning: str = "class", num_classes: int = 1000
        text_dim: int = 2048, ordering: str = "row_major", dropout: float = 0.1, **overrides) -> ml_collections.ConfigDict:
   """An `ARTransformer` config. Residual/FFN dropout, token dropout and condition dropout default to 0.1
   (LlamaGen). `text_length`/`text_dim` are the padded text prefix (HiTVideo: 120 Flan-T5-XL tokens of 2048;
-  the offline MiniLM encoder gives 384). `dtype` 'bfloat16' computes in bf16 with float32 parameters."""
+  the offline MiniLM encoder gives 384). `dtype` 'bfloat16' computes in bf16 with float32 parameters;
+  `attention_implementation='cudnn'` then selects the fused GPU attention kernel."""
   if size not in SIZES:
     raise ConfigError(f"AR size {size!r} is not a preset; choose one of {sorted(SIZES)}.")
   embed_dim, num_layers, num_heads, num_kv_heads = SIZES[size]
@@ -34,8 +35,8 @@ def ar(size: str = "local", conditioning: str = "class", num_classes: int = 1000
       mlp_dim=0, conditioning=conditioning, num_classes=num_classes if conditioning == "class" else 0,
       text_length=text_length if conditioning == "text" else 0, text_dim=text_dim if conditioning == "text" else 0,
       cond_dropout_rate=0.1, ordering=ordering, rope="grid", rope_theta=10000.0, dropout_rate=dropout,
-      token_dropout_rate=dropout, attention_dropout_rate=0.0, remat_policy="none", scan_layers=True,
-      dtype="float32"))
+      token_dropout_rate=dropout, attention_dropout_rate=0.0, attention_implementation="xla", remat_policy="none",
+      scan_layers=True, dtype="float32"))
   config.update(overrides)
   return config
 

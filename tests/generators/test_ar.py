@@ -157,6 +157,7 @@ def test_bfloat16_compute_stays_close_to_float32():
     (dict(conditioning="class", num_classes=0), "num_classes"),
     (dict(conditioning="text", text_length=0), "text_length"),
     (dict(rope="alibi"), "rope="),
+    (dict(attention_implementation="flash"), "attention_implementation=.flash. is not one of"),
 ])
 def test_bad_configs_are_named(overrides, match):
   model = _model(overrides.pop("conditioning", "class"), **overrides)

@@ -41,6 +41,7 @@ from tokgen_jax.nn.transformer import LlamaStack, llama_mlp_dim
 
 CONDITIONINGS = ("class", "text", "none")
 ROPE_MODES = ("grid", "sequence")
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
 INVALID_LOGIT = -1e9  # finite, so 0 · logit stays 0 in any downstream arithmetic
 Dtype = Any
 
@@ -73,6 +74,7 @@ class ARTransformer(nn.Module):
   dropout_rate: float = 0.0
   token_dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
+  attention_implementation: str = "xla"  # "cudnn": the fused GPU kernel (bf16 / fp16 compute)
   remat_policy: str = "none"
   scan_layers: bool = True
   dtype: Dtype = jnp.float32
@@ -135,6 +137,9 @@ class ARTransformer(nn.Module):
       raise ConfigError(f"{name}: text conditioning needs text_length >= 1 and text_dim >= 1 (got "
                         f"{self.text_length}, {self.text_dim}); set them to the text encoder's padded length and "
                         f"width (384 for all-MiniLM-L6-v2).")
+    if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
+      raise ConfigError(f"{name}: attention_implementation={self.attention_implementation!r} is not one of "
+                        f"{ATTENTION_IMPLEMENTATIONS} (jax.nn.dot_product_attention's kernels).")
     if self.rope not in ROPE_MODES:
       raise ConfigError(f"{name}: rope={self.rope!r} is not one of {ROPE_MODES}.")
     if self.num_tokens < 2:
@@ -145,7 +150,8 @@ class ARTransformer(nn.Module):
   def _stack(self, **parent) -> LlamaStack:
     return LlamaStack(self.num_layers, self.num_heads, self.mlp_dim or llama_mlp_dim(self.embed_dim),
                       num_kv_heads=self.num_kv_heads, dropout_rate=self.dropout_rate,
-                      attention_dropout_rate=self.attention_dropout_rate, remat_policy=self.remat_policy,
+                      attention_dropout_rate=self.attention_dropout_rate,
+                      attention_implementation=self.attention_implementation, remat_policy=self.remat_policy,
                       scan_layers=self.scan_layers, dtype=self.dtype, param_dtype=self.param_dtype, **parent)
 
   def init_cache(self, batch: int) -> KVCache:
