@@ -13,7 +13,7 @@ from tokgen_jax.configs import quantizers as quantizer_presets
 from tokgen_jax.data import examples as example_data
 from tokgen_jax.data import latents as latent_data
 from tokgen_jax.errors import ConfigError
-from tokgen_jax.tasks import frozen_tokenizer, generator
+from tokgen_jax.tasks import frozen_tokenizer
 
 
 class _Run:
@@ -72,7 +72,7 @@ def test_encode_dataset_stores_continuous_latents_with_labels_and_captions(tmp_p
   encode_config = ml_collections.ConfigDict({
       "tokenize": {"data": config.data, "batch_size": 8, "shard_size": 5, "text_encoder": False},
       "data": {"train_split": "train", "eval_split": "eval"}, "tokenizer": {"workdir": "/unused"}})
-  counts = generator.encode_dataset(encode_config, frozen, str(tmp_path / "latents"))
+  counts = frozen_tokenizer.encode_dataset(encode_config, frozen, str(tmp_path / "latents"))
   assert counts == {"train": 12, "eval": 5}
   source = latent_data.LatentSource(tmp_path / "latents", "train")
   assert set(source.specs) == {"latents", "label"} and source.specs["latents"]["dtype"] == "float32"

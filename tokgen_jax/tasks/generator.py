@@ -33,7 +33,7 @@ from absl import logging
 
 from tokgen_jax import generators, tokenizers
 from tokgen_jax.data import examples as example_data
-from tokgen_jax.data import grids, shapes, text, transforms
+from tokgen_jax.data import grids, shapes, text
 from tokgen_jax.data import latents as latent_data
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.generators import orderings, sampling
@@ -241,7 +241,7 @@ class GeneratorTask(Task):
 
   def encode(self, run: RunContext) -> dict[str, Any]:
     """--mode=encode: `config.tokenize.data` through the frozen tokenizer into latent shards at config.data.path."""
-    counts = encode_dataset(run.config, self.frozen_tokenizer(run), str(run.config.data.path))
+    counts = frozen_tokenizer.encode_dataset(run.config, self.frozen_tokenizer(run), str(run.config.data.path))
     return {"path": str(run.config.data.path), **counts}
 
   def sample_prompts(self, run: RunContext) -> dict[str, Any]:
@@ -377,56 +377,6 @@ def read_prompts(sample_config: Any) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------------ encode
-
-
-def _batches(source: Sequence[dict[str, Any]], batch_size: int):
-  for start in range(0, len(source), batch_size):
-    yield [source[i] for i in range(start, min(start + batch_size, len(source)))]
-
-
-def _pixels(examples: list[dict[str, Any]], batch_size: int) -> np.ndarray:
-  """Float [-1, 1] pixels of the examples, padded with zeros to a fixed batch (one compiled encoder)."""
-  key = "video" if "video" in examples[0] else "image"
-  pixels = np.stack([transforms.scale_to_signed_unit(e[key]) for e in examples])
-  return np.concatenate([pixels, np.zeros((batch_size - len(pixels),) + pixels.shape[1:], pixels.dtype)])
-
-
-def process_share(count: int, process_index: int, process_count: int) -> range:
-  """The contiguous block of `count` examples process `process_index` encodes (blocks in process order)."""
-  return range(count * process_index // process_count, count * (process_index + 1) // process_count)
-
-
-def encode_dataset(config: Any, tokenizer: frozen_tokenizer.FrozenTokenizer, directory: str) -> dict[str, int]:
-  """Latent shards of `config.tokenize.data` under `directory`: every array the tokenizer encodes, with labels and
-  captions when the source has them and the captions' MiniLM token states when `config.tokenize.text_encoder` is
-  set. Each process encodes and writes its own contiguous share (its part); returns the examples per split."""
-  tokenize_config = config.tokenize
-  local_devices = jax.local_device_count()
-  batch_size = -(-int(tokenize_config.batch_size) // local_devices) * local_devices  # rows divide over devices
-  encode_texts = text.token_states_encoder(int(config.model.text_length)) if tokenize_config.text_encoder else None
-  counts = {}
-  for split, split_name in (("train", config.data.train_split), ("eval", config.data.eval_split)):
-    source = example_data.labeled_source(tokenize_config.data, split)
-    share = process_share(len(source), jax.process_index(), jax.process_count())
-    # Every process runs the same number of encode calls (they are collective), padding past its share's end.
-    num_batches = -(-(-(-len(source) // jax.process_count())) // batch_size)  # of the largest share
-    with latent_data.LatentShardWriter(directory, str(split_name), shard_size=int(tokenize_config.shard_size),
-                                       part=jax.process_index(), num_parts=jax.process_count(),
-                                       metadata={"tokenizer_workdir": str(config.tokenizer.workdir),
-                                                 "tokenizer_step": tokenizer.step}) as writer:
-      for index in range(num_batches):
-        batch = [source[i] for i in share[index * batch_size:(index + 1) * batch_size]]
-        encoded = tokenizer.encode(_pixels(batch or [source[0]], batch_size))
-        if not batch:
-          continue
-        arrays = {name: value[:len(batch)] for name, value in encoded.items()}
-        if "label" in batch[0]:
-          arrays["label"] = np.asarray([e["label"] for e in batch], np.int32)
-        writer.add(arrays, [e["caption"] for e in batch] if "caption" in batch[0] else None)
-      writer.close(encode_texts)
-    counts[split] = len(source)
-    print(f"encode {split}: {len(share)} of {len(source)} examples → {directory}/{split_name}", flush=True)
-  return counts
 
 
 # ------------------------------------------------------------------------------------------------------- build
