@@ -7,8 +7,8 @@ from tokgen_jax.errors import ConfigError
 
 def vq(codebook_size: int = 1024, dim: int = 8, commitment_weight: float = 0.25, l2_normalize: bool = True,
        ema_decay: float = 0.0, restart_after_steps: int = 20, lookup_dim: int = 0,
-       kmeans_init_iterations: int = 0, entropy_weight: float = 0.0,
-       entropy_temperature: float = 0.01) -> ml_collections.ConfigDict:
+       kmeans_init_iterations: int = 0, entropy_weight: float = 0.0, entropy_temperature: float = 0.01,
+       restart_below_usage: float = 0.0, usage_decay: float = 0.99) -> ml_collections.ConfigDict:
   """VQ; l2-normalized low-dimensional codes as in ViT-VQGAN/LlamaGen keep usage high, and a code idle for
   `restart_after_steps` steps restarts from a batch vector (on by default: on the quickstart it lifted held-out
   usage from 0.19 to 0.75). Measured there and off by default: an EMA codebook (0.99) and the k-means
@@ -18,7 +18,7 @@ def vq(codebook_size: int = 1024, dim: int = 8, commitment_weight: float = 0.25,
       name="vq", codebook_size=codebook_size, dim=dim, commitment_weight=commitment_weight,
       l2_normalize=l2_normalize, ema_decay=ema_decay, restart_after_steps=restart_after_steps,
       lookup_dim=lookup_dim, kmeans_init_iterations=kmeans_init_iterations, entropy_weight=entropy_weight,
-      entropy_temperature=entropy_temperature))
+      entropy_temperature=entropy_temperature, restart_below_usage=restart_below_usage, usage_decay=usage_decay))
 
 
 def lfq(bits: int = 10, entropy_weight: float = 0.1, commitment_weight: float = 0.25,

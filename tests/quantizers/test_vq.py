@@ -229,6 +229,31 @@ def test_dead_codes_restart_to_batch_vectors_after_window_not_before(ema_decay):
     chex.assert_trees_all_close(codes(variables)[:2], codebook[:2])  # live codes untouched
 
 
+def test_codes_whose_usage_share_falls_below_the_threshold_restart_and_rarely_used_ones_above_it_stay():
+  codebook = jnp.array([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0], [-50.0, 50.0]])
+  quantizer = VectorQuantizer(codebook_size=4, dim=2, restart_below_usage=0.5, usage_decay=0.5)
+  # Shares per step: codes 0 and 1 get 5/12 each, code 2 gets 1/6 (above 0.5/K = 0.125), code 3 none.
+  z = jnp.array([[0.1, 0.0], [0.9, 1.2], [0.2, -0.1], [1.1, 0.8], [0.0, 0.3], [0.7, 0.9], [5.1, 4.9],
+                 [0.1, 0.1], [0.9, 0.9], [0.2, 0.0], [1.0, 1.1], [4.9, 5.2]])
+  variables = {"params": {"codebook": codebook},
+               "quantizer_stats": {"codebook_offset": jnp.zeros((4, 2)), "usage": jnp.full(4, 0.25),
+                                   "step": jnp.zeros((), jnp.int32)}}
+  step = jax.jit(lambda v: quantizer.apply(v, z, train=True, mutable=["quantizer_stats"]))
+  codes = lambda v: np.asarray(quantizer.apply(v, method=quantizer.codes))
+  (_, out), state = step(variables)  # code 3's share: 0.25 -> 0.125, not below 0.125 yet
+  variables = {**variables, **state}
+  assert out.metrics["dead_codes"] == 0
+  np.testing.assert_allclose(variables["quantizer_stats"]["usage"], [1 / 3, 1 / 3, 5 / 24, 0.125], rtol=1e-6)
+  np.testing.assert_array_equal(codes(variables), codebook)
+  (_, out), state = step(variables)  # 0.0625 < 0.125: code 3 restarts to a batch vector, its share to 1/K
+  variables = {**variables, **state}
+  assert out.metrics["dead_codes"] == 1
+  np.testing.assert_allclose(variables["quantizer_stats"]["usage"][2:], [3 / 16, 0.25], rtol=1e-6)
+  restarted = codes(variables)
+  np.testing.assert_array_equal(restarted[:3], codebook[:3])  # code 2, used rarely but above the threshold, stays
+  assert np.abs(restarted[3] - np.asarray(z)).max(-1).min() < 1e-5
+
+
 def test_sharded_batch_gives_same_indices_metrics_and_state_as_one_device():
   devices = np.array(jax.devices())
   assert len(devices) == 8

@@ -138,6 +138,11 @@ class VectorQuantizer(nn.Module):
       sets `offset_k = target - param_k`, after which the param keeps receiving the codebook-loss gradient as
       before (d code / d param = I). Metric `dead_codes`: codes whose idle count reaches R with this batch
       (in training: the codes restarted this step).
+    restart_below_usage: 0 = off. u > 0 = "quantizer_stats" keeps each code's share of the assignments as an EMA
+      ("usage", decay `usage_decay`, starting at the uniform share 1/K), and a code whose share falls below u/K
+      restarts as above (its share reset to 1/K). Rarely chosen codes thus move to where the batch's vectors
+      are, which evens out usage (the online re-initialisation of CVQ-VAE, Zheng & Vedaldi 2023, with a hard
+      restart in place of its soft pull). Combines with `restart_after_steps` (either condition restarts).
     entropy_weight: 0 = off. w > 0 adds `w·(E[H(q(·|z))] − H(E[q(·|z)]))` over the batch's soft assignments
       `softmax(-‖z - e‖²/entropy_temperature)` (`assignment_entropies`; MaskGIT's VQ uses w = 0.1, T = 0.01),
       pushing the batch to spread over the codebook; metrics `sample_entropy` and `codebook_entropy`.
@@ -161,6 +166,8 @@ class VectorQuantizer(nn.Module):
   ema_decay: float = 0.0
   epsilon: float = 1e-5
   restart_after_steps: int = 0
+  restart_below_usage: float = 0.0
+  usage_decay: float = 0.99
   kmeans_init_iterations: int = 0
   entropy_weight: float = 0.0
   entropy_temperature: float = 0.01
@@ -183,6 +190,9 @@ class VectorQuantizer(nn.Module):
       raise ValueError(f"VectorQuantizer: ema_decay={self.ema_decay} must be in [0, 1) (0 = gradient codebook).")
     if self.restart_after_steps < 0:
       raise ValueError(f"VectorQuantizer: restart_after_steps={self.restart_after_steps} must be >= 0 (0 = off).")
+    if self.restart_below_usage < 0 or not 0.0 < self.usage_decay < 1.0:
+      raise ValueError(f"VectorQuantizer: restart_below_usage={self.restart_below_usage} must be >= 0 (0 = off; a "
+                       f"fraction of the uniform share 1/K) and usage_decay={self.usage_decay} in (0, 1).")
     if self.entropy_weight < 0 or self.entropy_temperature <= 0:
       raise ValueError(f"VectorQuantizer: entropy_weight={self.entropy_weight} must be >= 0 (0 = off) and "
                        f"entropy_temperature={self.entropy_temperature} > 0.")
@@ -191,9 +201,13 @@ class VectorQuantizer(nn.Module):
                        "(0 = off).")
 
   @property
+  def restarts(self) -> bool:
+    return bool(self.restart_after_steps or self.restart_below_usage)
+
+  @property
   def writes_codes(self) -> bool:
     """Whether a training step may overwrite codes (restarts or the k-means initialisation)."""
-    return bool(self.restart_after_steps or self.kmeans_init_iterations)
+    return bool(self.restarts or self.kmeans_init_iterations)
 
   def setup(self):
     self._validate()
@@ -226,6 +240,10 @@ class VectorQuantizer(nn.Module):
     if self.restart_after_steps:
       self.idle_steps = self.variable(
           STATS, "idle_steps", nn.with_logical_partitioning(lambda: jnp.zeros(shape[:1], jnp.int32), ("vocab",)))
+    if self.restart_below_usage:
+      self.usage = self.variable(
+          STATS, "usage", nn.with_logical_partitioning(lambda: jnp.full(shape[:1], 1.0 / shape[0]), ("vocab",)))
+    if self.restarts:
       self.restart_step = self.variable(STATS, "step", lambda: jnp.zeros((), jnp.int32))
     if self.kmeans_init_iterations:
       self.initialized = self.variable(STATS, "initialized", lambda: jnp.zeros((), jnp.bool_))
@@ -273,9 +291,8 @@ class VectorQuantizer(nn.Module):
       loss = loss + self.entropy_weight * (sample_entropy - batch_entropy)
     metrics |= codebook_statistics(indices, self.codebook_size)
     counts = jnp.bincount(flat_indices, length=self.codebook_size)
-    if self.restart_after_steps:
-      idle = jnp.where(counts > 0, 0, self.idle_steps.value + 1)
-      metrics["dead_codes"] = jnp.sum(idle >= self.restart_after_steps).astype(jnp.float32)
+    if self.restarts:
+      metrics["dead_codes"] = jnp.sum(self._dead(counts)[0]).astype(jnp.float32)
     if train and self.is_mutable_collection(STATS) and not self.is_initializing():
       self._update_state(jax.lax.stop_gradient(vectors), flat_indices, counts)
     z_q = lookup + jax.lax.stop_gradient(quantized - lookup)  # straight-through: d z_q / d lookup = identity
@@ -292,9 +309,8 @@ class VectorQuantizer(nn.Module):
       cluster_size = decay * self.cluster_size.value + (1.0 - decay) * counts.astype(jnp.float32)
       embed_sum = decay * self.embed_sum.value + (1.0 - decay) * batch_sums
       codebook = embed_sum / laplace_smoothed(cluster_size, self.epsilon)[:, None]
-    if self.restart_after_steps:
-      idle = jnp.where(counts > 0, 0, self.idle_steps.value + 1)
-      dead = idle >= self.restart_after_steps
+    if self.restarts:
+      dead, idle, usage = self._dead(counts)
       step = self.restart_step.value + 1
       targets = vectors[_restart_sources(step, indices, vectors.shape[0], self.codebook_size)]
       if self.ema_decay:
@@ -304,7 +320,10 @@ class VectorQuantizer(nn.Module):
       else:
         offset = targets - jax.lax.stop_gradient(self.codebook)  # param + offset = target
         self.codebook_offset.value = jnp.where(dead[:, None], offset, self.codebook_offset.value)
-      self.idle_steps.value = jnp.where(dead, 0, idle)
+      if self.restart_after_steps:
+        self.idle_steps.value = jnp.where(dead, 0, idle)
+      if self.restart_below_usage:
+        self.usage.value = jnp.where(dead, 1.0 / self.codebook_size, usage)
       self.restart_step.value = step
     if self.ema_decay:
       self.ema_codebook.value = codebook
@@ -312,6 +331,19 @@ class VectorQuantizer(nn.Module):
       self.embed_sum.value = embed_sum
     if self.kmeans_init_iterations:
       self._kmeans_initialize(vectors, indices)
+
+  def _dead(self, counts: jax.Array) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+    """(codes to restart after this batch, the updated idle counts, the updated usage shares)."""
+    dead = jnp.zeros(counts.shape, bool)
+    idle = usage = None
+    if self.restart_after_steps:
+      idle = jnp.where(counts > 0, 0, self.idle_steps.value + 1)
+      dead |= idle >= self.restart_after_steps
+    if self.restart_below_usage:
+      share = counts.astype(jnp.float32) / jnp.maximum(jnp.sum(counts), 1)
+      usage = self.usage_decay * self.usage.value + (1.0 - self.usage_decay) * share
+      dead |= usage < self.restart_below_usage / self.codebook_size
+    return dead, idle, usage
 
   def _kmeans_initialize(self, vectors: jax.Array, indices: jax.Array):
     """On the first training step only (a `lax.cond`, so later steps pay nothing): the codebook := k-means."""
