@@ -186,8 +186,6 @@ def test_kl_bottleneck_gives_continuous_latents_for_diffusion():
   assert list(named) == ["latents"]
   np.testing.assert_array_equal(named["latents"], latent)
   assert model.latent_specs(videos.shape[1:]) == {"latents": LatentSpec((3, 4, 4, 4), "float32", 0)}
-  np.testing.assert_allclose(jax.jit(lambda z: model.apply(variables, z, method="decode"))(named),
-                             jax.jit(model.apply)(variables, videos)[0], atol=1e-5)
 
 
 @pytest.mark.parametrize("adaptive_norm", ("style", "spatial"))
