@@ -1,6 +1,7 @@
 """Latent shards: named-array round trip (int, float, bool), parts of several processes, lazy reading, storage
 dtype, metadata, train/eval pipelines, resume, errors."""
 
+import concurrent.futures
 import json
 import re
 
@@ -138,6 +139,16 @@ def test_reading_maps_at_most_max_open_shards(tmp_path):
     assert source[index]["label"] == index
     assert len(source._open) <= 3  # pylint: disable=protected-access
   assert all(isinstance(array, np.memmap) for array in next(iter(source._open.values())).values())
+
+
+def test_concurrent_reads_through_a_one_shard_window_return_every_example(tmp_path):
+  _write_split(tmp_path, "train", 30, shard_size=3)
+  source = store.LatentSource(tmp_path, "train", max_open_shards=1)
+  order = np.random.default_rng(1).permutation(30).tolist() * 4
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:  # Grain's read threads
+    examples = list(pool.map(source.__getitem__, order))
+  for index, example in zip(order, examples):
+    _check_example(example, index, _embeddings_of())
 
 
 def test_storage_dtype_follows_max_id_and_reads_int32(tmp_path):

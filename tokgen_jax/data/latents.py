@@ -37,6 +37,7 @@ import json
 import os
 import pathlib
 import re
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -365,6 +366,7 @@ class LatentSource:
     self._open: collections.OrderedDict[tuple[int, int], dict[str, np.ndarray]] = collections.OrderedDict()
     self._texts: dict[int, dict[str, np.ndarray]] = {}
     self._max_open = max(1, int(max_open_shards))
+    self._lock = threading.Lock()
 
   @property
   def description(self) -> str:
@@ -382,24 +384,27 @@ class LatentSource:
   def _shard(self, position: int) -> dict[str, np.ndarray]:
     part, shard, count = self._shards[position]
     key = (part, shard)
-    if key not in self._open:
-      part_dir = self.split_dir / part_name(part)
-      self._open[key] = {name: _open_npy(part_dir / _shard_file(shard, name), (count, *entry["shape"]),
-                                         _kinds(entry["dtype"]))
-                         for name, entry in self.metadata["arrays"].items()}
-      if len(self._open) > self._max_open:
-        self._open.popitem(last=False)  # unmapping a shard lets its pages go
-    self._open.move_to_end(key)
-    return self._open[key]
+    with self._lock:  # Grain reads from several threads
+      if key not in self._open:
+        part_dir = self.split_dir / part_name(part)
+        self._open[key] = {name: _open_npy(part_dir / _shard_file(shard, name), (count, *entry["shape"]),
+                                           _kinds(entry["dtype"]))
+                           for name, entry in self.metadata["arrays"].items()}
+        if len(self._open) > self._max_open:
+          self._open.popitem(last=False)  # unmapping a shard lets its pages go (readers holding it keep it alive)
+      self._open.move_to_end(key)
+      return self._open[key]
 
   def _text(self, part: int) -> dict[str, np.ndarray]:
-    if part not in self._texts:
-      meta, part_dir = self._parts[part], self.split_dir / part_name(part)
-      shapes = {"captions": (meta["num_texts"],), "embeddings": (meta["num_texts"], meta["text_length"],
-                                                                  meta["text_dim"]),
-                "mask": (meta["num_texts"], meta["text_length"])}
-      self._texts[part] = {name: _open_npy(part_dir / f"text.{name}.npy", shapes[name], kinds)
-                           for name, kinds in zip(_TEXT_ARRAYS, ("U", "f", "b"))}
+    with self._lock:
+      return self._texts[part] if part in self._texts else self._open_text(part)
+
+  def _open_text(self, part: int) -> dict[str, np.ndarray]:
+    meta, part_dir = self._parts[part], self.split_dir / part_name(part)
+    count, length, dim = meta["num_texts"], meta["text_length"], meta["text_dim"]
+    shapes = {"captions": (count,), "embeddings": (count, length, dim), "mask": (count, length)}
+    self._texts[part] = {name: _open_npy(part_dir / f"text.{name}.npy", shapes[name], kinds)
+                         for name, kinds in zip(_TEXT_ARRAYS, ("U", "f", "b"))}
     return self._texts[part]
 
   def __getitem__(self, index) -> dict[str, np.ndarray]:
