@@ -11,7 +11,7 @@ under 30 minutes on a 2-core CPU):
       --config.sample.prompts="a large red circle in the center;a small blue square in the top left"
 
 1. `:tokenizer` trains a VQGAN (32x32 scenes → 8x8 tokens of a 512-entry codebook), about 5 minutes.
-2. `--mode=encode` encodes the train and eval scenes once into token shards under WORKDIR/tokens, with each
+2. `--mode=encode` encodes the train and eval scenes once into latent shards under WORKDIR/tokens, with each
    caption's all-MiniLM-L6-v2 token embeddings (the offline text encoder).
 3. Training fits an ARTransformer (4 layers, width 128) on 64 tokens after a 24-position text prefix. Each eval
    reports teacher-forced NLL / token accuracy and decodes samples of the first `num_samples` eval captions with
