@@ -73,6 +73,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
   g (Llama's `repeat_kv`). `mask` is `[Lq, Lk]` or `[B, Lq, Lk]` booleans (True = may attend), None for full
   attention. Logits and softmax are float32 whatever the compute dtype.
   """
+  k, v = k.astype(q.dtype), v.astype(q.dtype)  # a cache may store another dtype than the compute dtype
   if mask is not None:
     mask = mask[None, None] if mask.ndim == 2 else mask[:, None]
   if dropout is None or deterministic:
