@@ -16,7 +16,11 @@ Codebook (measured at step 1500 on the held-out tiles, data seed 0, 2-core CPU):
 22.61 dB; plus MaskGIT's entropy penalty at 0.003 (the default here): 0.78 / 216 / 23.57 dB in 325 s. Worse here:
 restarts with an EMA codebook (0.71 / 174 / 21.28 dB) or a k-means initialisation (0.73 / 195 / 21.90 dB),
 entropy weight 0.1 (0.95 / 331 / 20.69 dB) or 0.01 (0.81 / 234 / 22.71 dB). Held-out PSNR moves by about ±1 dB
-with the data seed alone (plain VQ: 22.13 / 23.44 / 24.01 dB for seeds 0 / 1 / 2).
+with the data seed alone (plain VQ: 22.13 / 23.44 / 24.01 dB for seeds 0 / 1 / 2). Usage-share restarts
+(`restart_below_usage` 0.3: 0.79 / 224 / 23.79 dB; with entropy 0.01: 0.80 / 236 / 23.01 dB) and a softer entropy
+temperature (0.1: 0.76 / 215 / 23.83 dB) did not lift perplexity either. The same checkpoint scored on 176x176
+tiles of the nine training photos uses every code at perplexity 282: whole-photo tiles are dominated by smooth
+regions, so their code histogram stays skewed even where the codebook was fit.
 """
 
 import ml_collections
