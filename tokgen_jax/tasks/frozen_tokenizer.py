@@ -16,6 +16,7 @@ import numpy as np
 
 from tokgen_jax.data import examples as example_data
 from tokgen_jax.data import latents as latent_data
+from tokgen_jax.data import streams
 from tokgen_jax.data import text, transforms
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.tasks.autoencoder import AutoencoderTask
@@ -62,11 +63,6 @@ def _pixels(examples: list[dict[str, Any]], batch_size: int) -> np.ndarray:
   return np.concatenate([pixels, np.zeros((batch_size - len(pixels),) + pixels.shape[1:], pixels.dtype)])
 
 
-def process_share(count: int, process_index: int, process_count: int) -> range:
-  """The contiguous block of `count` examples process `process_index` encodes (blocks in process order)."""
-  return range(count * process_index // process_count, count * (process_index + 1) // process_count)
-
-
 def encode_dataset(config: Any, tokenizer: FrozenTokenizer, directory: str) -> dict[str, int]:
   """Latent shards of `config.tokenize.data` under `directory`: every array the tokenizer encodes, with labels and
   captions when the source has them and the captions' MiniLM token states when `config.tokenize.text_encoder` is
@@ -78,15 +74,15 @@ def encode_dataset(config: Any, tokenizer: FrozenTokenizer, directory: str) -> d
   counts = {}
   for split, split_name in (("train", config.data.train_split), ("eval", config.data.eval_split)):
     source = example_data.labeled_source(tokenize_config.data, split)
-    share = process_share(len(source), jax.process_index(), jax.process_count())
-    # Every process runs the same number of encode calls (they are collective), padding past its share's end.
-    num_batches = -(-(-(-len(source) // jax.process_count())) // batch_size)  # of the largest share
+    # This process's contiguous block, padded so every process makes the same number of (collective) encode calls.
+    block = [spec[0] for spec in streams.shard_and_pad([(i,) for i in range(len(source))], batch_size,
+                                                        jax.process_index(), jax.process_count())]
     with latent_data.LatentShardWriter(directory, str(split_name), shard_size=int(tokenize_config.shard_size),
                                        part=jax.process_index(), num_parts=jax.process_count(),
                                        metadata={"tokenizer_workdir": str(config.tokenizer.workdir),
                                                  "tokenizer_step": tokenizer.step}) as writer:
-      for index in range(num_batches):
-        batch = [source[i] for i in share[index * batch_size:(index + 1) * batch_size]]
+      for start in range(0, len(block), batch_size):
+        batch = [source[i] for i in block[start:start + batch_size] if i >= 0]
         encoded = tokenizer.encode(_pixels(batch or [source[0]], batch_size))
         if not batch:
           continue
@@ -96,5 +92,5 @@ def encode_dataset(config: Any, tokenizer: FrozenTokenizer, directory: str) -> d
         writer.add(arrays, [e["caption"] for e in batch] if "caption" in batch[0] else None)
       writer.close(encode_texts)
     counts[split] = len(source)
-    print(f"encode {split}: {len(share)} of {len(source)} examples → {directory}/{split_name}", flush=True)
+    print(f"encode {split}: {sum(i >= 0 for i in block)} of {len(source)} examples → {directory}/{split_name}", flush=True)
   return counts
