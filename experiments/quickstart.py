@@ -18,7 +18,9 @@ restarts with an EMA codebook (0.71 / 174 / 21.28 dB) or a k-means initialisatio
 entropy weight 0.1 (0.95 / 331 / 20.69 dB) or 0.01 (0.81 / 234 / 22.71 dB). Held-out PSNR moves by about ±1 dB
 with the data seed alone (plain VQ: 22.13 / 23.44 / 24.01 dB for seeds 0 / 1 / 2). Usage-share restarts
 (`restart_below_usage` 0.3: 0.79 / 224 / 23.79 dB; with entropy 0.01: 0.80 / 236 / 23.01 dB) and a softer entropy
-temperature (0.1: 0.76 / 215 / 23.83 dB) did not lift perplexity either. The same checkpoint scored on 176x176
+temperature (0.1: 0.76 / 215 / 23.83 dB), SimVQ's linear codebook (`linear_codebook`: 0.77 / 212 / 22.75 dB) and
+evaluating the live instead of the EMA weights (`optimizer.ema_decay=0`: 0.77 / 218 / 23.65 dB) did not lift
+perplexity either. The same checkpoint scored on 176x176
 tiles of the nine training photos uses every code at perplexity 282: whole-photo tiles are dominated by smooth
 regions, so their code histogram stays skewed even where the codebook was fit.
 """

@@ -329,3 +329,49 @@ def test_entropy_penalty_is_maskgits_sample_minus_codebook_entropy_of_soft_assig
   plain = VectorQuantizer(codebook_size=5, dim=3).apply(variables, jnp.asarray(z))[1]
   np.testing.assert_allclose(out.loss, plain.loss + 0.1 * (sample - batch), rtol=1e-5)
   assert out.metrics["codebook_entropy"] == pytest.approx(float(batch), rel=1e-5)
+
+
+def test_linear_codebook_is_fixed_basis_times_learned_matrix_and_one_chosen_code_moves_all():
+  quantizer = VectorQuantizer(codebook_size=6, dim=3, linear_codebook=True)
+  z = jax.random.normal(jax.random.key(0), (4, 3))
+  variables = nn.unbox(quantizer.init(jax.random.key(1), z))
+  assert set(variables["params"]) == {"codebook_transform"}
+  basis = variables["quantizer_stats"]["codebook_basis"]
+  chex.assert_shape(basis, (6, 3))
+  np.testing.assert_array_equal(variables["params"]["codebook_transform"], np.eye(3))  # step 0: the plain codes
+  transform = jax.random.normal(jax.random.key(2), (3, 3))
+  variables = {**variables, "params": {"codebook_transform": transform}}
+  codes = quantizer.apply(variables, method=quantizer.codes)
+  chex.assert_trees_all_close(codes, basis @ transform, atol=1e-6)  # SimVQ eq. 4: C·W
+
+  # One vector chooses one code; the codebook-loss gradient reaches W, which moves the codes nobody chose too.
+  one = z[:1]
+  loss = lambda w: quantizer.apply({**variables, "params": {"codebook_transform": w}}, one)[1].metrics["codebook_loss"]
+  grad = jax.grad(loss)(transform)
+  assert float(jnp.abs(grad).max()) > 0
+  moved = basis @ (transform - 0.1 * grad) - codes
+  chosen = int(quantizer.apply(variables, one)[1].indices[0])
+  others = np.delete(np.abs(np.asarray(moved)).max(-1), chosen)
+  assert np.all(others > 0), others
+
+
+def test_linear_codebook_restarts_to_batch_vectors_and_never_changes_its_basis():
+  quantizer = VectorQuantizer(codebook_size=4, dim=2, linear_codebook=True, restart_after_steps=1)
+  z = jnp.array([[0.1, 0.0], [0.9, 1.2], [0.2, -0.1], [1.1, 0.8], [0.0, 0.3], [0.7, 0.9]])
+  variables = nn.unbox(quantizer.init(jax.random.key(0), z))
+  basis = variables["quantizer_stats"]["codebook_basis"]
+  (_, out), state = quantizer.apply(variables, z, train=True, mutable=["quantizer_stats"])
+  variables = {**variables, **state}
+  np.testing.assert_array_equal(variables["quantizer_stats"]["codebook_basis"], basis)
+  codes = np.asarray(quantizer.apply(variables, method=quantizer.codes))
+  restarted = np.unique(np.asarray(out.indices)).size < 4
+  assert restarted and out.metrics["dead_codes"] == 4 - np.unique(np.asarray(out.indices)).size
+  unused = sorted(set(range(4)) - set(np.asarray(out.indices).tolist()))
+  distances = np.abs(codes[unused][:, None, :] - np.asarray(z)[None]).max(-1)
+  assert np.all(distances.min(-1) < 1e-5)  # each restarted code sits on a batch vector
+
+
+def test_linear_codebook_with_an_ema_codebook_is_rejected():
+  with pytest.raises(ValueError, match="linear_codebook"):
+    VectorQuantizer(codebook_size=8, dim=4, linear_codebook=True, ema_decay=0.9).init(
+        jax.random.key(0), jnp.zeros((1, 4)))

@@ -1,5 +1,6 @@
 """Vector quantization (VQ-VAE, VQGAN, ViT-VQGAN, LlamaGen): nearest codebook entry with straight-through
-gradients, optionally with a low-dimensional lookup, EMA codebook updates and dead-code restarts."""
+gradients, optionally with a low-dimensional lookup, a SimVQ linear codebook, EMA codebook updates and dead-code
+restarts."""
 
 import math
 
@@ -146,6 +147,13 @@ class VectorQuantizer(nn.Module):
     entropy_weight: 0 = off. w > 0 adds `w·(E[H(q(·|z))] − H(E[q(·|z)]))` over the batch's soft assignments
       `softmax(-‖z - e‖²/entropy_temperature)` (`assignment_entropies`; MaskGIT's VQ uses w = 0.1, T = 0.01),
       pushing the batch to spread over the codebook; metrics `sample_entropy` and `codebook_entropy`.
+    linear_codebook: False = each code is its own parameter. True = SimVQ (Zhu et al. 2024, "Addressing
+      Representation Collapse in Vector Quantized Models with One Linear Layer", eq. 4): the codes are `C·W`, a
+      fixed random basis `C` `[K, code_dim]` ("codebook_basis" in "quantizer_stats", drawn once at init, never
+      updated) times one learned `[code_dim, code_dim]` matrix ("codebook_transform"). The codebook-loss gradient
+      of any chosen code moves W, so every code moves with the used ones and none is left behind. W starts at the
+      identity (our choice; SimVQ uses a default-initialized linear layer), so step 0 has the plain codebook.
+      Not with an EMA codebook (it has no gradient to share).
     kmeans_init_iterations: 0 = off. I > 0 = the first training step replaces the whole codebook by I Lloyd
       iterations of (spherical, with l2_normalize) k-means over that batch's vectors, started from K of them
       drawn as for restarts (`kmeans`), the data-dependent initialisation of SoundStream and
@@ -171,6 +179,7 @@ class VectorQuantizer(nn.Module):
   kmeans_init_iterations: int = 0
   entropy_weight: float = 0.0
   entropy_temperature: float = 0.01
+  linear_codebook: bool = False
 
   @property
   def code_dim(self) -> int:
@@ -196,6 +205,9 @@ class VectorQuantizer(nn.Module):
     if self.entropy_weight < 0 or self.entropy_temperature <= 0:
       raise ValueError(f"VectorQuantizer: entropy_weight={self.entropy_weight} must be >= 0 (0 = off) and "
                        f"entropy_temperature={self.entropy_temperature} > 0.")
+    if self.linear_codebook and self.ema_decay:
+      raise ValueError(f"VectorQuantizer: linear_codebook=True (SimVQ) needs a gradient codebook, but "
+                       f"ema_decay={self.ema_decay}; set ema_decay=0.")
     if self.kmeans_init_iterations < 0:
       raise ValueError(f"VectorQuantizer: kmeans_init_iterations={self.kmeans_init_iterations} must be >= 0 "
                        "(0 = off).")
@@ -231,12 +243,19 @@ class VectorQuantizer(nn.Module):
           STATS, "cluster_size", nn.with_logical_partitioning(lambda: jnp.ones(shape[:1], jnp.float32), ("vocab",)))
       self.embed_sum = self.variable(  # N_k = 1 and m_k = e_k: the stored codebook is m / N from the start
           STATS, "embed_sum", nn.with_logical_partitioning(lambda: self.ema_codebook.value, ("vocab", "embed")))
+    elif self.linear_codebook:
+      self.codebook_basis = self.variable(
+          STATS, "codebook_basis", nn.with_logical_partitioning(lambda: code_init(self.make_rng("params"), shape),
+                                                                ("vocab", "embed")))
+      self.codebook_transform = self.param(
+          "codebook_transform", nn.with_logical_partitioning(lambda _, s: jnp.eye(*s), (None, None)),
+          (self.code_dim, self.code_dim))
     else:
       self.codebook = self.param("codebook", nn.with_logical_partitioning(code_init, ("vocab", "embed")), shape)
-      if self.writes_codes:
-        self.codebook_offset = self.variable(
-            STATS, "codebook_offset",
-            nn.with_logical_partitioning(lambda: jnp.zeros(shape, jnp.float32), ("vocab", "embed")))
+    if not self.ema_decay and self.writes_codes:
+      self.codebook_offset = self.variable(
+          STATS, "codebook_offset",
+          nn.with_logical_partitioning(lambda: jnp.zeros(shape, jnp.float32), ("vocab", "embed")))
     if self.restart_after_steps:
       self.idle_steps = self.variable(
           STATS, "idle_steps", nn.with_logical_partitioning(lambda: jnp.zeros(shape[:1], jnp.int32), ("vocab",)))
@@ -248,12 +267,18 @@ class VectorQuantizer(nn.Module):
     if self.kmeans_init_iterations:
       self.initialized = self.variable(STATS, "initialized", lambda: jnp.zeros((), jnp.bool_))
 
+  def _trained_codebook(self) -> jax.Array:
+    """The codebook the loss trains, before restart offsets: the parameter, or SimVQ's `C·W`."""
+    if self.linear_codebook:
+      return self.codebook_basis.value @ self.codebook_transform
+    return self.codebook
+
   def codes(self) -> jax.Array:
     """The codebook in lookup space `[K, code_dim]` (unit rows with l2_normalize)."""
     if self.ema_decay:
       codebook = self.ema_codebook.value
     else:
-      codebook = self.codebook
+      codebook = self._trained_codebook()
       if self.writes_codes:
         codebook = codebook + self.codebook_offset.value
     return _l2_normalize(codebook) if self.l2_normalize else codebook
@@ -318,7 +343,7 @@ class VectorQuantizer(nn.Module):
         embed_sum = jnp.where(dead[:, None], targets, embed_sum)
         cluster_size = jnp.where(dead, 1.0, cluster_size)
       else:
-        offset = targets - jax.lax.stop_gradient(self.codebook)  # param + offset = target
+        offset = targets - jax.lax.stop_gradient(self._trained_codebook())  # trained + offset = target
         self.codebook_offset.value = jnp.where(dead[:, None], offset, self.codebook_offset.value)
       if self.restart_after_steps:
         self.idle_steps.value = jnp.where(dead, 0, idle)
@@ -353,12 +378,13 @@ class VectorQuantizer(nn.Module):
       return kmeans(vectors, starts, self.kmeans_init_iterations, self.l2_normalize)
 
     done = self.initialized.value
-    current = self.ema_codebook.value if self.ema_decay else self.codebook + self.codebook_offset.value
+    trained = None if self.ema_decay else jax.lax.stop_gradient(self._trained_codebook())
+    current = self.ema_codebook.value if self.ema_decay else trained + self.codebook_offset.value
     centroids = jax.lax.cond(done, lambda _: current, initialize, None)
     if self.ema_decay:
       self.ema_codebook.value = centroids
       self.embed_sum.value = jnp.where(done, self.embed_sum.value, centroids)
       self.cluster_size.value = jnp.where(done, self.cluster_size.value, jnp.ones_like(self.cluster_size.value))
     else:
-      self.codebook_offset.value = centroids - jax.lax.stop_gradient(self.codebook)
+      self.codebook_offset.value = centroids - trained
     self.initialized.value = jnp.ones((), jnp.bool_)
