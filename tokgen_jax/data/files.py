@@ -1,29 +1,240 @@
-"""Files replaced as a whole are written atomically: to a temporary file in the same directory, then
-`os.replace`, so a crash or preemption never leaves a truncated file behind."""
+"""Paths that may be local or on Cloud Storage (`gs://bucket/...`), and the few file operations whose guarantees
+differ between the two.
+
+Every path the project reads or writes goes through `as_path`, an etils `epath.Path` (what Orbax uses): local
+paths as `pathlib`-like paths, `gs://` ones through gcsfs. What object storage lacks, and what stands in for it:
+
+* No atomic rename. A file replaced as a whole (`atomic_path`) is written locally first; on a local disk it is
+  renamed over the target, on GCS it is uploaded as one object, which readers see whole or not at all.
+* No append. A log written line by line lives in a `MirroredDirectory`: appended on local disk as before, and
+  on GCS appended to a local copy that is uploaded whole (at most once a second, GCS's per-object update rate,
+  and on close), so the object in the bucket is always a whole file of whole lines.
+* No directory rename. `move_tree` copies every file and only then deletes the source, so a kill in between
+  leaves the source intact.
+
+gcsfs caches directory listings by default; several processes (and TensorStore, which writes Orbax's arrays)
+change a bucket behind its back, so the cache is turned off here.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import socket
+import tempfile
+import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
+
+import fsspec.config
+from etils import epath
+
+from tokgen_jax.errors import ConfigError
+
+REMOTE_PREFIXES = ("gs://",)
+_UPLOAD_CHUNK = 16 * 2**20
+_GCS_ENDPOINT = "https://storage.googleapis.com"
+
+for _protocol in ("gs", "gcs"):  # before any gcsfs instance exists: fsspec applies this config on creation
+  fsspec.config.conf.setdefault(_protocol, {})["use_listings_cache"] = False
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+  return os.fspath(path).startswith(REMOTE_PREFIXES)
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+  """`path` as an `epath.Path`: a `gs://` URL kept as it is, a local path made absolute (`~` expanded)."""
+  text = os.fspath(path)
+  return epath.Path(text if is_remote(text) else os.path.abspath(os.path.expanduser(text)))
+
+
+def bucket_of(path: str | os.PathLike) -> str:
+  """`gs://bucket/a/b` → `bucket`."""
+  return os.fspath(path).split("://", 1)[1].split("/", 1)[0]
+
+
+def size(path: epath.Path) -> int:
+  return int(path.stat().length)
+
+
+def file_sizes(directory: epath.Path, skip: tuple[str, ...] = ()) -> dict[str, int]:
+  """`{relative path: bytes}` of every file under `directory` (names in `skip` left out)."""
+  sizes = {}
+  for root, _, names in directory.walk():
+    if is_remote(directory) and not is_remote(root):  # fsspec walks gs:// without the scheme
+      root = f"gs://{root}"
+    root = epath.Path(root)
+    for name in names:
+      if name not in skip:
+        sizes[str((root / name).relative_to(directory))] = size(root / name)
+  return dict(sorted(sizes.items()))
+
+
+# ------------------------------------------------------------------------------------------------ whole files
+
+
+def _upload(local: str, target: epath.Path) -> None:
+  """One object from a local file; GCS makes it visible only once the upload completes."""
+  with open(local, "rb") as source, target.open("wb") as destination:
+    shutil.copyfileobj(source, destination, _UPLOAD_CHUNK)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-  """Yield a temporary path next to `path`; on success move it over `path`, on failure delete it.
+  """Yield a local temporary path to write; on success it becomes `path` whole, on failure it is deleted.
 
-  The temporary name keeps the final extension so format-sniffing writers (imageio, PIL) still see it, and
-  lives in the same directory so `os.replace` is a rename within one filesystem, which is atomic.
+  Local: the temporary file sits next to `path` (one filesystem, so `os.replace` is an atomic rename) and is
+  fsynced first. `gs://`: it sits in the system temp directory and is uploaded as one object. The temporary name
+  keeps the final extension so format-sniffing writers (imageio, PIL) still see it.
   """
-  path = os.fspath(path)
-  directory, filename = os.path.split(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  stem, suffix = os.path.splitext(filename)
+  remote = is_remote(path)
+  target = as_path(path)
+  if remote:
+    directory = tempfile.mkdtemp(prefix="tokgen_upload_")
+  else:
+    directory = os.fspath(target.parent)
+    os.makedirs(directory, exist_ok=True)
+  stem, suffix = os.path.splitext(target.name)
   temporary = os.path.join(directory, f".{stem}.{uuid.uuid4().hex}.tmp{suffix}")
   try:
     yield temporary
-    os.replace(temporary, path)
+    if remote:
+      _upload(temporary, target)
+    else:
+      with open(temporary, "rb") as file:
+        os.fsync(file.fileno())  # data on disk before the rename: a power loss cannot leave an empty new name
+      os.replace(temporary, target)
   finally:
     if os.path.exists(temporary):
       os.remove(temporary)
+    if remote:
+      shutil.rmtree(directory, ignore_errors=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+  """`text` (UTF-8) as the whole content of `path`, atomically (`atomic_path`)."""
+  with atomic_path(path) as temporary:
+    with open(temporary, "w", encoding="utf-8") as file:
+      file.write(text)
+
+
+def move_tree(source: epath.Path, target: epath.Path) -> None:
+  """Move the directory `source` to `target` (which must not exist). Local: one rename. GCS has no rename:
+  every file is copied, then the source deleted, so a kill part-way leaves the source whole."""
+  target.parent.mkdir(parents=True, exist_ok=True)
+  if not is_remote(source):
+    os.replace(source, target)
+    return
+  for relative in file_sizes(source):
+    (target / relative).parent.mkdir(parents=True, exist_ok=True)
+    (source / relative).copy(target / relative)
+  source.rmtree()
+
+
+# ---------------------------------------------------------------------------------------------- appended logs
+
+
+class MirroredDirectory:
+  """A directory for logs that are appended to: local files, mirrored whole to `target` when it is `gs://`.
+
+  `local` is where writers open their files. For a local `target` it is `target` itself and `sync` does nothing.
+  For `gs://` it is a fresh temporary directory; `fetch(name)` first copies an existing object down (a resumed
+  run appends after the earlier lines), and `sync()` uploads every file that changed since the last upload, as a
+  whole object, at most once per `min_interval_s` (`force=True` on close). A kill loses at most the lines of the
+  last interval; the bucket never holds a partial file.
+  """
+
+  def __init__(self, target: str | os.PathLike, min_interval_s: float = 1.0):
+    self.target = as_path(target)
+    self.remote = is_remote(target)
+    self.min_interval_s = min_interval_s
+    self._uploaded: dict[str, tuple[int, int]] = {}
+    self._last_sync = 0.0
+    if self.remote:
+      self.local = epath.Path(tempfile.mkdtemp(prefix="tokgen_mirror_"))
+    else:
+      self.local = self.target
+      self.local.mkdir(parents=True, exist_ok=True)
+
+  def fetch(self, name: str) -> epath.Path:
+    """The local path of `name`, holding the target's current content if it exists there."""
+    local = self.local / name
+    if self.remote and (self.target / name).exists():
+      local.parent.mkdir(parents=True, exist_ok=True)
+      local.write_bytes((self.target / name).read_bytes())
+      self._uploaded[name] = self._signature(local)
+    return local
+
+  @staticmethod
+  def _signature(path: epath.Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
+
+  def sync(self, force: bool = False) -> None:
+    if not self.remote or (not force and time.monotonic() - self._last_sync < self.min_interval_s):
+      return
+    for name in file_sizes(self.local):
+      signature = self._signature(self.local / name)
+      if self._uploaded.get(name) != signature:
+        _upload(os.fspath(self.local / name), self.target / name)
+        self._uploaded[name] = signature
+    self._last_sync = time.monotonic()
+
+  def close(self) -> None:
+    self.sync(force=True)
+    if self.remote:
+      shutil.rmtree(self.local, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ reachability
+
+
+def _endpoint() -> str:
+  return os.environ.get("STORAGE_EMULATOR_HOST") or _GCS_ENDPOINT
+
+
+def _check_endpoint(path: str, what: str, timeout_s: float) -> None:
+  """A TCP connection to the storage endpoint, so an unreachable one fails in seconds, not after gcsfs's
+  minute of retries."""
+  endpoint = _endpoint()
+  parsed = urllib.parse.urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
+  port = parsed.port or (443 if parsed.scheme == "https" else 80)
+  try:
+    socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
+  except OSError as error:
+    raise ConfigError(
+        f"{what}={path}: the Cloud Storage endpoint {endpoint} cannot be reached ({error}). Check the network "
+        f"(on a TPU VM: its service account and VPC access to storage.googleapis.com) or, for an emulator, "
+        f"STORAGE_EMULATOR_HOST; or use a local path.") from error
+
+
+def check_writable(path: str | os.PathLike, what: str = "--workdir", timeout_s: float = 10.0) -> None:
+  """Raise ConfigError naming `what`, the path and the fix unless a file can be created under `path` (and
+  deleted again): an unreachable endpoint, a missing bucket and a missing permission each fail here, before
+  any step runs. Creates `path` if it is missing."""
+  text = os.fspath(path)
+  directory = as_path(text)
+  if is_remote(text):
+    _check_endpoint(text, what, timeout_s)
+    bucket = bucket_of(text)
+    try:
+      exists = as_path(f"gs://{bucket}").exists()
+    except PermissionError as error:
+      raise ConfigError(f"{what}={text}: no permission to read bucket gs://{bucket} ({error}). Grant this machine's "
+                        f"account roles/storage.objectAdmin on it, or pick a bucket it may write.") from error
+    if not exists:
+      raise ConfigError(f"{what}={text}: the bucket gs://{bucket} does not exist. Create it (gcloud storage "
+                        f"buckets create gs://{bucket} --location=<the TPU's region>) or fix the path.")
+  probe = directory / f".tokgen_write_check_{uuid.uuid4().hex}"
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+    probe.write_bytes(b"")
+    probe.unlink()
+  except PermissionError as error:
+    raise ConfigError(f"{what}={text}: no permission to write there ({error}). Grant write access (for a bucket: "
+                      f"roles/storage.objectAdmin) or choose another path.") from error
+  except OSError as error:
+    raise ConfigError(f"{what}={text}: cannot write there ({error!r}). Fix the path or its storage.") from error
