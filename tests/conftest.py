@@ -19,6 +19,8 @@ os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "0")
 
 import json  # noqa: E402
 import logging  # noqa: E402
+import shutil  # noqa: E402
+import threading  # noqa: E402
 import urllib.request  # noqa: E402
 import uuid  # noqa: E402
 
@@ -33,6 +35,10 @@ def gcs_server():
 
   server = FakeGCSServer()
   server.start()  # sets STORAGE_EMULATOR_HOST
+  # The wrapper pipes the server's log to us and never reads it: once the pipe is full the server blocks on its
+  # next log line and every request hangs. Drain it.
+  threading.Thread(target=shutil.copyfileobj, args=(server._process.stderr, open(os.devnull, "wb")),
+                   daemon=True).start()
   os.environ["TENSORSTORE_GCS_HTTP_URL"] = server.url
   os.environ["GOOGLE_AUTH_TOKEN_FOR_TESTING"] = "emulator"
   logging.getLogger("gcsfs").setLevel(logging.ERROR)  # its "no default credentials" notice on every bucket

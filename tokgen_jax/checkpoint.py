@@ -1,20 +1,21 @@
 """Orbax checkpoints of one run: items `state` (the TrainState), `data` (the Grain iterator) and `config` (JSON).
 
-Checkpoints live in `workdir/checkpoints/<step>/`, are written asynchronously and atomically (Orbax writes a
-temporary directory and renames it when complete; a kill leaves only the temporary directory, which the next
-Manager deletes), and are pruned to the newest `keep`.
+Checkpoints live in `workdir/checkpoints/<step>/` (a local path or `gs://`), are written asynchronously and
+atomically, and are pruned to the newest `keep`. On local disk Orbax writes a temporary directory and renames it
+when complete; on GCS, which has no rename, it marks a complete step with `commit_success.txt` last. Either way a
+kill leaves an unfinished step that no restore reads and the next Manager deletes.
 
 Damage after the fact (a truncated or deleted file) is caught on restore. Once a save is known complete, the
 chief records the size of every file of the step in `<step>/file_sizes.json`; `restore_latest` checks the newest
 step against it, and a step that fails the check or fails to restore is reported by step and file, moved whole to
-`workdir/checkpoints_damaged/` (evidence kept, never overwritten) and the previous step is tried. A checkpoint
+`workdir/checkpoints_damaged/` (evidence kept, never overwritten; on GCS copied, then deleted) and the previous
+step is tried. A checkpoint
 that does not fit the model (other shapes or parameters) is a config problem, not damage: it raises ConfigError
 and nothing is moved.
 """
 
 import json
 import os
-import pathlib
 import time
 from typing import Any
 
@@ -23,8 +24,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 
+from tokgen_jax.data import files
 from tokgen_jax.errors import CheckpointError, ConfigError
 
 ITEMS = ("state", "data", "config")
@@ -38,7 +41,7 @@ class DamagedCheckpoint(CheckpointError):
 
 class Manager:
   def __init__(self, workdir: str, *, keep: int, asynchronous: bool = True):
-    self.workdir = pathlib.Path(workdir).absolute()
+    self.workdir = files.as_path(workdir)
     self.directory = self.workdir / "checkpoints"
     self._manager = ocp.CheckpointManager(
         self.directory,
@@ -123,13 +126,12 @@ class Manager:
             f"falling back to the previous checkpoint.", flush=True)
     return None
 
-  def _move_aside(self, step: int) -> pathlib.Path:
+  def _move_aside(self, step: int) -> epath.Path:
     target = self.workdir / DAMAGED_DIRNAME / str(step)
     if target.exists():  # the same step was damaged before: keep both
       target = target.with_name(f"{step}.{time.strftime('%Y%m%d-%H%M%S')}.{os.getpid()}")
     if jax.process_index() == 0:
-      target.parent.mkdir(parents=True, exist_ok=True)
-      os.replace(self.directory / str(step), target)
+      files.move_tree(self.directory / str(step), target)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"tokgen_moved_damaged_step_{step}")
     self._manager.reload()
@@ -149,18 +151,15 @@ def _on_any_process(flag: bool) -> bool:
 # -------------------------------------------------------------------------------------------- integrity checks
 
 
-def _files(step_dir: pathlib.Path) -> dict[str, int]:
-  return {str(path.relative_to(step_dir)): path.stat().st_size
-          for path in sorted(step_dir.rglob("*")) if path.is_file() and path.name != FILE_SIZES}
+def _files(step_dir: epath.Path) -> dict[str, int]:
+  return files.file_sizes(step_dir, skip=(FILE_SIZES,))
 
 
-def _record_file_sizes(step_dir: pathlib.Path) -> None:
-  temporary = step_dir / f".{FILE_SIZES}.tmp"
-  temporary.write_text(json.dumps(_files(step_dir), indent=0))
-  os.replace(temporary, step_dir / FILE_SIZES)
+def _record_file_sizes(step_dir: epath.Path) -> None:
+  files.write_text(step_dir / FILE_SIZES, json.dumps(_files(step_dir), indent=0))
 
 
-def check_file_sizes(step_dir: pathlib.Path) -> None:
+def check_file_sizes(step_dir: epath.Path) -> None:
   """Raise DamagedCheckpoint naming the first file of `step_dir` that is missing or not its recorded size (steps
   saved before sizes were recorded, or killed before recording them, are only checked for empty files)."""
   record = step_dir / FILE_SIZES
@@ -182,7 +181,7 @@ def check_file_sizes(step_dir: pathlib.Path) -> None:
                               f"{size} were written")
 
 
-def _restore_data(directory: pathlib.Path, data_iterator: Any) -> None:
+def _restore_data(directory: epath.Path, data_iterator: Any) -> None:
   """Set the iterator to its saved position. Grain names the file by process index and count; when the count has
   changed since the save, every saved file holds the same position (a count of global batches: each process's
   iterator yields its share of every global batch, `streams.global_stream`), which then applies to any layout."""
@@ -219,7 +218,7 @@ def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   return {".".join(_key_name(e) for e in path): tuple(leaf.shape) for path, leaf in leaves if hasattr(leaf, "shape")}
 
 
-def _check_fits(step_dir: pathlib.Path, abstract_state: Any) -> None:
+def _check_fits(step_dir: epath.Path, abstract_state: Any) -> None:
   """ConfigError if the saved state's parameter names or shapes differ from the model's."""
   try:
     metadata = ocp.StandardCheckpointer().metadata(step_dir / "state")
@@ -242,7 +241,7 @@ def _check_fits(step_dir: pathlib.Path, abstract_state: Any) -> None:
 # ------------------------------------------------------------------------------------------------- init_from
 
 
-def _latest_state(directory: pathlib.Path, abstract_state: Any) -> Any | None:
+def _latest_state(directory: epath.Path, abstract_state: Any) -> Any | None:
   if not directory.is_dir():
     return None
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
@@ -255,7 +254,7 @@ def _latest_state(directory: pathlib.Path, abstract_state: Any) -> Any | None:
 
 def restore_params(path: str, abstract_state: Any) -> Any:
   """The latest state stored under `path` (a workdir, its checkpoints/ folder or one step folder), for init_from."""
-  root = pathlib.Path(path).absolute()
+  root = files.as_path(path)
   for directory in (root / "checkpoints", root):
     state = _latest_state(directory, abstract_state)
     if state is not None:

@@ -11,7 +11,6 @@ state with a NaN/Inf is ever checkpointed (`check_state_finite` before every sav
 import functools
 import json
 import os
-import pathlib
 import zlib
 from typing import Any, Callable
 
@@ -21,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from tokgen_jax import writers
+from tokgen_jax.data import files
 from tokgen_jax.errors import ConfigError
 
 NONFINITE_POLICIES = ("stop", "skip")
@@ -117,10 +117,12 @@ class NonFiniteMonitor:
 class BatchRecord:
   """Appends `{"step", "crc32"}` of each batch (this process's share) to WORKDIR/batches.jsonl when enabled."""
 
-  def __init__(self, workdir: pathlib.Path, enabled: bool):
+  def __init__(self, workdir: str | os.PathLike, enabled: bool):
     self._file = None
+    self._mirror = None
     if enabled:
-      path = os.path.join(workdir, BATCHES_FILENAME)
+      self._mirror = files.MirroredDirectory(workdir)  # a gs:// workdir gets the file whole, once a second
+      path = self._mirror.fetch(BATCHES_FILENAME)
       writers.drop_partial_last_line(path)
       self._file = open(path, "a", encoding="utf-8")
 
@@ -132,7 +134,10 @@ class BatchRecord:
       crc = zlib.crc32(np.ascontiguousarray(batch[key]).tobytes(), zlib.crc32(key.encode(), crc))
     self._file.write(json.dumps({"step": step, "crc32": crc}) + "\n")
     self._file.flush()
+    self._mirror.sync()
 
   def close(self) -> None:
     if self._file is not None:
       self._file.close()
+      self._file = None
+      self._mirror.close()

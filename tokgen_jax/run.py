@@ -9,7 +9,6 @@ tokenizer), eval batches, host gathers. trainer, aot and bench import this modul
 import contextlib
 import dataclasses
 import functools
-import pathlib
 import time
 from typing import Any, Iterator
 
@@ -18,10 +17,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tokgen_jax import checkpoint, data, guard, perf, sharding, tasks
+from tokgen_jax.data import files
 from tokgen_jax.errors import ConfigError
 
 
@@ -30,7 +31,7 @@ class Run:
   """The mesh, the task and the (abstract) state layout of one experiment in one workdir."""
 
   config: ml_collections.ConfigDict
-  workdir: pathlib.Path
+  workdir: epath.Path
   mesh: Mesh
   rules: tuple
   task: tasks.Task
@@ -116,7 +117,7 @@ def _batch_parallel(fn, batch_sharding: NamedSharding):
 
 def setup(config: ml_collections.ConfigDict, workdir: str, devices: list | None = None) -> Run:
   if config.data.source in data.LATENT_SOURCES and not config.data.path:
-    config.data.path = str(pathlib.Path(workdir).absolute() / "tokens")  # encode writes, train reads, here
+    config.data.path = str(files.as_path(workdir) / "tokens")  # encode writes, train reads, here
   mesh = sharding.make_mesh(config.mesh, devices)
   sharding.check_batch_size(config.batch_size, mesh)
   sharding.check_batch_size(config.eval.batch_size, mesh, key="eval.batch_size")
@@ -128,7 +129,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices: list | None 
     boxed = jax.eval_shape(lambda rng: task.init(rng, example), key)
   state_shardings = sharding.state_shardings(boxed, mesh, rules)
   abstract_state = checkpoint.abstract_with_shardings(nn.unbox(boxed), state_shardings)
-  return Run(config, pathlib.Path(workdir), mesh, rules, task, abstract_state, state_shardings)
+  return Run(config, files.as_path(workdir), mesh, rules, task, abstract_state, state_shardings)
 
 
 def abstract_batch(example: dict[str, Any], batch_size: int,

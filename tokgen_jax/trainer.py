@@ -27,6 +27,7 @@ from jax.experimental import multihost_utils
 
 from tokgen_jax import aot, checkpoint, config as config_lib, data, guard, sharding, summary, tasks, writers
 from tokgen_jax.bench import training as bench_training
+from tokgen_jax.data import files
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.run import Run, Timer, compile_step, count_params, setup
 
@@ -34,6 +35,7 @@ from tokgen_jax.run import Run, Timer, compile_step, count_params, setup
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str, topology: str = "") -> dict[str, Any]:
   """Run `mode` and return its summary (final metrics for train, eval metrics for eval, paths for sample).
   `topology` (compile mode) overrides `config.topology`."""
+  files.check_writable(workdir)  # an unreachable bucket fails here, not at the first checkpoint
   if mode == "compile":
     return aot.compile_experiment(config, workdir, topology)
   state_run = setup(config, workdir)

@@ -2,8 +2,10 @@
 files (image and video grids of reconstructions and samples: `data.grids`).
 
 Only JAX process 0 should write; the trainer passes `enabled=jax.process_index() == 0` so this module stays free
-of JAX. Files that are replaced as a whole (JSON, images, videos) are written atomically: to a temporary file in
-the same directory, then `os.replace`, so a crash or preemption never leaves a truncated file behind.
+of JAX. Files that are replaced as a whole (JSON, images, videos) are written atomically (`files.atomic_path`: a
+rename on local disk, one object upload on `gs://`), so a crash or preemption never leaves a truncated file
+behind. The JSON-lines log and TensorBoard events are appended in a `files.MirroredDirectory`: in place on local
+disk, uploaded whole (at most once a second and on close) to a `gs://` workdir.
 
 Non-finite numbers: JSON has no NaN/Infinity, so they are written as the strings "nan", "inf" and "-inf".
 Unlike `null` this keeps which one happened (a loss that overflowed vs. one that became NaN), and
@@ -76,20 +78,14 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
   numpy/jax values are converted; NaN/inf become "nan"/"inf"/"-inf" so the file stays valid JSON.
   """
-  text = json.dumps(_to_json_compatible(obj), indent=2, allow_nan=False) + "\n"
-  with files.atomic_path(path) as temporary:
-    with open(temporary, "w", encoding="utf-8") as file:
-      file.write(text)
-      file.flush()
-      # Data on disk before the rename, so a power loss cannot leave the new name with empty content.
-      os.fsync(file.fileno())
+  files.write_text(path, json.dumps(_to_json_compatible(obj), indent=2, allow_nan=False) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Metric writer
 
 
-def drop_partial_last_line(path: str) -> None:
+def drop_partial_last_line(path: str | os.PathLike) -> None:
   """Cut a line a killed run left half-written, so appended lines stay one JSON record each."""
   if not os.path.exists(path) or os.path.getsize(path) == 0:
     return
@@ -103,24 +99,27 @@ class MetricWriter:
   """Writes scalars per step to `workdir/metrics.jsonl` and to TensorBoard events in `workdir/tensorboard/`.
 
   Each `write` appends one line `{"step": step, **scalars}` and flushes both sinks, so a killed run keeps every
-  step it logged. Re-opening the same workdir (a resumed run) appends after the earlier lines.
-  With `enabled=False` (JAX processes other than 0) nothing is created or written.
+  step it logged (on `gs://`: every line uploaded up to the last second). Re-opening the same workdir (a resumed
+  run) appends after the earlier lines. With `enabled=False` (JAX processes other than 0) nothing is created or
+  written.
   """
 
   def __init__(self, workdir: str | os.PathLike, *, enabled: bool = True):
     self.enabled = enabled
-    self.metrics_path = os.path.join(os.fspath(workdir), METRICS_FILENAME)
+    self.metrics_path = files.as_path(workdir) / METRICS_FILENAME
     self._jsonl = None
     self._tensorboard = None
+    self._mirror = None
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    drop_partial_last_line(self.metrics_path)
-    self._jsonl = open(self.metrics_path, "a", encoding="utf-8")
+    self._mirror = files.MirroredDirectory(workdir)
+    local_metrics = self._mirror.fetch(METRICS_FILENAME)
+    drop_partial_last_line(local_metrics)
+    self._jsonl = open(local_metrics, "a", encoding="utf-8")
     # Imported here: non-writing processes never pay for the protobuf import.
     from tensorboardX import SummaryWriter
 
-    self._tensorboard = SummaryWriter(logdir=os.path.join(workdir, TENSORBOARD_DIRNAME))
+    self._tensorboard = SummaryWriter(logdir=os.fspath(self._mirror.local / TENSORBOARD_DIRNAME))
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
     if not self.enabled:
@@ -134,6 +133,7 @@ class MetricWriter:
     for name, value in values.items():
       self._tensorboard.add_scalar(name, value, global_step=int(step))
     self._tensorboard.flush()
+    self._mirror.sync()
 
   def close(self) -> None:
     if self._jsonl is not None:
@@ -142,6 +142,9 @@ class MetricWriter:
     if self._tensorboard is not None:
       self._tensorboard.close()
       self._tensorboard = None
+    if self._mirror is not None:
+      self._mirror.close()
+      self._mirror = None
 
   def __enter__(self) -> MetricWriter:
     return self

@@ -56,12 +56,13 @@ def bucket_of(path: str | os.PathLike) -> str:
   return os.fspath(path).split("://", 1)[1].split("/", 1)[0]
 
 
-def size(path: epath.Path) -> int:
-  return int(path.stat().length)
+def size(path: str | os.PathLike) -> int:
+  return int(as_path(path).stat().length)
 
 
-def file_sizes(directory: epath.Path, skip: tuple[str, ...] = ()) -> dict[str, int]:
+def file_sizes(directory: str | os.PathLike, skip: tuple[str, ...] = ()) -> dict[str, int]:
   """`{relative path: bytes}` of every file under `directory` (names in `skip` left out)."""
+  directory = as_path(directory)
   sizes = {}
   for root, _, names in directory.walk():
     if is_remote(directory) and not is_remote(root):  # fsspec walks gs:// without the scheme
@@ -121,9 +122,10 @@ def write_text(path: str | os.PathLike, text: str) -> None:
       file.write(text)
 
 
-def move_tree(source: epath.Path, target: epath.Path) -> None:
+def move_tree(source: str | os.PathLike, target: str | os.PathLike) -> None:
   """Move the directory `source` to `target` (which must not exist). Local: one rename. GCS has no rename:
   every file is copied, then the source deleted, so a kill part-way leaves the source whole."""
+  source, target = as_path(source), as_path(target)
   target.parent.mkdir(parents=True, exist_ok=True)
   if not is_remote(source):
     os.replace(source, target)

@@ -11,10 +11,13 @@ reference-statistics format (pytorch-fid's `--save-stats`), so such files load h
 
 from __future__ import annotations
 
+import io
 import os
 import zipfile
 
 import numpy as np
+
+from tokgen_jax.data import files
 
 
 def _as_float64(value, name: str, ndim: int) -> np.ndarray:
@@ -202,7 +205,7 @@ class FeatureStatistics:
     `path` (through a file handle: `np.savez` given a name would append `.npz` to one without it)."""
     count = -1 if self._count is None else self._count
     mu, sigma = self.mean, self.covariance
-    with open(path, "wb") as file:
+    with files.atomic_path(path) as temporary, open(temporary, "wb") as file:
       np.savez(file, mu=mu, sigma=sigma, count=np.int64(count))
 
   @staticmethod
@@ -223,14 +226,15 @@ class FeatureStatistics:
   def load(cls, path: str | os.PathLike) -> FeatureStatistics:
     """Read statistics written by `save`, or reference statistics with only `mu` and `sigma`."""
     path = os.fspath(path)
+    location = files.as_path(path)
     fix = (
         "write it with FeatureStatistics.update(features).save(path) (or pytorch-fid's --save-stats, "
         "keys mu and sigma)"
     )
-    if not os.path.isfile(path):
+    if not location.is_file():
       raise FileNotFoundError(f"FeatureStatistics.load: no statistics file at {path!r}; {fix}.")
     try:
-      with np.load(path, allow_pickle=False) as data:
+      with np.load(io.BytesIO(location.read_bytes()), allow_pickle=False) as data:
         arrays = {key: np.asarray(data[key]) for key in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
       raise ValueError(f"FeatureStatistics.load: {path!r} is not a readable .npz file ({error}); {fix}.") from error

@@ -12,7 +12,6 @@ checkpointed state, so a resumed run is bit-identical.
 import dataclasses
 import functools
 import math
-import pathlib
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -20,10 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from absl import logging
 
 from tokgen_jax import data, quantizers, tokenizers
-from tokgen_jax.data import grids
+from tokgen_jax.data import files, grids
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.losses import reconstruction_loss
 from tokgen_jax.metrics import ms_ssim, psnr, ssim
@@ -240,7 +240,7 @@ class AutoencoderTask(Task):
       pixels = self.load_sample_input(run.config.data, path)
       with run.context():
         recon = np.asarray(run.gather(reconstruct(state, run.replicate(pixels))))
-      stem = f"recon_{pathlib.Path(path).stem}"
+      stem = f"recon_{files.as_path(path).stem}"
       out = run.workdir / "samples" / (f"{stem}.mp4" if pixels.ndim == 5 else f"{stem}.png")
       if run.is_chief:
         grids.save_examples(out.parent, stem, [pixels, recon], max_rows=1, fps=fps)
@@ -272,10 +272,9 @@ class AutoencoderTask(Task):
     config = run.config
     batches = ((host[self.input_key], mask) for _, host, mask in run.eval_batches())
     statistics = evaluation.reference_statistics(self.feature_networks(), self.input_key == "video", batches)
-    path = pathlib.Path(config.eval.reference_statistics or
-                        run.workdir / "stats" / f"{config.data.source}_{config.data.eval_split}.npz")
+    path = files.as_path(config.eval.reference_statistics or
+                         run.workdir / "stats" / f"{config.data.source}_{config.data.eval_split}.npz")
     if run.is_chief:
-      path.parent.mkdir(parents=True, exist_ok=True)
       statistics.save(path)
       print(f"stats: {statistics.count} examples, {statistics.dim}-d features → {path}", flush=True)
     return {"path": str(path), "count": statistics.count}
@@ -306,7 +305,7 @@ class ReconstructionPass:
   def results(self) -> dict[str, float]:
     return self._metrics.results()
 
-  def write_samples(self, directory: pathlib.Path, step: int) -> None:
+  def write_samples(self, directory: epath.Path, step: int) -> None:
     if self._examples is not None:
       grids.save_examples(directory, f"eval_step_{step}", self._examples, self._num_grid_images, fps=self._fps)
 

@@ -18,13 +18,13 @@ The trainer, `aot` and `bench` see a task only through `Task`:
 import abc
 import dataclasses
 import functools
-import pathlib
 from typing import Any, Callable, Iterator, Protocol
 
 import flax
 import jax
 import numpy as np
 import optax
+from etils import epath
 
 
 @flax.struct.dataclass
@@ -110,7 +110,7 @@ class Evaluator(Protocol):
   def results(self) -> dict[str, float]:
     ...
 
-  def write_samples(self, directory: pathlib.Path, step: int) -> None:
+  def write_samples(self, directory: epath.Path, step: int) -> None:
     """Image/video grids of this pass under `directory` (called on the chief process only)."""
 
 
@@ -118,7 +118,7 @@ class RunContext(Protocol):
   """The run as a task's evaluator and modes see it (implemented by `run.Run`)."""
 
   config: Any
-  workdir: pathlib.Path
+  workdir: epath.Path
 
   @property
   def is_chief(self) -> bool:

@@ -21,7 +21,6 @@ of the real examples is scored the same way (`reference_*`): the ceiling a gener
 import dataclasses
 import functools
 import math
-import pathlib
 from collections.abc import Sequence
 from typing import Any, Callable
 
@@ -29,11 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from absl import logging
 
 from tokgen_jax import generators, tokenizers
 from tokgen_jax.data import examples as example_data
-from tokgen_jax.data import grids, shapes, text
+from tokgen_jax.data import files, grids, shapes, text
 from tokgen_jax.data import latents as latent_data
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.generators import orderings, sampling
@@ -338,7 +338,7 @@ class GeneratorPass:
         results |= {f"{name}_{k}": v for k, v in shape_metrics.score_prompts(prompts, self._columns[-1]).items()}
     return results
 
-  def write_samples(self, directory: pathlib.Path, step: int) -> None:
+  def write_samples(self, directory: epath.Path, step: int) -> None:
     if not self._columns:
       return
     config = self._run.config
@@ -347,9 +347,8 @@ class GeneratorPass:
     _write_prompts(directory / f"eval_step_{step}_prompts.txt", self._prompts)
 
 
-def _write_prompts(path: pathlib.Path, prompts: list) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text("".join(f"{p}\n" for p in prompts), encoding="utf-8")
+def _write_prompts(path: epath.Path, prompts: list) -> None:
+  files.write_text(path, "".join(f"{p}\n" for p in prompts))
 
 
 def _class_id(prompt: str, num_classes: int) -> int:
@@ -368,8 +367,8 @@ def read_prompts(sample_config: Any) -> list[str]:
   prompts = [p.strip() for p in str(sample_config.prompts).split(";") if p.strip()]
   if sample_config.prompts_file:
     try:
-      with open(sample_config.prompts_file, encoding="utf-8") as file:
-        prompts += [line.strip() for line in file if line.strip()]
+      text = files.as_path(sample_config.prompts_file).read_text(encoding="utf-8")
+      prompts += [line.strip() for line in text.splitlines() if line.strip()]
     except OSError as error:
       raise ConfigError(f"config.sample.prompts_file={sample_config.prompts_file!r} cannot be read ({error}); "
                         f"give a text file with one prompt per line.") from error
