@@ -17,14 +17,13 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # bits a key yields, not any property tested here; runs outside the tests keep JAX's default.
 os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "0")
 
-import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
 import threading  # noqa: E402
-import urllib.request  # noqa: E402
-import uuid  # noqa: E402
 
 import pytest  # noqa: E402
+
+from tests.helpers import create_bucket  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -50,9 +49,4 @@ def gcs_server():
 @pytest.fixture
 def gcs_bucket(gcs_server) -> str:
   """`gs://<fresh bucket>` on the emulator."""
-  name = f"test-{uuid.uuid4().hex[:12]}"
-  request = urllib.request.Request(f"{gcs_server.url}/storage/v1/b?project=test", data=json.dumps({"name": name}).encode(),
-                                   headers={"Content-Type": "application/json"})
-  with urllib.request.urlopen(request) as response:
-    assert response.status == 200
-  return f"gs://{name}"
+  return create_bucket(gcs_server.url)

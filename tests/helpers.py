@@ -1,5 +1,9 @@
 """Tiny configs shared by the trainer, task and CLI tests."""
 
+import json
+import urllib.request
+import uuid
+
 from tokgen_jax.config import load_experiment
 
 QUICKSTART = "experiments/quickstart.py:local"
@@ -52,3 +56,13 @@ def tiny_shapes_data():
 def tiny_shapes_tokenizer():
   return set_fields(load_experiment("experiments/ar_shapes.py:tokenizer"), TINY_SHAPES_TOKENIZER | {
       "data": tiny_shapes_data()})
+
+
+def create_bucket(emulator_url: str) -> str:
+  """A fresh bucket on the GCS emulator at `emulator_url`, as `gs://name`."""
+  name = f"test-{uuid.uuid4().hex[:12]}"
+  request = urllib.request.Request(f"{emulator_url}/storage/v1/b?project=test", data=json.dumps({"name": name}).encode(),
+                                   headers={"Content-Type": "application/json"})
+  with urllib.request.urlopen(request) as response:
+    assert response.status == 200
+  return f"gs://{name}"
