@@ -11,7 +11,8 @@
 #             BIN -m pip install -e '.[tpu]'.
 #   run     [--repo DIR] [--log FILE] [--python BIN] -- TOKGEN_ARGS...
 #             on every worker, in the background: cd DIR && nohup BIN -m tokgen_jax.main --distributed ARGS
-#             > FILE 2>&1 (a relative FILE is taken from the home directory).
+#             > FILE 2>&1 (a relative FILE is taken from the home directory). A gs:// --workdir is first checked
+#             from every worker (python -m tokgen_jax.data.files WORKDIR: the bucket is reachable and writable).
 #   logs    [--worker N] [--log FILE]           tail -f FILE on one worker.
 #   copy    --from REMOTE_PATH --to LOCAL_DIR [--worker N]   scp --recurse from one worker to here.
 #   delete  [--queued]                          delete the TPU VM (and the queued resource NAME-qr).
@@ -191,6 +192,16 @@ case "$subcommand" in
     ;;
   run)
     ((${#args[@]})) || die "run needs tokgen arguments after --, e.g. -- --config=experiments/quickstart.py:full --workdir=gs://bucket/run"
+    workdir=""
+    for ((i = 0; i < ${#args[@]}; i++)); do
+      case "${args[i]}" in
+        --workdir=*) workdir=${args[i]#--workdir=} ;;
+        --workdir) workdir=${args[i + 1]:-} ;;
+      esac
+    done
+    if [[ "$workdir" == gs://* ]]; then  # every worker must reach the bucket: fail here, not mid-job
+      ssh_workers all "cd $(remote_path "$repo") && $(printf '%q' "$python") -m tokgen_jax.data.files $(printf '%q' "$workdir")"
+    fi
     remote="cd $(remote_path "$repo") && nohup $(printf '%q' "$python") -m tokgen_jax.main --distributed"
     remote+=" $(printf '%q ' "${args[@]}")> $(remote_path "$log") 2>&1 < /dev/null &"
     ssh_workers all "$remote"

@@ -85,9 +85,19 @@ def test_check_writable_names_a_local_path_under_a_file(tmp_path):
     files.check_writable(str(tmp_path / "file" / "run"), what="config.data.path")
 
 
+@pytest.mark.slow  # starts a process
 def test_check_writable_names_an_unreachable_endpoint_in_seconds():
   code = ("import os; os.environ['STORAGE_EMULATOR_HOST'] = 'http://127.0.0.1:9'\n"
           "from tokgen_jax.data import files\nfiles.check_writable('gs://bucket/run')")
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
   assert result.returncode != 0
   assert "--workdir=gs://bucket/run: the Cloud Storage endpoint http://127.0.0.1:9 cannot be reached" in result.stderr
+
+
+@pytest.mark.slow  # starts processes
+def test_command_line_check_reports_each_path(gcs_bucket):
+  command = [sys.executable, "-m", "tokgen_jax.data.files"]
+  ok = subprocess.run(command + [gcs_bucket + "/run"], capture_output=True, text=True, timeout=60)
+  assert ok.returncode == 0 and f"{gcs_bucket}/run is writable" in ok.stdout
+  missing = subprocess.run(command + ["gs://no-such-bucket-y/run"], capture_output=True, text=True, timeout=60)
+  assert missing.returncode == 1 and "the bucket gs://no-such-bucket-y does not exist" in missing.stderr

@@ -131,8 +131,12 @@ def test_tpu_install_copy_and_clone():
 
 @pytest.mark.slow
 def test_tpu_run_quotes_tokgen_arguments_for_the_remote_shell():
-  [command] = _dry("tpu_vm.sh", "run", *TPU, "--project", "my-proj", "--dry-run", "--",
-                   "--config=experiments/quickstart.py:full", "--workdir=gs://bucket/run", TRICKY)
+  check, command = _dry("tpu_vm.sh", "run", *TPU, "--project", "my-proj", "--dry-run", "--",
+                        "--config=experiments/quickstart.py:full", "--workdir=gs://bucket/run", TRICKY)
+  # First every worker checks it can write the bucket (the job would otherwise fail at its first save).
+  assert check[:9] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-tpu", "--zone", "us-west4-a", "--worker=all"]
+  assert check[check.index("--command") + 1] == ("cd ~/tokgen_jax && python3 -m tokgen_jax.data.files "
+                                                 "gs://bucket/run")
   remote = command[command.index("--command") + 1]
   assert command == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-tpu", "--zone", "us-west4-a", "--worker=all",
                      "--command", remote, "--project", "my-proj"]

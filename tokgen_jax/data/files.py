@@ -22,6 +22,7 @@ import contextlib
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -240,3 +241,23 @@ def check_writable(path: str | os.PathLike, what: str = "--workdir", timeout_s: 
                       f"roles/storage.objectAdmin) or choose another path.") from error
   except OSError as error:
     raise ConfigError(f"{what}={text}: cannot write there ({error!r}). Fix the path or its storage.") from error
+
+
+def main(argv: list[str]) -> int:
+  """`python -m tokgen_jax.data.files PATH...`: check each path is writable from this machine (launch scripts run
+  it on every worker before a job starts)."""
+  if len(argv) < 2:
+    print("usage: python -m tokgen_jax.data.files PATH [PATH...]", file=sys.stderr)
+    return 2
+  for path in argv[1:]:
+    try:
+      check_writable(path)
+    except ConfigError as error:
+      print(f"{socket.gethostname()}: {error}", file=sys.stderr)
+      return 1
+    print(f"{socket.gethostname()}: {path} is writable")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))
