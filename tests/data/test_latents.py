@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tokgen_jax.configs import data as data_presets
+from tokgen_jax.data import files
 from tokgen_jax.data import latents as store
 from tokgen_jax.data import make_pipeline
 from tokgen_jax.errors import ConfigError
@@ -78,12 +79,20 @@ def _embeddings_of():
   return {caption: (embeddings[i], mask[i]) for i, caption in enumerate(_CAPTIONS)}
 
 
-def test_round_trip_spans_shards(tmp_path):
+@pytest.fixture(params=["local", "gcs"])
+def root(request, tmp_path):
+  """Where latents are written and read: a local directory, or a bucket of the GCS emulator."""
+  if request.param == "local":
+    return tmp_path
+  return files.as_path(request.getfixturevalue("gcs_bucket") + "/latents")
+
+
+def test_round_trip_spans_shards(root):
   calls = []
-  metadata = _write_split(tmp_path, "train", 13, sizes=[3, 6, 4], shard_size=4, calls=calls)
+  metadata = _write_split(root, "train", 13, sizes=[3, 6, 4], shard_size=4, calls=calls)
   assert [shard["num_examples"] for shard in metadata["shards"]] == [4, 4, 4, 1]  # leftovers carry to the next
   assert calls == [list(_CAPTIONS)]  # encoded once, each distinct caption once, in first-seen order
-  source = store.LatentSource(tmp_path, "train")
+  source = store.LatentSource(root, "train")
   assert len(source) == 13 and source.has_captions
   assert [source.caption(i) for i in range(13)] == [_CAPTIONS[i % 3] for i in range(13)]
   for index in range(13):
@@ -113,12 +122,12 @@ def test_float_and_bool_arrays_of_any_names_round_trip(tmp_path):
   assert not source.has_captions and set(source[0]) == set(arrays)
 
 
-def test_parts_of_two_processes_read_as_the_dataset_in_order(tmp_path):
-  _write_split(tmp_path, "train", 5, shard_size=2, part=1, num_parts=2, first=7)  # process 1 may finish first
+def test_parts_of_two_processes_read_as_the_dataset_in_order(root):
+  _write_split(root, "train", 5, shard_size=2, part=1, num_parts=2, first=7)  # process 1 may finish first
   with pytest.raises(ConfigError, match=r"part_00000/metadata\.json is missing"):
-    store.LatentSource(tmp_path, "train")
-  _write_split(tmp_path, "train", 7, shard_size=3, part=0, num_parts=2)
-  source = store.LatentSource(tmp_path, "train")
+    store.LatentSource(root, "train")
+  _write_split(root, "train", 7, shard_size=3, part=0, num_parts=2)
+  source = store.LatentSource(root, "train")
   assert len(source) == 12
   for index in range(12):
     _check_example(source[index], index, _embeddings_of())  # each part has its own text table
@@ -253,18 +262,18 @@ def test_missing_metadata_says_run_encode(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "missing"])
-def test_damaged_shard_names_file_and_fix(tmp_path, damage):
-  _write_split(tmp_path, "train", 6, shard_size=4)
-  shard = tmp_path / "train" / "part_00000" / "shard_00001.tokens.npy"
+def test_damaged_shard_names_file_and_fix(root, damage):
+  _write_split(root, "train", 6, shard_size=4)
+  shard = root / "train" / "part_00000" / "shard_00001.tokens.npy"
   if damage == "garbage":
     shard.write_bytes(b"not an npy file at all" * 10)
   elif damage == "truncated":
     shard.write_bytes(shard.read_bytes()[:100])
   else:
     shard.unlink()
-  source = store.LatentSource(tmp_path, "train")
+  source = store.LatentSource(root, "train")
   assert source[3]["label"] == 3  # the intact shard still reads
-  message = re.escape(str(shard)) + r".*delete " + re.escape(str(tmp_path / "train")) + r".*--mode=encode"
+  message = re.escape(str(shard)) + r".*delete " + re.escape(str(root / "train")) + r".*--mode=encode"
   with pytest.raises(ConfigError, match=message):
     source[4]
 

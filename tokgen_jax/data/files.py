@@ -24,12 +24,14 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
 
 import fsspec.config
+import numpy as np
 from etils import epath
 
 from tokgen_jax.errors import ConfigError
@@ -135,6 +137,49 @@ def move_tree(source: str | os.PathLike, target: str | os.PathLike) -> None:
     (target / relative).parent.mkdir(parents=True, exist_ok=True)
     (source / relative).copy(target / relative)
   source.rmtree()
+
+
+# ------------------------------------------------------------------------------------------------- array rows
+
+
+class RemoteNpyRows:
+  """Rows of a C-ordered `.npy` object read on demand with ranged reads: what `np.load(mmap_mode="r")` gives on
+  local disk, for object storage (no memory map). `array[i]` is row i; `shape` and `dtype` are the file's."""
+
+  def __init__(self, path: epath.Path):
+    self.path = path
+    self._file = path.open("rb")
+    version = np.lib.format.read_magic(self._file)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    self.shape, fortran_order, self.dtype = read_header(self._file)
+    if fortran_order or not self.shape or self.dtype.hasobject:
+      raise ValueError(f"{path}: only C-ordered arrays of at least one axis and no objects are read by rows")
+    self._data_start = self._file.tell()
+    self._row_shape = tuple(self.shape[1:])
+    self._row_bytes = self.dtype.itemsize * int(np.prod(self._row_shape, dtype=np.int64))
+    expected = self._data_start + self._row_bytes * self.shape[0]
+    if size(path) < expected:
+      raise ValueError(f"{path}: {size(path)} bytes, the header promises {expected} (truncated)")
+    self._lock = threading.Lock()  # one file position, several reader threads
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def __getitem__(self, index: int) -> np.ndarray:
+    index = int(index)
+    if not 0 <= index < self.shape[0]:
+      raise IndexError(f"{self.path}: row {index} of {self.shape[0]}")
+    with self._lock:
+      self._file.seek(self._data_start + index * self._row_bytes)
+      data = self._file.read(self._row_bytes)
+    return np.frombuffer(data, self.dtype).reshape(self._row_shape)
+
+
+def open_npy_rows(path: str | os.PathLike):
+  """A `.npy` file for row access without loading it: memory-mapped on local disk, `RemoteNpyRows` on gs://."""
+  if is_remote(path):
+    return RemoteNpyRows(as_path(path))
+  return np.load(os.fspath(path), mmap_mode="r", allow_pickle=False)
 
 
 # ---------------------------------------------------------------------------------------------- appended logs

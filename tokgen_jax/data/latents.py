@@ -35,7 +35,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import pathlib
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -44,8 +43,10 @@ from typing import Any
 import grain
 import jax
 import numpy as np
+from etils import epath
 
 from tokgen_jax.data import streams
+from tokgen_jax.data import files
 from tokgen_jax.data.files import atomic_path
 from tokgen_jax.errors import ConfigError
 
@@ -68,7 +69,7 @@ def _shard_file(shard: int, name: str) -> str:
   return f"shard_{shard:05d}.{name}.npy"
 
 
-def _save_npy(path: pathlib.Path, array: np.ndarray) -> None:
+def _save_npy(path: epath.Path, array: np.ndarray) -> None:
   """`array` as `.npy` at `path`, written to a temporary name, synced and renamed: all of it or nothing."""
   with atomic_path(path) as tmp:
     with open(tmp, "wb") as file:
@@ -108,7 +109,7 @@ class LatentShardWriter:
     if not 0 <= int(part) < int(num_parts):
       raise ConfigError(f"LatentShardWriter part={part} must lie in [0, num_parts={num_parts}) (one part per "
                         "writing process: part = process index, num_parts = process count).")
-    self.part_dir = pathlib.Path(directory) / split / part_name(int(part))
+    self.part_dir = files.as_path(directory) / split / part_name(int(part))
     self._split, self._part, self._num_parts = split, int(part), int(num_parts)
     self._shard_size = int(shard_size)
     self._user_metadata = _json_checked(dict(metadata or {}))
@@ -127,7 +128,8 @@ class LatentShardWriter:
           f"written there. Finished latents are never overwritten; delete {self.part_dir.parent} to write the split "
           "again, or pick another path.")
     self.part_dir.mkdir(parents=True, exist_ok=True)
-    for path in self.part_dir.iterdir():  # leftovers of an interrupted encode (no metadata.json: unfinished)
+    leftovers = self.part_dir.iterdir() if self.part_dir.is_dir() else ()  # gs:// has no empty directories
+    for path in leftovers:  # of an interrupted encode (no metadata.json: unfinished)
       if _LEFTOVER.fullmatch(path.name):
         path.unlink()
 
@@ -187,7 +189,7 @@ class LatentShardWriter:
     text_shape = self._write_text(encode_texts) if CAPTION in self._spec and encode_texts else None
     metadata = self._metadata(text_shape)
     with atomic_path(self.part_dir / METADATA_FILE) as tmp:
-      pathlib.Path(tmp).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+      epath.Path(tmp).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
     self._closed = True
     return metadata
 
@@ -277,7 +279,7 @@ def _checked_text(encoded, count: int) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------------------------------ reader
 
 
-def _corrupt(path: pathlib.Path, problem: str) -> str:
+def _corrupt(path: epath.Path, problem: str) -> str:
   split_dir = path.parent.parent if path.parent.name.startswith("part_") else path.parent
   return (f"{path} is unusable: {problem}. The latent split is incomplete or damaged; delete {split_dir} and "
           "re-run `--mode=encode` with this config.")
@@ -287,7 +289,7 @@ _METADATA_KEYS = ("format_version", "split", "part", "num_parts", "num_examples"
                   "num_texts", "text_length", "text_dim", "tokenizer")
 
 
-def _read_json(path: pathlib.Path) -> dict:
+def _read_json(path: epath.Path) -> dict:
   try:
     metadata = json.loads(path.read_text(encoding="utf-8"))
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -302,7 +304,7 @@ def _read_json(path: pathlib.Path) -> dict:
   return metadata
 
 
-def read_split_metadata(split_dir: pathlib.Path) -> list[dict]:
+def read_split_metadata(split_dir: epath.Path) -> list[dict]:
   """The metadata of every part of a finished split, in part order; ConfigError when any part is missing."""
   first = split_dir / part_name(0) / METADATA_FILE
   if not first.is_file():
@@ -327,12 +329,13 @@ def read_split_metadata(split_dir: pathlib.Path) -> list[dict]:
   return parts
 
 
-def _open_npy(path: pathlib.Path, shape: tuple[int, ...], kinds: str) -> np.ndarray:
-  """`path` memory-mapped after checking it against the metadata's shape and dtype kinds."""
+def _open_npy(path: epath.Path, shape: tuple[int, ...], kinds: str) -> np.ndarray:
+  """`path` opened lazily (`files.open_npy_rows`: memory-mapped, or row reads on gs://) after checking it against
+  the metadata's shape and dtype kinds."""
   if not path.is_file():
     raise ConfigError(_corrupt(path, "the file is missing"))
   try:
-    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    array = files.open_npy_rows(path)
   except (OSError, ValueError, EOFError) as error:
     raise ConfigError(_corrupt(path, f"not a readable .npy file ({type(error).__name__}: {error})")) from error
   if array.shape != shape:
@@ -355,7 +358,7 @@ class LatentSource:
   """
 
   def __init__(self, directory: str | os.PathLike, split: str, max_open_shards: int = 4):
-    self.split_dir = pathlib.Path(directory) / split
+    self.split_dir = files.as_path(directory) / split
     self._parts = read_split_metadata(self.split_dir)
     self.metadata = self._parts[0]
     self.specs = {name: entry for name, entry in self.metadata["arrays"].items() if name not in (CAPTION, TEXT_ROW)}
@@ -425,7 +428,7 @@ class LatentSource:
     position, offset = self._locate(int(index))
     return str(self._shard(position)[CAPTION][offset])
 
-  def _path(self, position: int, name: str) -> pathlib.Path:
+  def _path(self, position: int, name: str) -> epath.Path:
     part, shard, _ = self._shards[position]
     return self.split_dir / part_name(part) / _shard_file(shard, name)
 
@@ -438,7 +441,7 @@ class LatentSource:
     return example
 
 
-def _checked_value(value: np.ndarray, entry: dict[str, Any], path: pathlib.Path) -> np.ndarray:
+def _checked_value(value: np.ndarray, entry: dict[str, Any], path: epath.Path) -> np.ndarray:
   """One example's array in its logical dtype; integers outside [0, max_value] would index past an embedding
   table, which JAX does not catch, so they are refused naming the file."""
   if entry["dtype"] != "int32":
@@ -453,7 +456,7 @@ def check_split_fits(directory: str | os.PathLike, split: str, specs: dict[str, 
   """ConfigError when the finished split `directory/split` lacks an array of `specs` (name → `LatentSpec`), holds
   it in another shape, or holds ids at or above its vocabulary: another tokenizer wrote it. A split not written
   yet passes (`--mode=encode` writes it)."""
-  split_dir = pathlib.Path(directory) / split
+  split_dir = files.as_path(directory) / split
   if not (split_dir / part_name(0) / METADATA_FILE).is_file():
     return
   stored = read_split_metadata(split_dir)
