@@ -11,6 +11,7 @@ from tests.helpers import set_fields, tiny_shapes_data, tiny_shapes_tokenizer
 from tokgen_jax import trainer
 from tokgen_jax.metrics import shapes as shape_metrics
 from tokgen_jax.config import load_experiment
+from tokgen_jax.data import files
 from tokgen_jax.data import latents as latent_data
 from tokgen_jax.errors import ConfigError
 
@@ -108,3 +109,26 @@ def test_shapes_scores_read_color_and_shape_back_from_pixels():
   assert shape_metrics.score_prompts(["a large red circle in the center"], pixels[None])["color_shape"] == 1.0
   assert shape_metrics.score_prompts(["a large blue circle in the center"], pixels[None])["color_shape"] == 0.0
   assert shape_metrics.score_prompts([shapes.class_label("circle", "red")], pixels[None])["color_shape"] == 1.0
+
+
+def _copy_tree(source, target):
+  for relative in files.file_sizes(source):
+    (target / relative).write_bytes((files.as_path(source) / relative).read_bytes())
+
+
+@pytest.mark.slow
+def test_generator_reads_its_tokenizer_and_writes_its_latents_in_a_bucket(trained, gcs_bucket):
+  """The same tokenizer checkpoint read from a bucket encodes the same shards, into the bucket, and the generator
+  trained on them there ends where the local one did."""
+  tokenizer_dir, generator_dir, counts, summary = trained
+  bucket = files.as_path(gcs_bucket)
+  _copy_tree(files.as_path(tokenizer_dir) / "checkpoints", bucket / "tokenizer" / "checkpoints")
+  config = _generator_config(str(bucket / "tokenizer"))
+  written = trainer.run(config, str(bucket / "generator"), "tokenize")
+  assert written == counts | {"path": str(bucket / "generator" / "tokens")}
+  remote, local = (latent_data.LatentSource(root / "tokens", "train") for root in (bucket / "generator", generator_dir))
+  for index in range(len(local)):
+    np.testing.assert_array_equal(remote[index]["tokens"], local[index]["tokens"])
+  remote_summary = trainer.run(_generator_config(str(bucket / "tokenizer")), str(bucket / "generator"), "train")
+  assert remote_summary["loss"] == summary["loss"]
+  assert (bucket / "generator" / "eval" / "step_4.json").exists()
