@@ -63,18 +63,24 @@ def size(path: str | os.PathLike) -> int:
   return int(as_path(path).stat().length)
 
 
-def file_sizes(directory: str | os.PathLike, skip: tuple[str, ...] = ()) -> dict[str, int]:
-  """`{relative path: bytes}` of every file under `directory` (names in `skip` left out)."""
+def relative_files(directory: str | os.PathLike) -> list[str]:
+  """The paths of every file under `directory`, relative to it with '/' separators, sorted (the same order on
+  every platform and store)."""
   directory = as_path(directory)
-  sizes = {}
+  found = []
   for root, _, names in directory.walk():
     if is_remote(directory) and not is_remote(root):  # fsspec walks gs:// without the scheme
       root = f"gs://{root}"
-    root = epath.Path(root)
-    for name in names:
-      if name not in skip:
-        sizes[str((root / name).relative_to(directory))] = size(root / name)
-  return dict(sorted(sizes.items()))
+    relative_root = epath.Path(root).relative_to(directory).as_posix()
+    found += [name if relative_root == "." else f"{relative_root}/{name}" for name in names]
+  return sorted(found)
+
+
+def file_sizes(directory: str | os.PathLike, skip: tuple[str, ...] = ()) -> dict[str, int]:
+  """`{relative path: bytes}` of every file under `directory` (names in `skip` left out)."""
+  directory = as_path(directory)
+  return {relative: size(directory / relative) for relative in relative_files(directory)
+          if relative.rsplit("/", 1)[-1] not in skip}
 
 
 # ------------------------------------------------------------------------------------------------ whole files

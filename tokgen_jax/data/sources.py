@@ -42,7 +42,7 @@ import numpy as np
 import PIL.Image
 from absl import logging
 
-from tokgen_jax.data import registry, transforms
+from tokgen_jax.data import files, registry, transforms
 from tokgen_jax.errors import ConfigError
 
 PHOTO_TRAIN = ("astronaut", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
@@ -136,14 +136,8 @@ def list_image_files(root: str) -> list[str]:
 def list_files(root: str, extensions: tuple[str, ...]) -> list[str]:
   """Files under `root` (recursively) whose lower-cased name ends with one of `extensions`, sorted by their path
   relative to `root` with '/' separators, so the order is the same on every platform."""
-  relative_paths = []
-  for directory, subdirectories, filenames in os.walk(root):
-    subdirectories.sort()  # a deterministic walk; the final order comes from the sort below anyway
-    for filename in filenames:
-      if filename.lower().endswith(extensions):
-        relative_paths.append(os.path.relpath(os.path.join(directory, filename), root))
-  relative_paths.sort(key=lambda relative: relative.replace(os.sep, "/"))
-  return [os.path.join(root, relative) for relative in relative_paths]
+  return [str(files.as_path(root) / relative) for relative in files.relative_files(root)
+          if relative.lower().endswith(extensions)]
 
 
 def _folder_error(split_dir: str, problem: str, split_key: str, source: str, kind: str,
@@ -161,13 +155,13 @@ def split_folder_files(path: str, split_folder: str, split_key: str, *, source: 
   fail = lambda where, problem: _folder_error(where, problem, split_key, source, kind, extensions)
   if not path:
     raise fail(os.path.join("<empty config.data.path>", split_folder), f"No {kind} folder configured")
-  split_dir = os.path.abspath(os.path.join(os.path.expanduser(path), split_folder))
-  if not os.path.isdir(split_dir):
+  split_dir = str(files.as_path(path) / split_folder)
+  if not files.as_path(split_dir).is_dir():
     raise fail(split_dir, f"{kind.capitalize()} folder not found")
-  files = list_files(split_dir, extensions)
-  if not files:
+  found = list_files(split_dir, extensions)
+  if not found:
     raise fail(split_dir, f"No {kind} files found in folder")
-  return split_dir, files
+  return split_dir, found
 
 
 def check_corrupt_share(corrupt: Sequence[str], num_files: int, split_dir: str, *, source: str, kind: str, fix: str,

@@ -14,6 +14,7 @@ import os
 import numpy as np
 import PIL.Image
 
+from tokgen_jax.data import files
 from tokgen_jax.errors import ConfigError
 
 # Modes PIL uses for 16/32-bit integer images (16-bit PNG, TIFF). `convert('RGB')` would clip them to white.
@@ -73,11 +74,11 @@ def load_image_file(path: str | os.PathLike) -> np.ndarray:
     ConfigError (a ValueError): the file exists but PIL cannot decode it.
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not files.as_path(path).is_file():
     raise FileNotFoundError(f"Image file not found: {path!r}. Check the path (relative paths are resolved against "
                             f"the current directory {os.getcwd()!r}).")
   try:
-    with PIL.Image.open(path) as picture:
+    with files.as_path(path).open("rb") as file, PIL.Image.open(file) as picture:
       return pil_to_rgb_uint8(picture)
   except (PIL.UnidentifiedImageError, OSError, SyntaxError) as error:
     raise ConfigError(f"Could not decode {path!r} as an image ({error}): the file is empty, truncated, corrupt or "
@@ -87,7 +88,7 @@ def load_image_file(path: str | os.PathLike) -> np.ndarray:
 
 def read_image_file_shape(path: str | os.PathLike) -> tuple[int, int]:
   """Returns `(height, width)` of an image file from its header, without decoding the pixels."""
-  with PIL.Image.open(path) as picture:
+  with files.as_path(path).open("rb") as file, PIL.Image.open(file) as picture:
     width, height = picture.size
   return height, width
 
