@@ -125,3 +125,21 @@ def test_torch_missing_says_how_to_fix(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
   with pytest.raises(ConfigError, match=r"pip install torch.*safetensors"):
     load_state_dict(path)
+
+
+def test_weight_files_in_a_bucket_load_like_local_ones(gcs_bucket, tmp_path):
+  from tokgen_jax.data import files
+
+  arrays = {"conv.weight": np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2), "fc.bias": np.ones(3, np.float32)}
+  remote = files.as_path(gcs_bucket) / "weights" / "model.safetensors"
+  save_safetensors(remote, arrays)
+  loaded = load_state_dict(str(remote))
+  assert loaded.keys() == arrays.keys() and all(np.array_equal(loaded[k], v) for k, v in arrays.items())
+  torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, tmp_path / "model.pth")
+  (remote.parent / "model.pth").write_bytes((tmp_path / "model.pth").read_bytes())
+  assert np.array_equal(load_state_dict(str(remote.parent / "model.pth"))["fc.bias"], arrays["fc.bias"])
+  (remote.parent / "cut.safetensors").write_bytes(remote.read_bytes()[:40])
+  with pytest.raises(ConfigError, match=rf"^{gcs_bucket}/weights/cut.safetensors: cannot read as safetensors"):
+    load_state_dict(f"{gcs_bucket}/weights/cut.safetensors")
+  with pytest.raises(ConfigError, match="weight file not found"):
+    load_state_dict(f"{gcs_bucket}/weights/absent.pth")

@@ -12,13 +12,13 @@ import argparse
 import os
 import pickletools
 import sys
-import uuid
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from tokgen_jax.data import files
 from tokgen_jax.errors import ConfigError
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -32,13 +32,16 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   `nn.Module.state_dict()` names them; non-tensor leaves (step counters, strings) are dropped. bfloat16 tensors
   come back as float32, which numpy can hold.
   """
-  path = Path(path)
+  path = files.as_path(path)  # a local path or gs://
   _check_file(path)
   suffix = path.suffix.lower()
-  if suffix in SAFETENSORS_SUFFIXES:
-    return _load_safetensors(path)
-  if suffix in TORCH_SUFFIXES:
-    return _load_torch(path)
+  load = {**{s: _load_safetensors for s in SAFETENSORS_SUFFIXES}, **{s: _load_torch for s in TORCH_SUFFIXES}}
+  if suffix in load:
+    with files.local_copy(path) as local:
+      try:
+        return load[suffix](Path(local))
+      except ConfigError as error:  # name the file the user gave, not a download's temporary copy
+        raise ConfigError(str(error).replace(local, str(path))) from error.__cause__
   raise ConfigError(f"{path}: unknown weight file suffix {path.suffix!r}; expected one of "
                     f"{', '.join(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)}. Rename the file if it is one of those "
                     "formats, or convert it to .safetensors")
@@ -49,27 +52,19 @@ def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, Any], metada
   """Write `{name: array}` to `path` as safetensors; returns the path.
 
   Written to a temporary file in the same folder and renamed over `path`, so a crash or a full disk never leaves
-  a half-written file under the final name (a reader sees the old file or the new one).
+  a half-written file under the final name (a reader sees the old file or the new one); on gs:// one upload.
   """
-  path = Path(path)
+  path = files.as_path(path)
   arrays = {}
   for name, value in tensors.items():
     if not isinstance(name, str):
       raise ConfigError(f"save_safetensors({path}): key {name!r} is not a string; flatten nested params first")
     arrays[name] = np.ascontiguousarray(np.asarray(value))
-  path.parent.mkdir(parents=True, exist_ok=True)
-  temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")  # same folder: the rename is atomic
   from safetensors.numpy import save
   data = save(arrays, metadata=dict(metadata) if metadata else None)
-  try:
-    with open(temp, "wb") as file:  # not safetensors' save_file, which makes the file private (0600)
+  with files.atomic_path(path) as temporary:
+    with open(temporary, "wb") as file:  # not safetensors' save_file, which makes the file private (0600)
       file.write(data)
-      file.flush()
-      os.fsync(file.fileno())
-    os.replace(temp, path)
-  finally:
-    if os.path.exists(temp):
-      os.remove(temp)
   return path
 
 
@@ -78,7 +73,7 @@ def _check_file(path: Path) -> None:
     raise ConfigError(f"{path}: weight file not found; check the path (relative paths start at {Path.cwd()})")
   if not path.is_file():
     raise ConfigError(f"{path}: is not a file; pass the weight file itself, not its folder")
-  if path.stat().st_size == 0:
+  if files.size(path) == 0:
     raise ConfigError(f"{path}: weight file is empty (0 bytes), likely an interrupted download or copy; "
                       "fetch it again")
 

@@ -124,6 +124,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
       shutil.rmtree(directory, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def local_copy(path: str | os.PathLike) -> Iterator[str]:
+  """A local file path holding `path`'s content: `path` itself on local disk, a temporary download of a gs://
+  object (deleted afterwards), for readers that need a real file (torch.load, memory-mapped safetensors)."""
+  if not is_remote(path):
+    yield os.fspath(path)
+    return
+  directory = tempfile.mkdtemp(prefix="tokgen_download_")
+  local = os.path.join(directory, as_path(path).name)
+  try:
+    with as_path(path).open("rb") as source, open(local, "wb") as destination:
+      shutil.copyfileobj(source, destination, _UPLOAD_CHUNK)
+    yield local
+  finally:
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
   """`text` (UTF-8) as the whole content of `path`, atomically (`atomic_path`)."""
   with atomic_path(path) as temporary:

