@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 from tokgen_jax.data import PHOTO_HELD_OUT
 from tokgen_jax.data import PHOTO_TRAIN
 from tokgen_jax.data import sources
+from tokgen_jax.errors import ConfigError
 
 
 def test_photo_split_is_fixed_and_disjoint():
@@ -161,3 +162,9 @@ def test_folder_in_a_bucket_reads_as_the_same_folder_on_disk(tmp_path, gcs_bucke
     np.testing.assert_array_equal(remote.decode(remote_record), local.decode(local_record))
   with pytest.raises(FileNotFoundError, match=f"Image folder not found: '{gcs_bucket}/photos/eval'"):
     sources.folder_source(gcs_bucket + "/photos", "eval", "eval_split")
+
+
+def test_tfds_data_dir_in_a_bucket_is_refused_with_the_copy_command():
+  with pytest.raises(ConfigError, match=r"config.data.data_dir='gs://b/tfds': ArrayRecord files are read from "
+                                        r"local disk only\. Copy .*gcloud storage cp -r gs://b/tfds/imagenet2012"):
+    sources.tfds_source("imagenet2012", "gs://b/tfds", "train", "train_split")

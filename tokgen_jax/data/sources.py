@@ -292,6 +292,12 @@ def _tfds_image_shape(record: dict[str, Any]) -> tuple[int, int]:
 def tfds_source(name: str, data_dir: str, split: str, split_key: str) -> ImageSource:
   """Split `split` of a TFDS dataset prepared as ArrayRecord, with encoded images left for PIL to decode."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  if files.is_remote(data_dir):
+    # TFDS reads a gs:// data_dir's metadata, but array_record's C++ reader opens only local files (it hangs on a
+    # gs:// path rather than failing), so refuse it before any record is read.
+    raise ConfigError(f"config.data.data_dir={data_dir!r}: ArrayRecord files are read from local disk only. Copy "
+                      f"the prepared dataset to each host first (gcloud storage cp -r {data_dir}/{name} "
+                      "/mnt/disks/data/), or mount the bucket with gcsfuse, and point config.data.data_dir there.")
   builder = open_tfds_builder(name, data_dir)
   available = sorted(builder.info.splits.keys())
   if split.split("[")[0] not in available:  # 'train[:1%]'-style sub-splits name their base split first
