@@ -5,15 +5,18 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import portpicker
 import pytest
 
-from tests.helpers import QUICKSTART, TINY_SHAPES_TOKENIZER, cli_overrides, set_fields, tiny_shapes_tokenizer
+from tests.helpers import (QUICKSTART, TINY_SHAPES_TOKENIZER, cli_overrides, create_bucket, set_fields,
+                           tiny_shapes_tokenizer)
 from tokgen_jax import trainer
 from tokgen_jax.config import load_experiment
 from tokgen_jax.configs import data as data_presets
+from tokgen_jax.data import files
 from tokgen_jax.data import latents as latent_data
 
 pytestmark = pytest.mark.slow  # every test launches `tokgen` processes (jax.distributed)
@@ -30,10 +33,16 @@ def _launch(workdir, flags):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
                TOKGEN_COORDINATOR=f"127.0.0.1:{port}", TOKGEN_NUM_PROCESSES="2", TOKGEN_PROCESS_ID=str(process_id))
     command = [sys.executable, "-m", "tokgen_jax.main", f"--workdir={workdir}", *flags]
-    processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-  outputs = [p.communicate(timeout=300)[0] for p in processes]
-  for process, output in zip(processes, outputs):
-    assert process.returncode == 0, output[-3000:]
+    # Output to files, not pipes: a pipe nobody reads yet (the second process's, while the first is awaited)
+    # fills, blocks its writer mid-collective and hangs both.
+    log = tempfile.TemporaryFile("w+")
+    processes.append((subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True), log))
+  outputs = []
+  for process, log in processes:
+    process.wait(timeout=300)
+    log.seek(0)
+    outputs.append(log.read())
+    assert process.returncode == 0, outputs[-1][-3000:]
   return outputs
 
 
@@ -104,3 +113,18 @@ def test_two_processes_encode_one_part_each_and_read_as_one_process_writes(tmp_p
       assert two.caption(index) == one.caption(index)
       for name in ("tokens", "label"):
         np.testing.assert_array_equal(two[index][name], one[index][name])
+
+
+def test_two_processes_share_a_bucket_workdir(two_process_run, gcs_server):
+  """The same run with its workdir in a bucket (the emulator): multi-host Orbax checkpoints there, metrics from
+  process 0 only, the same losses as on local disk, and a resume from the bucket on both processes."""
+  workdir = files.as_path(create_bucket(gcs_server.url) + "/run")
+  outputs = _launch(workdir, _quickstart(total_steps=4))
+  assert "step 4/4" in outputs[0] and "step 4/4" not in outputs[1]
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["loss"] for r in records if "loss" in r] == [r["loss"] for r in two_process_run[2] if "loss" in r]
+  saved = files.relative_files(workdir / "checkpoints" / "4" / "data")
+  assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(saved)  # each process saved its input position
+  outputs = _launch(workdir, _quickstart(total_steps=6))
+  assert "step 6/6" in outputs[0] and "step 2/6" not in outputs[0]
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["4", "6"]
