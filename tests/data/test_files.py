@@ -58,6 +58,7 @@ def test_mirrored_directory_appends_after_existing_lines_and_uploads_whole_files
   files.write_text(target / "log.jsonl", '{"step": 1}\n')
   mirror = files.MirroredDirectory(target, min_interval_s=3600.0)
   local = mirror.fetch("log.jsonl")
+  mirror.sync()  # the first sync uploads at once (nothing changed yet) and starts the interval
   with open(local, "a") as file:
     file.write('{"step": 2}\n')
   mirror.sync()  # within the interval: a remote target is not rewritten yet
