@@ -70,12 +70,10 @@ def _shard_file(shard: int, name: str) -> str:
 
 
 def _save_npy(path: epath.Path, array: np.ndarray) -> None:
-  """`array` as `.npy` at `path`, written to a temporary name, synced and renamed: all of it or nothing."""
+  """`array` as `.npy` at `path`, all of it or nothing (`atomic_path` syncs and renames, or uploads once)."""
   with atomic_path(path) as tmp:
     with open(tmp, "wb") as file:
       np.save(file, array, allow_pickle=False)
-      file.flush()
-      os.fsync(file.fileno())
 
 
 def _storage_dtype(array: np.ndarray) -> np.dtype:
