@@ -23,7 +23,7 @@ import threading  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.helpers import create_bucket  # noqa: E402
+from tests.helpers import ReadOnlyStorageProxy, create_bucket  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +50,17 @@ def gcs_server():
 def gcs_bucket(gcs_server) -> str:
   """`gs://<fresh bucket>` on the emulator."""
   return create_bucket(gcs_server.url)
+
+
+@pytest.fixture
+def read_only_endpoint(gcs_server, monkeypatch):
+  """STORAGE_EMULATOR_HOST pointed, for this test, at a proxy of the emulator that forbids every write."""
+  import gcsfs  # pylint: disable=g-import-not-at-top
+
+  proxy = ReadOnlyStorageProxy(gcs_server.url)
+  monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+  gcsfs.GCSFileSystem.clear_instance_cache()  # an instance keeps the endpoint it was made with
+  yield proxy.url
+  monkeypatch.undo()
+  gcsfs.GCSFileSystem.clear_instance_cache()
+  proxy.close()

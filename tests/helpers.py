@@ -1,6 +1,7 @@
 """Tiny configs shared by the trainer, task and CLI tests."""
 
 import json
+import urllib.error
 import urllib.request
 import uuid
 
@@ -66,3 +67,57 @@ def create_bucket(emulator_url: str) -> str:
   with urllib.request.urlopen(request) as response:
     assert response.status == 200
   return f"gs://{name}"
+
+
+class ReadOnlyStorageProxy:
+  """An HTTP endpoint in front of the GCS emulator that serves reads and answers every write with GCS's 403, as
+  Cloud Storage does for an account holding only roles/storage.objectViewer (the emulator has no IAM)."""
+
+  def __init__(self, upstream_url: str):
+    import http.server  # pylint: disable=g-import-not-at-top
+    import threading  # pylint: disable=g-import-not-at-top
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+      def log_message(self, *args):
+        del args
+
+      def _forward(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        request = urllib.request.Request(upstream_url + self.path, data=body, method=self.command,
+                                         headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+        try:
+          with urllib.request.urlopen(request) as response:
+            status, headers, payload = response.status, response.headers, response.read()
+        except urllib.error.HTTPError as error:
+          status, headers, payload = error.code, error.headers, error.read()
+        self._reply(status, headers.get("Content-Type", "application/json"), payload)
+
+      def _forbid(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+          self.rfile.read(length)
+        message = ("reader@project.iam.gserviceaccount.com does not have storage.objects.create access to the "
+                   "Google Cloud Storage object. Permission 'storage.objects.create' denied on resource.")
+        payload = json.dumps({"error": {"code": 403, "message": message,
+                                        "errors": [{"message": message, "reason": "forbidden"}]}}).encode()
+        self._reply(403, "application/json", payload)
+
+      def _reply(self, status, content_type, payload):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+          self.wfile.write(payload)
+
+      do_GET = do_HEAD = _forward
+      do_POST = do_PUT = do_PATCH = do_DELETE = _forbid
+
+    self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    self.url = f"http://127.0.0.1:{self._server.server_port}"
+    threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+  def close(self):
+    self._server.shutdown()
+    self._server.server_close()

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from tokgen_jax.data import files
+from tests.helpers import create_bucket
 from tokgen_jax.errors import ConfigError
 
 
@@ -78,6 +79,14 @@ def test_check_writable_names_a_missing_bucket(gcs_server):
   with pytest.raises(ConfigError, match=r"--workdir=gs://no-such-bucket-x/run: the bucket gs://no-such-bucket-x does "
                                         r"not exist\. Create it"):
     files.check_writable("gs://no-such-bucket-x/run")
+
+
+def test_check_writable_names_a_bucket_this_account_may_only_read(gcs_server, read_only_endpoint):
+  bucket = create_bucket(gcs_server.url)
+  assert files.as_path(bucket).exists()  # reads still pass through the proxy
+  with pytest.raises(ConfigError, match=rf"--workdir={bucket}/run: no permission to write there \(Forbidden: .*"
+                                        r"storage\.objects\.create.*roles/storage\.objectAdmin"):
+    files.check_writable(bucket + "/run")
 
 
 def test_check_writable_names_a_local_path_under_a_file(tmp_path):

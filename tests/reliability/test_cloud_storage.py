@@ -1,7 +1,8 @@
 """A `gs://` workdir (the fake-gcs-server emulator, a real GCS JSON API): the quickstart trains there, is SIGKILLed
 at a step and inside a checkpoint write, resumes and ends bit-identical to an uninterrupted local run;
 `--mode=eval` and `--mode=sample` read their checkpoint from the bucket; a damaged newest step in the bucket is set
-aside; a missing bucket and an unreachable endpoint fail before any step, naming the path and the fix.
+aside; a missing bucket, an unreachable endpoint and a bucket this account may only read fail before any step,
+naming the path and the fix.
 """
 
 import json
@@ -121,8 +122,12 @@ def test_damaged_newest_step_in_the_bucket_is_set_aside(bucket_run, reference):
 @pytest.mark.parametrize("workdir, endpoint, message", [
     ("gs://no-such-bucket-q/run", None, "the bucket gs://no-such-bucket-q does not exist. Create it"),
     ("gs://bucket/run", "http://127.0.0.1:9", "the Cloud Storage endpoint http://127.0.0.1:9 cannot be reached"),
+    ("<read-only bucket>/run", "<read-only proxy>", "no permission to write there (Forbidden: "),
 ])
-def test_bad_bucket_or_endpoint_fails_before_any_step(gcs_server, workdir, endpoint, message):
+def test_bad_bucket_endpoint_or_permission_fails_before_any_step(request, gcs_server, workdir, endpoint, message):
+  if endpoint == "<read-only proxy>":
+    workdir = workdir.replace("<read-only bucket>", create_bucket(gcs_server.url))
+    endpoint = request.getfixturevalue("read_only_endpoint")
   env = faults.child_env() | ({"STORAGE_EMULATOR_HOST": endpoint} if endpoint else {})
   result = subprocess.run(faults.command(workdir, **SETTINGS), env=env, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0

@@ -282,32 +282,44 @@ def _check_endpoint(path: str, what: str, timeout_s: float) -> None:
         f"STORAGE_EMULATOR_HOST; or use a local path.") from error
 
 
+def _forbidden(error: OSError) -> bool:
+  """gcsfs reports HTTP 403 as a plain OSError("Forbidden: ..."), not a PermissionError."""
+  return isinstance(error, PermissionError) or str(error).startswith("Forbidden")
+
+
 def check_writable(path: str | os.PathLike, what: str = "--workdir", timeout_s: float = 10.0) -> None:
   """Raise ConfigError naming `what`, the path and the fix unless a file can be created under `path` (and
   deleted again): an unreachable endpoint, a missing bucket and a missing permission each fail here, before
-  any step runs. Creates `path` if it is missing."""
+  any step runs. Creates a missing local `path` (a bucket has no directories to create).
+
+  On gs:// the probe object is written without looking the bucket up first: reading a bucket's metadata needs
+  `storage.buckets.get`, which a write-only role such as objectAdmin lacks, and gcsfs's `mkdir` would create a
+  missing bucket instead of failing. The upload's own 404 or 403 says which problem it is."""
   text = os.fspath(path)
   directory = as_path(text)
-  if is_remote(text):
+  remote = is_remote(text)
+  if remote:
     _check_endpoint(text, what, timeout_s)
-    bucket = bucket_of(text)
-    try:
-      exists = as_path(f"gs://{bucket}").exists()
-    except PermissionError as error:
-      raise ConfigError(f"{what}={text}: no permission to read bucket gs://{bucket} ({error}). Grant this machine's "
-                        f"account roles/storage.objectAdmin on it, or pick a bucket it may write.") from error
-    if not exists:
-      raise ConfigError(f"{what}={text}: the bucket gs://{bucket} does not exist. Create it (gcloud storage "
-                        f"buckets create gs://{bucket} --location=<the TPU's region>) or fix the path.")
   probe = directory / f".tokgen_write_check_{uuid.uuid4().hex}"
   try:
-    directory.mkdir(parents=True, exist_ok=True)
+    if not remote:
+      directory.mkdir(parents=True, exist_ok=True)
     probe.write_bytes(b"")
     probe.unlink()
-  except PermissionError as error:
-    raise ConfigError(f"{what}={text}: no permission to write there ({error}). Grant write access (for a bucket: "
-                      f"roles/storage.objectAdmin) or choose another path.") from error
+  except FileNotFoundError as error:
+    if not remote:
+      raise ConfigError(f"{what}={text}: cannot write there ({error!r}). Fix the path.") from error
+    bucket = bucket_of(text)
+    raise ConfigError(f"{what}={text}: the bucket gs://{bucket} does not exist. Create it (gcloud storage "
+                      f"buckets create gs://{bucket} --location=<the TPU's region>) or fix the path.") from error
   except OSError as error:
+    if _forbidden(error):
+      grant = ("grant this machine's service account roles/storage.objectAdmin on the bucket (gcloud storage "
+               f"buckets add-iam-policy-binding gs://{bucket_of(text)} --member=serviceAccount:<account> "
+               "--role=roles/storage.objectAdmin)" if remote else "grant write access (chmod/chown)")
+      reason = " / ".join(line.strip() for line in str(error).splitlines() if line.strip())
+      raise ConfigError(f"{what}={text}: no permission to write there ({reason}). To fix it, {grant}, or "
+                        "choose a path this machine may write.") from error
     raise ConfigError(f"{what}={text}: cannot write there ({error!r}). Fix the path or its storage.") from error
 
 
