@@ -111,3 +111,48 @@ def test_command_line_check_reports_each_path(gcs_bucket):
   assert ok.returncode == 0 and f"{gcs_bucket}/run is writable" in ok.stdout
   missing = subprocess.run(command + ["gs://no-such-bucket-y/run"], capture_output=True, text=True, timeout=60)
   assert missing.returncode == 1 and "the bucket gs://no-such-bucket-y does not exist" in missing.stderr
+
+
+def test_local_cache_keeps_copies_in_use_and_evicts_the_least_recent_beyond_its_budget(gcs_bucket, tmp_path):
+  bucket = files.as_path(gcs_bucket)
+  for name, content in [("a", b"a" * 10), ("b", b"b" * 10), ("c", b"c" * 10)]:
+    (bucket / name).write_bytes(content)
+  cache = files.LocalFileCache(tmp_path / "cache", max_bytes=20)
+  with cache.open(f"{gcs_bucket}/a") as a:
+    with cache.open(f"{gcs_bucket}/b") as b:
+      pass
+    with cache.open(f"{gcs_bucket}/c") as c:
+      assert [open(p, "rb").read() for p in (a, b, c)] == [b"a" * 10, b"b" * 10, b"c" * 10]
+    # over the budget: b, the least recently used copy not in use, is deleted; a (in use, older) is kept
+    assert os.path.exists(a) and not os.path.exists(b) and os.path.exists(c)
+  (bucket / "b").write_bytes(b"B" * 12)  # a replaced object is fetched again
+  with cache.open(f"{gcs_bucket}/b") as b_again:
+    assert open(b_again, "rb").read() == b"B" * 12
+
+
+def test_local_cache_mirror_copies_one_subtree_once_and_checks_free_space(gcs_bucket, tmp_path, monkeypatch):
+  bucket = files.as_path(gcs_bucket)
+  for relative in ["data/ds/1.0.0/x.bin", "data/ds/1.0.0/sub/y.bin", "data/other/z.bin"]:
+    (bucket / relative).write_bytes(relative.encode())
+  cache = files.LocalFileCache(tmp_path / "cache", max_bytes=0)
+  local = cache.mirror(f"{gcs_bucket}/data", under="ds/1.0.0")
+  assert files.relative_files(local) == ["ds/1.0.0/sub/y.bin", "ds/1.0.0/x.bin"]
+  assert (files.as_path(local) / "ds/1.0.0/x.bin").read_bytes() == b"data/ds/1.0.0/x.bin"
+  stamp = os.stat(os.path.join(local, "ds/1.0.0/x.bin")).st_mtime_ns
+  assert cache.mirror(f"{gcs_bucket}/data", under="ds/1.0.0") == local
+  assert os.stat(os.path.join(local, "ds/1.0.0/x.bin")).st_mtime_ns == stamp  # not downloaded again
+  monkeypatch.setattr(files.shutil, "disk_usage", lambda _: shutil_usage(free=10))
+  with pytest.raises(ConfigError, match=rf"{gcs_bucket}/data/other .* must be on local disk .* TOKGEN_CACHE_DIR"):
+    cache.mirror(f"{gcs_bucket}/data", under="other")
+
+
+def shutil_usage(free: int):
+  import collections  # pylint: disable=g-import-not-at-top
+  return collections.namedtuple("usage", "total used free")(free, 0, free)
+
+
+def test_readable_file_and_directory_are_the_paths_themselves_on_local_disk(tmp_path):
+  (tmp_path / "f").write_text("x")
+  with files.readable_file(tmp_path / "f") as local:
+    assert local == str(tmp_path / "f")
+  assert files.readable_directory(tmp_path) == str(tmp_path)

@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 
 from tokgen_jax.data import PHOTO_HELD_OUT
 from tokgen_jax.data import PHOTO_TRAIN
-from tokgen_jax.data import sources
+from tokgen_jax.data import files, sources
 from tokgen_jax.errors import ConfigError
 
 
@@ -143,7 +143,6 @@ def test_tfds_source_through_the_pipeline(tiny_tfds_dir, make_data_config):
 def test_folder_in_a_bucket_reads_as_the_same_folder_on_disk(tmp_path, gcs_bucket):
   """Listing order, shapes from headers and decoded pixels are the same from gs:// as from local disk; a missing
   split folder in the bucket is named like a local one."""
-  from tokgen_jax.data import files
 
   rng = np.random.default_rng(0)
   for relative in ["b.png", "a/z.png", "a/y.jpg", "c.txt"]:
@@ -164,7 +163,18 @@ def test_folder_in_a_bucket_reads_as_the_same_folder_on_disk(tmp_path, gcs_bucke
     sources.folder_source(gcs_bucket + "/photos", "eval", "eval_split")
 
 
-def test_tfds_data_dir_in_a_bucket_is_refused_with_the_copy_command():
-  with pytest.raises(ConfigError, match=r"config.data.data_dir='gs://b/tfds': ArrayRecord files are read from "
-                                        r"local disk only\. Copy .*gcloud storage cp -r gs://b/tfds/imagenet2012"):
-    sources.tfds_source("imagenet2012", "gs://b/tfds", "train", "train_split")
+def test_tfds_data_dir_in_a_bucket_reads_the_same_records_from_a_local_mirror(tiny_tfds_dir, gcs_bucket,
+                                                                            tmp_path, monkeypatch):
+  monkeypatch.setenv("TOKGEN_CACHE_DIR", str(tmp_path / "cache"))
+  monkeypatch.setattr(files, "_CACHE", None)
+  for relative in files.relative_files(tiny_tfds_dir):
+    (files.as_path(gcs_bucket) / "tfds" / relative).write_bytes((files.as_path(tiny_tfds_dir) / relative).read_bytes())
+  local = sources.tfds_source("tokgen_tiny_images", tiny_tfds_dir, "validation", "eval_split")
+  remote = sources.tfds_source("tokgen_tiny_images", gcs_bucket + "/tfds", "validation", "eval_split")
+  assert len(remote) == len(local) > 0
+  for index in range(len(local)):
+    np.testing.assert_array_equal(remote.read(index), local.read(index))
+  mirrored = files.relative_files(tmp_path / "cache")
+  assert mirrored and all("tokgen_tiny_images/1.0.0/" in relative for relative in mirrored)
+  with pytest.raises(FileNotFoundError, match="tfds build tokgen_no_such_images"):
+    sources.tfds_source("tokgen_no_such_images", gcs_bucket + "/tfds", "validation", "eval_split")

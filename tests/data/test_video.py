@@ -189,6 +189,35 @@ def test_video_folder_replaces_a_file_that_fails_after_probing(tmp_path, caplog)
   assert str(tmp_path / "eval" / "a.mp4") in caplog.text
 
 
+def test_video_folder_in_a_bucket_reads_as_the_same_folder_on_disk(tmp_path, gcs_bucket, monkeypatch):
+  """ffmpeg reads local files only: gs:// videos come from the local cache, bounded by TOKGEN_CACHE_GB."""
+  from tokgen_jax.data import files  # pylint: disable=g-import-not-at-top
+
+  local_root = tmp_path / "videos"
+  _write_mp4(local_root / "train" / "a.mp4", video.render_lavfi("testsrc2", _RENDER, 8.0, 24, ""), fps=8)
+  _write_mp4(local_root / "train" / "sub" / "b.mp4",
+             video.render_lavfi(video.DEFAULT_LAVFI_SOURCES[2], _RENDER, 8.0, 16, ""), fps=8)
+  (local_root / "train" / "c.mp4").write_bytes(b"not a video" * 30)
+  for relative in files.relative_files(local_root):
+    (files.as_path(gcs_bucket) / "videos" / relative).write_bytes((local_root / relative).read_bytes())
+  largest = max(files.file_sizes(local_root).values())
+  monkeypatch.setenv("TOKGEN_CACHE_DIR", str(tmp_path / "cache"))
+  monkeypatch.setenv("TOKGEN_CACHE_GB", str(largest / 2**30))  # room for one copy at a time
+  monkeypatch.setattr(files, "_CACHE", None)
+  opened = {root: video.video_folder_source(root, "train", "train_split", fps=4.0, max_corrupt_fraction=0.5)
+            for root in (str(local_root), gcs_bucket + "/videos")}
+  local, remote = opened[str(local_root)], opened[gcs_bucket + "/videos"]
+  assert remote.files == tuple(f"{gcs_bucket}/videos/train/{name}" for name in ("a.mp4", "sub/b.mp4"))
+  assert remote.corrupt_files == (f"{gcs_bucket}/videos/train/c.mp4",)
+  for index in range(len(local)):
+    assert remote.info(index) == local.info(index)
+    np.testing.assert_array_equal(remote.read_clip(index, 1, _T), local.read_clip(index, 1, _T))
+  assert sum(files.file_sizes(tmp_path / "cache").values()) <= largest
+  assert files.as_path(gcs_bucket + "/videos/train/a.mp4").is_file()
+  np.testing.assert_array_equal(video.load_video_file(gcs_bucket + "/videos/train/a.mp4"),
+                                video.load_video_file(local_root / "train" / "a.mp4"))
+
+
 def test_video_folder_errors(tmp_path):
   _write_mp4(tmp_path / "train" / "a.mp4", video.render_lavfi("testsrc2", _RENDER, 8.0, 12, ""), fps=8)
   (tmp_path / "train" / "b.webm").write_bytes(b"garbage" * 50)

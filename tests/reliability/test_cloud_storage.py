@@ -1,8 +1,8 @@
 """A `gs://` workdir (the fake-gcs-server emulator, a real GCS JSON API): the quickstart trains there, is SIGKILLed
 at a step and inside a checkpoint write, resumes and ends bit-identical to an uninterrupted local run;
-`--mode=eval` and `--mode=sample` read their checkpoint from the bucket; a damaged newest step in the bucket is set
-aside; a missing bucket, an unreachable endpoint and a bucket this account may only read fail before any step,
-naming the path and the fix.
+`--mode=eval`, `--mode=sample` and `config.init_from` read their checkpoint from the bucket; a damaged newest step
+in the bucket is set aside; a missing bucket, an unreachable endpoint and a bucket this account may only read fail
+before any step, naming the path and the fix.
 """
 
 import json
@@ -101,6 +101,19 @@ def test_eval_and_sample_read_the_checkpoint_from_the_bucket(bucket_run, tmp_pat
   record = json.loads((workdir / "eval" / f"step_{TOTAL_STEPS}.json").read_text())
   assert np.isfinite(record["psnr"])
   assert (workdir / "samples" / "recon_astronaut.png").exists()
+
+
+def test_init_from_a_bucket_run_equals_init_from_the_same_run_on_disk(bucket_run, reference, tmp_path):
+  """`config.init_from=gs://...` loads the bucket run's parameters: two more steps from them match two steps from
+  the identical local run's, and start far below a fresh run's first loss."""
+  fine_tune = dict(SETTINGS, total_steps=2, checkpoint_every_steps=2)
+  for name, source in (("from_bucket", bucket_run[0]), ("from_disk", reference)):
+    faults.run_child(tmp_path / name, **fine_tune, init_from=source)
+  config = tiny_config(**fine_tune)
+  faults.assert_states_equal(faults.restore_state(tmp_path / "from_bucket", config, 2),
+                             faults.restore_state(tmp_path / "from_disk", config, 2))
+  first_losses = faults.last_by_step(tmp_path / "from_bucket" / "metrics.jsonl", "loss")
+  assert first_losses[1] < 0.9 * faults.last_by_step(reference / "metrics.jsonl", "loss")[1]
 
 
 def test_damaged_newest_step_in_the_bucket_is_set_aside(bucket_run, reference):

@@ -37,7 +37,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   suffix = path.suffix.lower()
   load = {**{s: _load_safetensors for s in SAFETENSORS_SUFFIXES}, **{s: _load_torch for s in TORCH_SUFFIXES}}
   if suffix in load:
-    with files.local_copy(path) as local:
+    with files.readable_file(path) as local:
       try:
         return load[suffix](Path(local))
       except ConfigError as error:  # name the file the user gave, not a download's temporary copy

@@ -12,6 +12,9 @@ paths as `pathlib`-like paths, `gs://` ones through gcsfs. What object storage l
 * No directory rename. `move_tree` copies every file and only then deletes the source, so a kill in between
   leaves the source intact.
 
+Readers that open real files only (ffmpeg, array_record, torch.load) get a local copy from `LocalFileCache`
+(`readable_file`, `readable_directory`), downloaded once and reused by later runs.
+
 gcsfs caches directory listings by default; several processes (and TensorStore, which writes Orbax's arrays)
 change a bucket behind its back, so the cache is turned off here.
 """
@@ -19,6 +22,7 @@ change a bucket behind its back, so the cache is turned off here.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import socket
@@ -124,23 +128,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
       shutil.rmtree(directory, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def local_copy(path: str | os.PathLike) -> Iterator[str]:
-  """A local file path holding `path`'s content: `path` itself on local disk, a temporary download of a gs://
-  object (deleted afterwards), for readers that need a real file (torch.load, memory-mapped safetensors)."""
-  if not is_remote(path):
-    yield os.fspath(path)
-    return
-  directory = tempfile.mkdtemp(prefix="tokgen_download_")
-  local = os.path.join(directory, as_path(path).name)
-  try:
-    with as_path(path).open("rb") as source, open(local, "wb") as destination:
-      shutil.copyfileobj(source, destination, _UPLOAD_CHUNK)
-    yield local
-  finally:
-    shutil.rmtree(directory, ignore_errors=True)
-
-
 def write_text(path: str | os.PathLike, text: str) -> None:
   """`text` (UTF-8) as the whole content of `path`, atomically (`atomic_path`)."""
   with atomic_path(path) as temporary:
@@ -160,6 +147,136 @@ def move_tree(source: str | os.PathLike, target: str | os.PathLike) -> None:
     (target / relative).parent.mkdir(parents=True, exist_ok=True)
     (source / relative).copy(target / relative)
   source.rmtree()
+
+
+# ------------------------------------------------------------------------------------------------ local cache
+
+
+class LocalFileCache:
+  """Local copies of gs:// objects for readers that open real files only (ffmpeg for videos, array_record's C++
+  reader for TFDS): each object is downloaded once, into `directory` under a name derived from its URL and size
+  (so a replaced object is fetched again and a later run reuses the copy), and this process deletes its least
+  recently used copies once they add up to more than `max_bytes`; a copy in use (`open`) is never deleted.
+  """
+
+  def __init__(self, directory: str | os.PathLike, max_bytes: int):
+    self.directory = os.fspath(directory)
+    self.max_bytes = max_bytes
+    self._lock = threading.Lock()
+    self._copies: dict[str, int] = {}  # local path -> bytes, least recently used first
+    self._in_use: dict[str, int] = {}
+    self._downloads: dict[str, threading.Lock] = {}
+
+  def _local_name(self, path: str, length: int) -> str:
+    digest = hashlib.sha256(f"{path}\0{length}".encode()).hexdigest()[:32]
+    return os.path.join(self.directory, f"{digest}-{as_path(path).name}")
+
+  def _download(self, path: str, local: str, length: int) -> None:
+    os.makedirs(self.directory, exist_ok=True)
+    free = shutil.disk_usage(self.directory).free
+    if free < length:
+      raise ConfigError(
+          f"{path} ({length / 2**30:.2f} GiB) must be copied to local disk to be read, but the cache directory "
+          f"{self.directory} has {free / 2**30:.2f} GiB free. Point TOKGEN_CACHE_DIR at a larger disk, or mount "
+          "the bucket (gcsfuse) and give its local path instead of the gs:// URL.")
+    temporary = f"{local}.{uuid.uuid4().hex}.part"
+    try:
+      with as_path(path).open("rb") as source, open(temporary, "wb") as destination:
+        shutil.copyfileobj(source, destination, _UPLOAD_CHUNK)
+      if os.path.getsize(temporary) != length:
+        raise OSError(f"{path}: downloaded {os.path.getsize(temporary)} of {length} bytes")
+      os.replace(temporary, local)  # other processes on this host see the whole copy or none
+    finally:
+      if os.path.exists(temporary):
+        os.remove(temporary)
+
+  def _evict(self) -> None:
+    """Drop unused copies, oldest first, until the rest fit `max_bytes` (caller holds the lock)."""
+    total = sum(self._copies.values())
+    for local in list(self._copies):
+      if total <= self.max_bytes:
+        return
+      if not self._in_use.get(local):
+        total -= self._copies.pop(local)
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(local)
+
+  @contextlib.contextmanager
+  def open(self, path: str | os.PathLike) -> Iterator[str]:
+    """The local path of a copy of the gs:// object `path`, kept while the context is open."""
+    path = os.fspath(path)
+    length = size(path)
+    local = self._local_name(path, length)
+    with self._lock:
+      download_lock = self._downloads.setdefault(local, threading.Lock())
+      self._in_use[local] = self._in_use.get(local, 0) + 1
+    try:
+      with download_lock:  # two threads asking for one object download it once
+        if not (os.path.exists(local) and os.path.getsize(local) == length):
+          self._download(path, local, length)
+      with self._lock:
+        self._copies.pop(local, None)
+        self._copies[local] = length  # now the most recently used
+      yield local
+    finally:
+      with self._lock:
+        self._in_use[local] -= 1
+        self._evict()
+
+  def mirror(self, root: str | os.PathLike, under: str = "") -> str:
+    """A local directory laid out as the gs:// `root`, holding a copy of every file under `root/under` (all of
+    `root` by default), kept for the life of this process: readers such as TFDS open many files by name."""
+    root = os.fspath(root).rstrip("/")
+    local_root = os.path.join(self.directory, "trees", hashlib.sha256(root.encode()).hexdigest()[:32])
+    source = f"{root}/{under}".rstrip("/") if under else root
+    sizes = {f"{under}/{relative}" if under else relative: length for relative, length in file_sizes(source).items()}
+    missing = {relative: length for relative, length in sizes.items()
+               if not _has_size(os.path.join(local_root, relative), length)}
+    os.makedirs(local_root, exist_ok=True)
+    free = shutil.disk_usage(local_root).free
+    if sum(missing.values()) > free:
+      raise ConfigError(
+          f"{source} ({sum(missing.values()) / 2**30:.2f} GiB still to copy) must be on local disk to be read, but "
+          f"{local_root} has {free / 2**30:.2f} GiB free. Point TOKGEN_CACHE_DIR at a larger disk, or mount the "
+          "bucket (gcsfuse) and give its local path instead of the gs:// URL.")
+    for relative, length in missing.items():  # present copies (an earlier run's) are kept
+      local = os.path.join(local_root, relative)
+      os.makedirs(os.path.dirname(local), exist_ok=True)
+      self._download(f"{root}/{relative}", local, length)
+    return local_root
+
+
+def _has_size(path: str, length: int) -> bool:
+  return os.path.exists(path) and os.path.getsize(path) == length
+
+
+_CACHE: LocalFileCache | None = None
+
+
+def cache() -> LocalFileCache:
+  """The process's `LocalFileCache`: `$TOKGEN_CACHE_DIR` (default `<temp dir>/tokgen_cache`), holding at most
+  `$TOKGEN_CACHE_GB` GiB (default 64) of single-file copies."""
+  global _CACHE
+  if _CACHE is None:
+    directory = os.environ.get("TOKGEN_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "tokgen_cache")
+    _CACHE = LocalFileCache(directory, int(float(os.environ.get("TOKGEN_CACHE_GB", "64")) * 2**30))
+  return _CACHE
+
+
+@contextlib.contextmanager
+def readable_file(path: str | os.PathLike) -> Iterator[str]:
+  """A real local file with `path`'s content: `path` itself on local disk, a cached copy of a gs:// object."""
+  if not is_remote(path):
+    yield os.fspath(path)
+    return
+  with cache().open(path) as local:
+    yield local
+
+
+def readable_directory(root: str | os.PathLike, under: str = "") -> str:
+  """A real local directory standing for `root`: itself on local disk; for gs://, a cached mirror holding the
+  files under `root/under` (`LocalFileCache.mirror`)."""
+  return cache().mirror(root, under) if is_remote(root) else os.fspath(root)
 
 
 # ------------------------------------------------------------------------------------------------- array rows

@@ -270,6 +270,11 @@ def open_tfds_builder(name: str, data_dir: str):
   if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
     raise _tfds_missing_error(name, data_dir, f"it is prepared as {builder.info.file_format.value}, which has no "
                               "random access; rebuild it in a new data_dir")
+  if files.is_remote(data_dir):
+    # TFDS reads a gs:// data_dir's metadata, but array_record's C++ reader opens local files only (on a gs://
+    # path it hangs rather than fails): read this dataset version from a local mirror of its files.
+    version_dir = os.fspath(builder.data_path).removeprefix(data_dir.rstrip("/") + "/")
+    builder = tfds.builder(name, data_dir=files.readable_directory(data_dir, under=version_dir))
   return builder
 
 
@@ -292,12 +297,6 @@ def _tfds_image_shape(record: dict[str, Any]) -> tuple[int, int]:
 def tfds_source(name: str, data_dir: str, split: str, split_key: str) -> ImageSource:
   """Split `split` of a TFDS dataset prepared as ArrayRecord, with encoded images left for PIL to decode."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  if files.is_remote(data_dir):
-    # TFDS reads a gs:// data_dir's metadata, but array_record's C++ reader opens only local files (it hangs on a
-    # gs:// path rather than failing), so refuse it before any record is read.
-    raise ConfigError(f"config.data.data_dir={data_dir!r}: ArrayRecord files are read from local disk only. Copy "
-                      f"the prepared dataset to each host first (gcloud storage cp -r {data_dir}/{name} "
-                      "/mnt/disks/data/), or mount the bucket with gcsfuse, and point config.data.data_dir there.")
   builder = open_tfds_builder(name, data_dir)
   available = sorted(builder.info.splits.keys())
   if split.split("[")[0] not in available:  # 'train[:1%]'-style sub-splits name their base split first

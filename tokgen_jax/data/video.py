@@ -14,7 +14,8 @@ Four kinds, picked by `config.data.source`:
   ffmpeg binary. Every file is probed once when the source opens (fps, duration, size, first frame); a file that
   fails is skipped, counted in `corrupt_files` and logged with its path, and only a share of corrupt files above
   `config.data.max_corrupt_fraction` is an error. A file that probes fine but fails later is replaced by the next
-  readable file (logged, counted in `runtime_failures`).
+  readable file (logged, counted in `runtime_failures`). `path` may be gs://: ffmpeg reads local files only, so
+  each video is downloaded once into the process's local cache (`files.cache()`) and read from there.
 * `tfds_video` -- a TFDS dataset prepared as ArrayRecord (as for images) whose records hold a 'video' field of
   encoded frames or uint8 `[T, H, W, 3]`.
 
@@ -37,7 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from absl import logging
 
-from tokgen_jax.data import registry, sources, transforms
+from tokgen_jax.data import files, registry, sources, transforms
 from tokgen_jax.errors import ConfigError
 
 VIDEO_SOURCE_KINDS = ("lavfi", "gif", "video_folder", "tfds_video", "shapes_video")
@@ -250,6 +251,11 @@ def _ffmpeg_reason(error: BaseException) -> str:
 
 def probe_video_file(path: str, fps: float) -> _Probe:
   """Reads the header and first frame of `path`: sampled length (from duration x fps), size and frame stride."""
+  with files.readable_file(path) as local:  # ffmpeg opens local files; a gs:// video is read from a cached copy
+    return _probe_local_file(local, fps)
+
+
+def _probe_local_file(path: str, fps: float) -> _Probe:
   import imageio_ffmpeg  # pylint: disable=g-import-not-at-top
   reader = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24")
   try:
@@ -271,8 +277,13 @@ def read_video_frames(path: str, *, stride: int = 1, start: int = 0, count: int 
   """Sampled frames `start ..` (every `stride`-th native frame) of a video file as uint8 `[n, H, W, 3]`.
 
   Decodes sequentially and stops after the last needed frame; `count=None` reads to the end. May return fewer
-  frames than asked near the end of a file.
+  frames than asked near the end of a file. A gs:// file is read from its cached local copy.
   """
+  with files.readable_file(path) as local:
+    return _read_local_frames(local, stride=stride, start=start, count=count)
+
+
+def _read_local_frames(path: str, *, stride: int, start: int, count: int | None) -> np.ndarray:
   import imageio_ffmpeg  # pylint: disable=g-import-not-at-top
   first = start * stride
   last = math.inf if count is None else first + (count - 1) * stride
@@ -293,7 +304,7 @@ def read_video_frames(path: str, *, stride: int = 1, start: int = 0, count: int 
 def load_video_file(path: str | os.PathLike, fps: float = 0) -> np.ndarray:
   """Reads a whole video file as uint8 `[N, H, W, 3]`, subsampled to `fps` (0: every frame)."""
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not files.as_path(path).is_file():
     raise FileNotFoundError(f"Video file not found: {path!r}. Check the path (relative paths are resolved against "
                             f"the current directory {os.getcwd()!r}).")
   try:
@@ -322,6 +333,8 @@ class _FolderReader:
       frames = read_video_frames(path, stride=probe.stride, start=start, count=count)
       if len(frames) == 0 and start > 0:  # shorter than its header said: take the clip from the start
         frames = read_video_frames(path, stride=probe.stride, start=0, count=count)
+    except ConfigError:
+      raise
     except _DECODE_ERRORS as error:
       frames, reason = None, str(error)
     else:
@@ -348,6 +361,8 @@ class _FolderReader:
 def _probe_or_none(path: str, fps: float) -> _Probe | None:
   try:
     return probe_video_file(path, fps)
+  except ConfigError:  # e.g. no local disk left for a gs:// file's copy: not the file's fault
+    raise
   except _DECODE_ERRORS as error:
     logging.warning("Skipping corrupt video file %s: %s", path, _ffmpeg_reason(error))
     return None
