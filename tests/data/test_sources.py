@@ -10,7 +10,6 @@ import tensorflow_datasets as tfds
 from tokgen_jax.data import PHOTO_HELD_OUT
 from tokgen_jax.data import PHOTO_TRAIN
 from tokgen_jax.data import files, sources
-from tokgen_jax.errors import ConfigError
 
 
 def test_photo_split_is_fixed_and_disjoint():

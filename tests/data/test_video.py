@@ -2,7 +2,6 @@
 
 import json
 import logging
-import re
 
 import imageio.v3 as iio
 import ml_collections
