@@ -10,36 +10,31 @@ weighted NLL (nats/token), perplexity is `exp` of its mean, and teacher-forced t
 
 State layout as every task: params/opt_state/ema_params keyed by the group 'generator'.
 
-Modes: `encode` (alias `tokenize`) writes the latent shards of `config.tokenize.data` with the frozen tokenizer of
-`config.tokenizer`; `sample` draws samples of `config.sample.prompts` and decodes them with it. Eval adds samples of
-the first eval conditions with and without CFG (`config.eval.protocol`), decoded, and in the shapes world scored
-against their prompts (`metrics.shapes`): `color_shape` is the share of samples whose every prompted shape was
-drawn with the right color and shape, next to `match`'s per-attribute shares. The tokenizer's own reconstruction
-of the real examples is scored the same way (`reference_*`): the ceiling a generator can reach through it.
+Modes (`second_stage`, shared by every generator over a frozen tokenizer): `encode` (alias `tokenize`) writes the
+latent shards of `config.tokenize.data` with the frozen tokenizer of `config.tokenizer`; `sample` draws samples of
+`config.sample.prompts` and decodes them with it. Eval adds samples of the first eval conditions with and without
+CFG (`config.eval.protocol`), decoded, and in the shapes world scored against their prompts (`metrics.shapes`):
+`color_shape` is the share of samples whose every prompted shape was drawn with the right color and shape, next to
+`match`'s per-attribute shares. The tokenizer's own reconstruction of the real examples is scored the same way
+(`reference_*`): the ceiling a generator can reach through it.
 """
 
 import dataclasses
-import functools
 import math
-from collections.abc import Sequence
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from etils import epath
-from absl import logging
 
 from tokgen_jax import generators, tokenizers
-from tokgen_jax.data import examples as example_data
-from tokgen_jax.data import files, grids, shapes, text
 from tokgen_jax.data import latents as latent_data
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.generators import orderings, sampling
 from tokgen_jax.generators.ar import ARTransformer
-from tokgen_jax.metrics import shapes as shape_metrics
-from tokgen_jax.tasks import autoencoder, frozen_tokenizer
+from tokgen_jax.tasks import autoencoder, second_stage
 from tokgen_jax.tasks.base import RunContext, Task, TrainState, apply_gradients, evaluation_params
 from tokgen_jax.tasks.optimizers import learning_rate_schedule, make_optimizer
 
@@ -47,7 +42,7 @@ GROUP = "generator"
 
 
 @dataclasses.dataclass(frozen=True)
-class GeneratorTask(Task):
+class GeneratorTask(second_stage.SecondStage, Task):
   """`token_shape`: one example's tokens without batch, `grid` or `grid + (levels,)` (see module doc).
   `tokenizer`: `config.tokenizer` (experiment, workdir, checkpoint_step), loaded once on first use."""
 
@@ -61,7 +56,19 @@ class GeneratorTask(Task):
   tokenizer: Any = dataclasses.field(default=None, hash=False, compare=False)
   _loaded: dict = dataclasses.field(default_factory=dict, hash=False, compare=False, repr=False)
 
-  input_key = "tokens"
+  input_key = latent_key = tokenizers.TOKENS
+
+  @property
+  def conditioning(self) -> str:
+    return self.model.conditioning
+
+  @property
+  def text_length(self) -> int:
+    return self.model.text_length
+
+  @property
+  def num_classes(self) -> int:
+    return self.model.num_classes
 
   def __post_init__(self):
     grid, levels = self.grid_and_levels
@@ -204,33 +211,8 @@ class GeneratorTask(Task):
   def sample_settings(self, sample_config: Any, guided: bool = True) -> sampling.SamplingSettings:
     return settings_from_config(sample_config, guided)
 
-  def draw(self, state: TrainState, conditions: dict[str, np.ndarray], settings: sampling.SamplingSettings,
-           seed: int, batch_size: int) -> np.ndarray:
-    """Token grids `[B, *token_shape]` for the conditions (compiled once per settings; deterministic per seed)."""
-    return np.asarray(_sampler(self, settings, batch_size)(state, conditions, jax.random.PRNGKey(seed)))
-
-  def frozen_tokenizer(self, run: RunContext) -> frozen_tokenizer.FrozenTokenizer:
-    """The tokenizer of `config.tokenizer`, restored on first use and kept."""
-    if "tokenizer" not in self._loaded:
-      self._loaded["tokenizer"] = frozen_tokenizer.load(run, self.tokenizer)
-    return self._loaded["tokenizer"]
-
-  def prompt_conditions(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
-    """The condition batch of prompts: captions through the text encoder (as stored by encode: float16), class
-    ids (or shapes-world class names such as 'red circle') as labels."""
-    kind = self.model.conditioning
-    if kind == "text":
-      embeddings, mask = text.token_states_encoder(self.model.text_length)(list(prompts))
-      return {"text": embeddings.astype(np.float16).astype(np.float32), "text_mask": mask}
-    if kind == "class":
-      return {"label": np.asarray([_class_id(p, self.model.num_classes) for p in prompts], np.int32)}
-    return {}
-
   def evaluator(self, run: RunContext, state: TrainState) -> "GeneratorPass":
     return GeneratorPass(self, run, state)
-
-  def modes(self) -> dict[str, Callable[[RunContext], dict[str, Any]]]:
-    return {"encode": self.encode, "tokenize": self.encode, "sample": self.sample_prompts}
 
   def describe(self) -> dict[str, Any]:
     """The token layout the model sees: shape per example, layers, sequence lengths, vocabularies, prefix."""
@@ -238,41 +220,6 @@ class GeneratorTask(Task):
             "sequence_length": int(self.model.num_tokens), "layer_lengths": list(self.model.layer_lengths),
             "vocab_sizes": list(self.model.vocab_sizes), "condition": str(self.model.conditioning),
             "prefix_length": int(self.model.prefix_length)}
-
-  def encode(self, run: RunContext) -> dict[str, Any]:
-    """--mode=encode: `config.tokenize.data` through the frozen tokenizer into latent shards at config.data.path."""
-    counts = frozen_tokenizer.encode_dataset(run.config, self.frozen_tokenizer(run), str(run.config.data.path))
-    return {"path": str(run.config.data.path), **counts}
-
-  def sample_prompts(self, run: RunContext) -> dict[str, Any]:
-    """--mode=sample: samples of `config.sample.prompts` / `prompts_file` into workdir/samples/prompts_step_<N>.png
-    (one row per prompt, `num_per_prompt` columns) with the prompts in a .txt beside it; shapes-world captions are
-    scored."""
-    config = run.config
-    prompts = read_prompts(config.sample)
-    if not prompts:
-      raise ConfigError("no prompts: --mode=sample of a generator needs --config.sample.prompts='a;b' (captions, or "
-                        "class ids / names) or --config.sample.prompts_file=FILE (one per line).")
-    state, step = run.restore()
-    per_prompt = int(config.sample.num_per_prompt)
-    repeated = [p for p in prompts for _ in range(per_prompt)]
-    grids_ = self.draw(state, self.prompt_conditions(repeated), self.sample_settings(config.sample),
-                       int(config.sample.seed), len(repeated))
-    pixels = self.frozen_tokenizer(run).decode({tokenizers.TOKENS: grids_})
-    path = run.workdir / "samples" / f"prompts_step_{step}.png"
-    summary: dict[str, Any] = {"path": str(path)}
-    if str(config.tokenize.data.source) in example_data.SHAPES_SOURCES:
-      try:
-        summary |= shape_metrics.score_prompts(repeated, pixels)
-      except ConfigError as error:  # free-form prompts: sample, but there is nothing to score against
-        logging.warning("prompts are not shapes-world captions, so samples are not scored: %s", error)
-    if run.is_chief:
-      columns = [pixels[j::per_prompt] for j in range(per_prompt)]
-      grids.save_examples(path.parent, path.stem, columns, max_rows=len(prompts), fps=float(config.data.get("fps", 8)))
-      _write_prompts(path.with_suffix(".txt"), prompts)
-      print(f"sample step {step}: {len(prompts)} prompts x {per_prompt} → {path} " +
-            ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k != "path"), flush=True)
-    return summary
 
 
 def settings_from_config(sample_config: Any, guided: bool = True) -> sampling.SamplingSettings:
@@ -285,21 +232,13 @@ def settings_from_config(sample_config: Any, guided: bool = True) -> sampling.Sa
                                    cfg_scale=scale if guided else 1.0)
 
 
-@functools.lru_cache(maxsize=16)
-def _sampler(task: GeneratorTask, settings: sampling.SamplingSettings, batch_size: int):
-  return jax.jit(functools.partial(task.sample, settings=settings, batch_size=batch_size))
-
-
 class GeneratorPass:
-  """The generator's `Evaluator`: teacher-forced NLL / perplexity / token accuracy over the eval tokens, then
-  (config.eval.protocol.num_samples > 0) samples of the first eval conditions with and without CFG, decoded and
-  scored (shapes world)."""
+  """The generator's `Evaluator`: teacher-forced NLL / perplexity / token accuracy over the eval tokens, then the
+  shared sample pass (`second_stage.SampleEvaluation`)."""
 
   def __init__(self, task: GeneratorTask, run: RunContext, state: TrainState):
-    self._task, self._run, self._state = task, run, state
+    self._samples = second_stage.SampleEvaluation(task, run, state)
     self._sums, self._count = {"nll": 0.0, "token_accuracy": 0.0}, 0
-    self._columns: list[np.ndarray] = []
-    self._prompts: list = []
 
   def update(self, outputs: dict[str, np.ndarray], batch: dict[str, np.ndarray], mask: np.ndarray) -> None:
     del batch
@@ -310,72 +249,10 @@ class GeneratorPass:
   def results(self) -> dict[str, float]:
     results = {name: total / max(self._count, 1) for name, total in self._sums.items()}
     results["perplexity"] = float(np.exp(results["nll"]))
-    if self._run.config.eval.protocol.num_samples:
-      results |= self._sample_eval()
-    return results
-
-  def _sample_eval(self) -> dict[str, float]:
-    config, task = self._run.config, self._task
-    tokenizer = task.frozen_tokenizer(self._run)
-    source = latent_data.open_configured_source(config.data, "eval")
-    protocol = config.eval.protocol
-    examples = [source[i] for i in range(min(int(protocol.num_samples), len(source)))]
-    cond = {key: np.stack([e[key] for e in examples]) for key in ("label", "text", "text_mask") if key in examples[0]}
-    captions = [source.caption(i) for i in range(len(examples))] if source.has_captions else None
-    prompts = (captions if task.model.conditioning == "text" or "label" not in examples[0]
-               else [int(e["label"]) for e in examples])
-    reference = tokenizer.decode({tokenizers.TOKENS: np.stack([e[tokenizers.TOKENS] for e in examples])})
-    scored = prompts is not None and str(config.tokenize.data.source) in example_data.SHAPES_SOURCES
-    results = ({f"reference_{k}": v for k, v in shape_metrics.score_prompts(prompts, reference).items()}
-               if scored else {})
-    self._columns, self._prompts = [reference], prompts or []
-    guided = task.sample_settings(protocol).guided
-    for name, guidance in ({"cfg": True, "nocfg": False} if guided else {"nocfg": False}).items():
-      grids_ = task.draw(self._state, cond, task.sample_settings(protocol, guidance), int(protocol.seed),
-                         len(examples))
-      self._columns.append(tokenizer.decode({tokenizers.TOKENS: grids_}))
-      if scored:
-        results |= {f"{name}_{k}": v for k, v in shape_metrics.score_prompts(prompts, self._columns[-1]).items()}
-    return results
+    return results | self._samples.results()
 
   def write_samples(self, directory: epath.Path, step: int) -> None:
-    if not self._columns:
-      return
-    config = self._run.config
-    grids.save_examples(directory, f"eval_step_{step}", self._columns, int(config.eval.num_grid_images),
-                        fps=float(config.tokenize.data.get("fps", 8)))
-    _write_prompts(directory / f"eval_step_{step}_prompts.txt", self._prompts)
-
-
-def _write_prompts(path: epath.Path, prompts: list) -> None:
-  files.write_text(path, "".join(f"{p}\n" for p in prompts))
-
-
-def _class_id(prompt: str, num_classes: int) -> int:
-  prompt = prompt.strip()
-  if prompt.isdigit() and int(prompt) < num_classes:
-    return int(prompt)
-  color, _, shape = prompt.partition(" ")
-  if color in shapes.COLOR_NAMES and shape in shapes.SHAPES:
-    return shapes.class_label(shape, color)
-  raise ConfigError(f"prompt {prompt!r} is not a class id below {num_classes} or a shapes class name like "
-                    f"'red circle'; class-conditional models take those.")
-
-
-def read_prompts(sample_config: Any) -> list[str]:
-  """Prompts of --mode=sample: `config.sample.prompts` (';'-separated) and the lines of `prompts_file`."""
-  prompts = [p.strip() for p in str(sample_config.prompts).split(";") if p.strip()]
-  if sample_config.prompts_file:
-    try:
-      text = files.as_path(sample_config.prompts_file).read_text(encoding="utf-8")
-      prompts += [line.strip() for line in text.splitlines() if line.strip()]
-    except OSError as error:
-      raise ConfigError(f"config.sample.prompts_file={sample_config.prompts_file!r} cannot be read ({error}); "
-                        f"give a text file with one prompt per line.") from error
-  return prompts
-
-
-# ------------------------------------------------------------------------------------------------------ encode
+    self._samples.write_samples(directory, step)
 
 
 # ------------------------------------------------------------------------------------------------------- build

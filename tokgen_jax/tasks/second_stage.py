@@ -1,0 +1,187 @@
+"""What every generator over a frozen tokenizer shares, whatever it models (AR token ids, diffusion latents, ...).
+
+- the tokenizer of `config.tokenizer`, restored on first use and kept;
+- `--mode=encode` (alias `tokenize`): `config.tokenize.data` through it into latent shards at `config.data.path`;
+- prompts → the condition batch (captions through the offline text encoder, class ids or shapes-world names);
+- `--mode=sample`: samples of `config.sample.prompts` / `prompts_file`, decoded, written and, in the shapes world,
+  scored against their prompts;
+- the eval's sample pass (`SampleEvaluation`): samples of the first `num_samples` eval conditions with and without
+  CFG, decoded and scored like the tokenizer's own reconstruction of the real examples (`reference_*`, the
+  ceiling a generator can reach through that tokenizer).
+
+A task mixes in `SecondStage` and provides `latent_key` (the latent array it draws: "tokens" or "latents"),
+`conditioning` / `text_length` / `num_classes`, `sample_settings(sample_config, guided)` (hashable settings with a
+`guided` flag) and the protocol's `sample(state, conditions, rng, settings, batch_size)` → latents in the
+tokenizer's own units, which `draw` compiles once per settings.
+"""
+
+import functools
+import time
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from absl import logging
+from etils import epath
+
+from tokgen_jax.data import examples as example_data
+from tokgen_jax.data import files, grids, shapes, text
+from tokgen_jax.data import latents as latent_data
+from tokgen_jax.errors import ConfigError
+from tokgen_jax.metrics import shapes as shape_metrics
+from tokgen_jax.tasks import frozen_tokenizer
+from tokgen_jax.tasks.base import RunContext, TrainState
+
+CONDITION_KEYS = ("label", "text", "text_mask")
+
+
+class SecondStage:
+  """Mixin of a generator task; the task is a dataclass with fields `tokenizer` (`config.tokenizer`) and `_loaded`
+  (a dict for what is restored once)."""
+
+  latent_key: str
+
+  def frozen_tokenizer(self, run: RunContext) -> frozen_tokenizer.FrozenTokenizer:
+    """The tokenizer of `config.tokenizer`, restored on first use and kept."""
+    if "tokenizer" not in self._loaded:
+      self._loaded["tokenizer"] = frozen_tokenizer.load(run, self.tokenizer)
+    return self._loaded["tokenizer"]
+
+  def draw(self, state: TrainState, conditions: dict[str, np.ndarray], settings: Any, seed: int,
+           batch_size: int) -> np.ndarray:
+    """`sample` for the conditions as host latents `[B, ...]` (compiled once per settings and batch size;
+    deterministic per seed)."""
+    return np.asarray(_sampler(self, settings, batch_size)(state, conditions, jax.random.PRNGKey(seed)))
+
+  def decode(self, run: RunContext, drawn: np.ndarray) -> np.ndarray:
+    """Pixels of latents drawn by `draw` (or read from the shards), through the frozen tokenizer."""
+    return self.frozen_tokenizer(run).decode({self.latent_key: drawn})
+
+  def prompt_conditions(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
+    """The condition batch of prompts: captions through the text encoder (as stored by encode: float16), class
+    ids (or shapes-world class names such as 'red circle') as labels."""
+    if self.conditioning == "text":
+      embeddings, mask = text.token_states_encoder(self.text_length)(list(prompts))
+      return {"text": embeddings.astype(np.float16).astype(np.float32), "text_mask": mask}
+    if self.conditioning == "class":
+      return {"label": np.asarray([class_id(p, self.num_classes) for p in prompts], np.int32)}
+    return {}
+
+  def modes(self) -> dict[str, Callable[[RunContext], dict[str, Any]]]:
+    return {"encode": self.encode, "tokenize": self.encode, "sample": self.sample_prompts}
+
+  def encode(self, run: RunContext) -> dict[str, Any]:
+    """--mode=encode: `config.tokenize.data` through the frozen tokenizer into latent shards at config.data.path."""
+    counts = frozen_tokenizer.encode_dataset(run.config, self.frozen_tokenizer(run), str(run.config.data.path))
+    return {"path": str(run.config.data.path), **counts}
+
+  def sample_prompts(self, run: RunContext) -> dict[str, Any]:
+    """--mode=sample: samples of `config.sample.prompts` / `prompts_file` into workdir/samples/prompts_step_<N>.png
+    (one row per prompt, `num_per_prompt` columns) with the prompts in a .txt beside it; shapes-world captions are
+    scored. The summary carries the sampler's wall time (`sample_seconds`, compilation excluded)."""
+    config = run.config
+    prompts = read_prompts(config.sample)
+    if not prompts:
+      raise ConfigError("no prompts: --mode=sample of a generator needs --config.sample.prompts='a;b' (captions, or "
+                        "class ids / names) or --config.sample.prompts_file=FILE (one per line).")
+    state, step = run.restore()
+    per_prompt = int(config.sample.num_per_prompt)
+    repeated = [p for p in prompts for _ in range(per_prompt)]
+    conditions, settings = self.prompt_conditions(repeated), self.sample_settings(config.sample)
+    self.draw(state, conditions, settings, int(config.sample.seed), len(repeated))  # compiles
+    start = time.perf_counter()
+    drawn = self.draw(state, conditions, settings, int(config.sample.seed), len(repeated))
+    seconds = time.perf_counter() - start
+    pixels = self.decode(run, drawn)
+    path = run.workdir / "samples" / f"prompts_step_{step}.png"
+    summary: dict[str, Any] = {"path": str(path), "sample_seconds": seconds}
+    if str(config.tokenize.data.source) in example_data.SHAPES_SOURCES:
+      try:
+        summary |= shape_metrics.score_prompts(repeated, pixels)
+      except ConfigError as error:  # free-form prompts: sample, but there is nothing to score against
+        logging.warning("prompts are not shapes-world captions, so samples are not scored: %s", error)
+    if run.is_chief:
+      columns = [pixels[j::per_prompt] for j in range(per_prompt)]
+      grids.save_examples(path.parent, path.stem, columns, max_rows=len(prompts), fps=float(config.data.get("fps", 8)))
+      write_prompts(path.with_suffix(".txt"), prompts)
+      print(f"sample step {step}: {len(prompts)} prompts x {per_prompt} → {path} " +
+            ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k != "path"), flush=True)
+    return summary
+
+
+class SampleEvaluation:
+  """The sample part of a generator's eval (`config.eval.protocol.num_samples` > 0): samples of the first eval
+  conditions with and without CFG, decoded, and in the shapes world scored against their prompts next to the
+  tokenizer's reconstruction of the real examples; `write_samples` puts reference | cfg | nocfg side by side."""
+
+  def __init__(self, task: SecondStage, run: RunContext, state: TrainState):
+    self._task, self._run, self._state = task, run, state
+    self._columns: list[np.ndarray] = []
+    self._prompts: list = []
+
+  def results(self) -> dict[str, float]:
+    config, task = self._run.config, self._task
+    protocol = config.eval.protocol
+    if not protocol.num_samples:
+      return {}
+    source = latent_data.open_configured_source(config.data, "eval")
+    examples = [source[i] for i in range(min(int(protocol.num_samples), len(source)))]
+    cond = {key: np.stack([e[key] for e in examples]) for key in CONDITION_KEYS if key in examples[0]}
+    captions = [source.caption(i) for i in range(len(examples))] if source.has_captions else None
+    prompts = (captions if task.conditioning == "text" or "label" not in examples[0]
+               else [int(e["label"]) for e in examples])
+    reference = task.decode(self._run, np.stack([e[task.latent_key] for e in examples]))
+    scored = prompts is not None and str(config.tokenize.data.source) in example_data.SHAPES_SOURCES
+    results = ({f"reference_{k}": v for k, v in shape_metrics.score_prompts(prompts, reference).items()}
+               if scored else {})
+    self._columns, self._prompts = [reference], prompts or []
+    guided = task.sample_settings(protocol).guided
+    for name, guidance in ({"cfg": True, "nocfg": False} if guided else {"nocfg": False}).items():
+      drawn = task.draw(self._state, cond, task.sample_settings(protocol, guidance), int(protocol.seed),
+                        len(examples))
+      self._columns.append(task.decode(self._run, drawn))
+      if scored:
+        results |= {f"{name}_{k}": v for k, v in shape_metrics.score_prompts(prompts, self._columns[-1]).items()}
+    return results
+
+  def write_samples(self, directory: epath.Path, step: int) -> None:
+    if not self._columns:
+      return
+    config = self._run.config
+    grids.save_examples(directory, f"eval_step_{step}", self._columns, int(config.eval.num_grid_images),
+                        fps=float(config.tokenize.data.get("fps", 8)))
+    write_prompts(directory / f"eval_step_{step}_prompts.txt", self._prompts)
+
+
+@functools.lru_cache(maxsize=16)
+def _sampler(task: SecondStage, settings: Any, batch_size: int):
+  return jax.jit(functools.partial(task.sample, settings=settings, batch_size=batch_size))
+
+
+def write_prompts(path: epath.Path, prompts: list) -> None:
+  files.write_text(path, "".join(f"{p}\n" for p in prompts))
+
+
+def class_id(prompt: str, num_classes: int) -> int:
+  prompt = prompt.strip()
+  if prompt.isdigit() and int(prompt) < num_classes:
+    return int(prompt)
+  color, _, shape = prompt.partition(" ")
+  if color in shapes.COLOR_NAMES and shape in shapes.SHAPES:
+    return shapes.class_label(shape, color)
+  raise ConfigError(f"prompt {prompt!r} is not a class id below {num_classes} or a shapes class name like "
+                    f"'red circle'; class-conditional models take those.")
+
+
+def read_prompts(sample_config: Any) -> list[str]:
+  """Prompts of --mode=sample: `config.sample.prompts` (';'-separated) and the lines of `prompts_file`."""
+  prompts = [p.strip() for p in str(sample_config.prompts).split(";") if p.strip()]
+  if sample_config.prompts_file:
+    try:
+      text_ = files.as_path(sample_config.prompts_file).read_text(encoding="utf-8")
+      prompts += [line.strip() for line in text_.splitlines() if line.strip()]
+    except OSError as error:
+      raise ConfigError(f"config.sample.prompts_file={sample_config.prompts_file!r} cannot be read ({error}); "
+                        f"give a text file with one prompt per line.") from error
+  return prompts
