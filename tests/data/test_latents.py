@@ -122,6 +122,21 @@ def test_float_and_bool_arrays_of_any_names_round_trip(tmp_path):
   assert not source.has_captions and set(source[0]) == set(arrays)
 
 
+def test_scale_factor_is_one_over_the_std_of_every_part_together(tmp_path):
+  rng = np.random.default_rng(1)
+  latents = (3.0 + 0.25 * rng.normal(size=(9, 2, 2, 3))).astype(np.float32)
+  for part, rows in enumerate((slice(0, 4), slice(4, 9))):
+    with store.LatentShardWriter(tmp_path, "train", shard_size=3, part=part, num_parts=2) as writer:
+      writer.add({"latents": latents[rows], "label": np.arange(9)[rows]})
+  source = store.LatentSource(tmp_path, "train")
+  mean, std = source.moments("latents")
+  np.testing.assert_allclose([mean, std], [latents.astype(np.float64).mean(), latents.astype(np.float64).std()],
+                             rtol=1e-9)
+  np.testing.assert_allclose(source.scale_factor(), 1.0 / latents.astype(np.float64).std(), rtol=1e-9)
+  with pytest.raises(ConfigError, match="no moments of 'label'.*Encode the split again"):
+    source.moments("label")
+
+
 def test_parts_of_two_processes_read_as_the_dataset_in_order(root):
   _write_split(root, "train", 5, shard_size=2, part=1, num_parts=2, first=7)  # process 1 may finish first
   with pytest.raises(ConfigError, match=r"part_00000/metadata\.json is missing"):
@@ -184,7 +199,8 @@ def test_metadata_contents(tmp_path):
                  "caption": {"shape": [], "dtype": "str", "max_value": -1},
                  "text_row": {"shape": [], "dtype": "int32", "max_value": 0}},
       "shards": [{"index": 0, "num_examples": 3}, {"index": 1, "num_examples": 1}],
-      "has_text": False, "num_texts": 1, "text_length": 0, "text_dim": 0, "tokenizer": {"name": "vq", "codebook": 512}}
+      "has_text": False, "num_texts": 1, "text_length": 0, "text_dim": 0, "tokenizer": {"name": "vq", "codebook": 512},
+      "moments": {}}  # no float arrays
   assert sorted(path.name for path in (tmp_path / "eval" / "part_00000").iterdir()) == [
       "metadata.json", "shard_00000.caption.npy", "shard_00000.text_row.npy", "shard_00000.tokens.npy",
       "shard_00001.caption.npy", "shard_00001.text_row.npy", "shard_00001.tokens.npy"]  # no temporary files
