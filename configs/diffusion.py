@@ -1,0 +1,69 @@
+"""Diffusion presets: the DiT model (`config.model` of the diffusion task), the training process
+(`config.diffusion`), and the sampling settings of `--mode=sample` and of the eval protocols.
+
+DiT sizes (Peebles & Xie 2023, Table 1): S/B/L/XL are depth 12/12/24/28, width 384/768/1024/1152, heads
+6/12/16/16; "local" is this project's CPU size. The patch size is its own argument (DiT-XL/2: XL with patch 2).
+"""
+
+import ml_collections
+
+from tokgen_jax.configs import evaluation
+from tokgen_jax.errors import ConfigError
+
+DIT_SIZES = {
+    # name: (depth, hidden_size, num_heads)
+    "local": (4, 128, 4),
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+}
+
+
+def dit(size: str = "B", patch_size: int = 2, conditioning: str = "class", num_classes: int = 1000,
+        text_length: int = 0, text_dim: int = 0, learn_sigma: bool = True, **overrides) -> ml_collections.ConfigDict:
+  """A `DiT` config. `learn_sigma` (DiT's default) outputs the variance interpolation too and adds the VLB term;
+  `dtype` 'bfloat16' computes in bf16 with float32 parameters."""
+  if size not in DIT_SIZES:
+    raise ConfigError(f"DiT size {size!r} is not a preset; choose one of {sorted(DIT_SIZES)}.")
+  depth, hidden_size, num_heads = DIT_SIZES[size]
+  config = ml_collections.ConfigDict(dict(
+      name="dit", patch_size=patch_size, hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_ratio=4.0,
+      conditioning=conditioning, num_classes=num_classes if conditioning == "class" else 0,
+      text_length=text_length if conditioning == "text" else 0, text_dim=text_dim if conditioning == "text" else 0,
+      learn_sigma=learn_sigma, self_condition=False, remat=False, dtype="float32"))
+  config.update(overrides)
+  return config
+
+
+def process(schedule: str = "linear", num_steps: int = 1000, prediction: str = "eps", **overrides
+            ) -> ml_collections.ConfigDict:
+  """The diffusion process and its training loss (NUMERICS "Diffusion").
+
+  schedule: 'linear' (DDPM / DiT: β 1e-4 → 0.02 over 1000 steps), 'cosine' or 'scaled_linear' (LDM), with
+  `zero_terminal_snr` rescaling as an option. prediction: what the model outputs, 'eps' (DDPM, DiT), 'v'
+  (W.A.L.T.) or 'x0'. cond_dropout_rate: the share of training examples whose condition is replaced by the null
+  one (0.1, for classifier-free guidance). self_condition_rate: with a self-conditioning model, the share of
+  examples that first estimate x0 and feed it back (0.5, Chen et al. 2022). loss_weighting: 'none' (plain MSE
+  on the target) or 'min_snr' (Hang et al. 2023, min(SNR, γ) with `min_snr_gamma` 5, as a weight on the ε loss).
+  vlb_weight: the weight of the learned-variance VLB term (DiT: 1, scaled by T/1000). latent_scale: what the
+  latents are multiplied by before diffusion; 0 reads LDM's 1 / std from the train split's shard metadata.
+  eval_buckets: the held-out loss is reported at this many evenly spaced timesteps."""
+  config = ml_collections.ConfigDict(dict(
+      schedule=schedule, num_steps=num_steps, zero_terminal_snr=False, prediction=prediction,
+      cond_dropout_rate=0.1, self_condition_rate=0.5, loss_weighting="none", min_snr_gamma=5.0, vlb_weight=1.0,
+      latent_scale=0.0, eval_buckets=4))
+  config.update(overrides)
+  return config
+
+
+def sampling(protocol: ml_collections.ConfigDict | None = None, **overrides) -> ml_collections.ConfigDict:
+  """--mode=sample settings (`generators.diffusion.samplers.DiffusionSampling`): the sampling fields of
+  `protocol` (an `evaluation.diffusion_protocol`, default DiT's demo: 250 DDPM steps at cfg 4.0), then
+  `overrides`; `prompts` (`;`-separated captions, class ids or names), `prompts_file`, `num_per_prompt`."""
+  protocol = protocol if protocol is not None else evaluation.diffusion_protocol("dit_demo")
+  config = ml_collections.ConfigDict({"protocol": protocol.name, **{
+      key: protocol[key] for key in evaluation.DIFFUSION_SAMPLING_FIELDS}})
+  config.update(dict(prompts="", prompts_file="", num_per_prompt=4, inputs=""))
+  config.update(overrides)
+  return config
