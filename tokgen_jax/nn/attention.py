@@ -174,3 +174,48 @@ class SpatialSelfAttention(nn.Module):
     q, k, v = (Conv(channels, (1, 1), name=n)(h).reshape(batch, height * width, 1, channels) for n in "qkv")
     out = dot_product_attention(q, k, v, mask=None).reshape(batch, height, width, channels)
     return x + Conv(channels, (1, 1), name="proj")(out)
+
+
+class CrossAttention(nn.Module):
+  """Multi-head attention of queries from x `[B, N, D]` to keys and values of a context `[B, L, D_c]`.
+
+  `context_mask` (bool `[B, L]`, True = a real token) hides padding keys from every query; None attends to all.
+  Text-to-image transformers read their caption this way (PixArt-α, Chen et al. 2023, §2.3, Fig. 4). Projections
+  are `DenseGeneral` rather than `Projection`: PixArt's have biases (`use_bias`) and its output projection starts
+  at zero (`zero_init_output`), so a residual `x + CrossAttention(x, text)` is the identity at init. Kernels are
+  xavier-uniform over their flattened `[in, out]` matrix, as torch's `nn.Linear` under DiT/PixArt's init.
+  Returns `[B, N, D]`.
+  """
+
+  num_heads: int
+  head_dim: int | None = None
+  use_bias: bool = False
+  zero_init_output: bool = False
+  implementation: str | None = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def _dense(self, features, axis, kernel_axes, bias_axes, kernel_init, name):
+    return nn.DenseGeneral(features, axis=axis, use_bias=self.use_bias,
+                           kernel_init=nn.with_logical_partitioning(kernel_init, kernel_axes),
+                           bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), bias_axes),
+                           dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, context: jax.Array, context_mask: jax.Array | None = None) -> jax.Array:
+    heads, _, head_dim = attention_dims(x.shape[-1], self.num_heads, head_dim=self.head_dim)
+    if context.ndim != 3 or context.shape[0] != x.shape[0]:
+      raise ConfigError(f"CrossAttention: context {context.shape} must be [B, L, D_c] with the queries' batch "
+                        f"{x.shape[0]}; pass the (projected) text states, one row per example.")
+    xavier = nn.initializers.xavier_uniform()
+    proj = lambda name: self._dense((heads, head_dim), -1, ("embed", "heads", "kv"), ("heads", "kv"), xavier, name)
+    q = proj("query")(x)
+    k, v = proj("key")(context), proj("value")(context)
+    q, k, v = (nn.with_logical_constraint(a, HEAD_AXES) for a in (q, k, v))
+    mask = None
+    if context_mask is not None:
+      mask = jnp.broadcast_to(context_mask.astype(bool)[:, None, :], (x.shape[0], x.shape[1], context.shape[1]))
+    out = dot_product_attention(q, k, v, mask, implementation=self.implementation)
+    out_init = nn.initializers.zeros_init() if self.zero_init_output else xavier
+    out = self._dense(x.shape[-1], (-2, -1), ("heads", "kv", "embed"), ("embed",), out_init, "out")(out)
+    return nn.with_logical_constraint(out, HIDDEN_AXES)
