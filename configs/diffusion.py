@@ -9,15 +9,9 @@ import ml_collections
 
 from tokgen_jax.configs import evaluation
 from tokgen_jax.errors import ConfigError
+from tokgen_jax.generators.diffusion import dit as dit_model
 
-DIT_SIZES = {
-    # name: (depth, hidden_size, num_heads)
-    "local": (4, 128, 4),
-    "S": (12, 384, 6),
-    "B": (12, 768, 12),
-    "L": (24, 1024, 16),
-    "XL": (28, 1152, 16),
-}
+DIT_SIZES = {"local": (4, 128, 4)} | dit_model.DIT_SIZES  # name: (depth, hidden_size, num_heads)
 
 
 def dit(size: str = "B", patch_size: int = 2, conditioning: str = "class", num_classes: int = 1000,

@@ -1,10 +1,10 @@
 """Sharding rules that scale: mesh presets, logical names on every parameter, and sharded steps equal unsharded.
 
-Coverage: every parameter of the conv tokenizers (VQGAN, MAGVIT-v2 with its discriminator) and of the AR generator
-is an `nn.Partitioned` box with one logical name per dimension, and under the `fsdp` preset on 8 devices every
-dimension that names an fsdp-mapped axis and divides by 8 is split (ZeRO-3): nearly all parameter and optimizer
-bytes are sharded. Equality: two train steps on 8 devices under the dp, fsdp and fsdp_tp presets give the losses
-and parameters of the same two steps on one device.
+Coverage: every parameter of the conv tokenizers (VQGAN, MAGVIT-v2 with its discriminator), the AR generator and
+DiT (class and text conditioned) is an `nn.Partitioned` box with one logical name per dimension, and under the
+`fsdp` preset on 8 devices every dimension that names an fsdp-mapped axis and divides by 8 is split (ZeRO-3):
+nearly all parameter and optimizer bytes are sharded. Equality: two train steps on 8 devices under the dp, fsdp
+and fsdp_tp presets give the losses and parameters of the same two steps on one device.
 """
 
 import math
@@ -66,11 +66,17 @@ def _generator_experiment(**overrides):
   return set_fields(load_experiment("experiments/ar_shapes.py:local"), overrides)
 
 
+def _dit_experiment(condition: str = "class", **overrides):
+  return set_fields(load_experiment(f"experiments/dit_shapes.py:local,condition={condition}"), overrides)
+
+
 COVERAGE = {
     "vqgan": lambda: load_experiment("experiments/quickstart.py:local"),
     "magvit2": lambda: load_experiment("experiments/magvit2_video.py:local"),
     "ar": lambda: _generator_experiment(),
     "ar_scanned": lambda: _generator_experiment(**{"model.scan_layers": True}),
+    "dit": lambda: _dit_experiment(),
+    "dit_text": lambda: _dit_experiment("text"),
 }
 
 
@@ -114,7 +120,8 @@ def boxed_model(request):
 
 def test_every_parameter_carries_one_logical_name_per_dim(boxed_model):
   name, boxed, _, _ = boxed_model
-  groups = {"vqgan": {"autoencoder"}, "magvit2": {"autoencoder", "discriminator"}}.get(name, {"generator"})
+  groups = {"vqgan": {"autoencoder"}, "magvit2": {"autoencoder", "discriminator"}, "dit": {"diffusion"},
+            "dit_text": {"diffusion"}}.get(name, {"generator"})
   assert set(boxed.params) == groups
   leaves = jax.tree_util.tree_leaves_with_path(boxed.params, is_leaf=_is_box)
   assert len(leaves) > 10
@@ -188,6 +195,23 @@ def _ar_config():
   })
 
 
+def _dit_config():
+  return _dit_experiment(**{
+      "model.hidden_size": 32, "model.depth": 2, "model.num_heads": 4, "diffusion.cond_dropout_rate": 0.0,
+      "tokenizer.experiment.model.channels": 8, "tokenizer.experiment.model.channel_multipliers": (1, 2, 2),
+      "tokenizer.experiment.model.num_groups": 4,
+      "batch_size": 8, "eval.batch_size": 8, "total_steps": 6, "optimizer.warmup_steps": 0,
+  })
+
+
+def _dit_batch():
+  """Latents that depend on the label, on the KL tokenizer's 8x8x4 grid."""
+  rng = np.random.default_rng(0)
+  labels = np.arange(8) % 4
+  patterns = rng.normal(size=(4, 8, 8, 4)).astype(np.float32)
+  return {"latents": patterns[labels], "label": labels.astype(np.int32)}
+
+
 def _vqgan_batch():
   config = tiny_config()
   return next(data.make_pipeline(config.data, "train", global_batch_size=8, process_index=0, process_count=1))
@@ -207,7 +231,7 @@ def _ar_batch():
 
 
 MODELS = {"vqgan": (_vqgan_config, _vqgan_batch), "magvit2": (_magvit2_config, _magvit2_batch),
-          "ar": (_ar_config, _ar_batch)}
+          "ar": (_ar_config, _ar_batch), "dit": (_dit_config, _dit_batch)}
 
 
 def _train(config, devices, batch, initial_state=None):

@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 
 from tokgen_jax.errors import ConfigError
+from tokgen_jax.nn.projection import Projection
 
 Dtype = Any
 
-_zeros = nn.initializers.zeros_init()
 _xavier = nn.initializers.xavier_uniform()
 
 
@@ -81,10 +81,7 @@ class AdaLNModulation(nn.Module):
       h = nn.Dense(self.rank, use_bias=False, kernel_init=nn.with_logical_partitioning(_xavier, ("embed", None)),
                    dtype=self.dtype, param_dtype=self.param_dtype, name="down")(h)
       in_axis = None
-    kernel_init = _zeros if self.zero_init else _xavier
-    out = nn.DenseGeneral(
-        (self.num_outputs, features), use_bias=self.use_bias,
-        kernel_init=nn.with_logical_partitioning(kernel_init, (in_axis, None, "mlp")),
-        bias_init=nn.with_logical_partitioning(_zeros, (None, "mlp")),
-        dtype=self.dtype, param_dtype=self.param_dtype, name="up" if self.rank else "linear")(h)
+    out = Projection((self.num_outputs, features), (in_axis, None, "mlp"), use_bias=self.use_bias,
+                     kernel_init="zeros" if self.zero_init else "xavier", dtype=self.dtype,
+                     param_dtype=self.param_dtype, name="up" if self.rank else "linear")(h)
     return tuple(out[..., i, :] for i in range(self.num_outputs))

@@ -180,9 +180,8 @@ class CrossAttention(nn.Module):
   """Multi-head attention of queries from x `[B, N, D]` to keys and values of a context `[B, L, D_c]`.
 
   `context_mask` (bool `[B, L]`, True = a real token) hides padding keys from every query; None attends to all.
-  Text-to-image transformers read their caption this way (PixArt-α, Chen et al. 2023, §2.3, Fig. 4). Projections
-  are `DenseGeneral` rather than `Projection`: PixArt's have biases (`use_bias`) and its output projection starts
-  at zero (`zero_init_output`), so a residual `x + CrossAttention(x, text)` is the identity at init. Kernels are
+  Text-to-image transformers read their caption this way (PixArt-α, Chen et al. 2023, §2.3, Fig. 4). PixArt's
+  projections have biases (`use_bias`) and its output projection starts at zero (`zero_init_output`), so a residual `x + CrossAttention(x, text)` is the identity at init. Kernels are
   xavier-uniform over their flattened `[in, out]` matrix, as torch's `nn.Linear` under DiT/PixArt's init.
   Returns `[B, N, D]`.
   """
@@ -195,11 +194,9 @@ class CrossAttention(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
-  def _dense(self, features, axis, kernel_axes, bias_axes, kernel_init, name):
-    return nn.DenseGeneral(features, axis=axis, use_bias=self.use_bias,
-                           kernel_init=nn.with_logical_partitioning(kernel_init, kernel_axes),
-                           bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), bias_axes),
-                           dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+  def _dense(self, features, in_axes, axes, kernel_init, name):
+    return Projection(features, axes, in_axes=in_axes, use_bias=self.use_bias, kernel_init=kernel_init,
+                      dtype=self.dtype, param_dtype=self.param_dtype, name=name)
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array, context_mask: jax.Array | None = None) -> jax.Array:
@@ -207,8 +204,7 @@ class CrossAttention(nn.Module):
     if context.ndim != 3 or context.shape[0] != x.shape[0]:
       raise ConfigError(f"CrossAttention: context {context.shape} must be [B, L, D_c] with the queries' batch "
                         f"{x.shape[0]}; pass the (projected) text states, one row per example.")
-    xavier = nn.initializers.xavier_uniform()
-    proj = lambda name: self._dense((heads, head_dim), -1, ("embed", "heads", "kv"), ("heads", "kv"), xavier, name)
+    proj = lambda name: self._dense((heads, head_dim), 1, ("embed", "heads", "kv"), "xavier", name)
     q = proj("query")(x)
     k, v = proj("key")(context), proj("value")(context)
     q, k, v = (nn.with_logical_constraint(a, HEAD_AXES) for a in (q, k, v))
@@ -216,6 +212,6 @@ class CrossAttention(nn.Module):
     if context_mask is not None:
       mask = jnp.broadcast_to(context_mask.astype(bool)[:, None, :], (x.shape[0], x.shape[1], context.shape[1]))
     out = dot_product_attention(q, k, v, mask, implementation=self.implementation)
-    out_init = nn.initializers.zeros_init() if self.zero_init_output else xavier
-    out = self._dense(x.shape[-1], (-2, -1), ("heads", "kv", "embed"), ("embed",), out_init, "out")(out)
+    out_init = "zeros" if self.zero_init_output else "xavier"
+    out = self._dense((x.shape[-1],), 2, ("heads", "kv", "embed"), out_init, "out")(out)
     return nn.with_logical_constraint(out, HIDDEN_AXES)

@@ -111,27 +111,11 @@ class GeneratorTask(second_stage.SecondStage, Task):
     return layers[0] if len(self.token_shape) == len(grid) else jnp.stack(layers, axis=-1)
 
   def condition(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """The model's condition dict from a batch: text padded with masked positions or cut to `text_length`."""
-    kind = self.model.conditioning
-    if kind == "class":
-      return {"label": batch["label"]}
-    if kind == "none":
-      return {}
-    text, mask, length = batch["text"], batch["text_mask"], self.model.text_length
-    if text.shape[1] < length:
-      pad = length - text.shape[1]
-      text = jnp.pad(text, ((0, 0), (0, pad), (0, 0)))
-      mask = jnp.pad(mask, ((0, 0), (0, pad)))
-    return {"text": text[:, :length].astype(jnp.float32), "text_mask": mask[:, :length].astype(bool)}
+    return second_stage.condition_of(batch, self.model.conditioning, self.model.text_length)
 
   def example_batch(self) -> dict[str, jax.Array]:
-    batch = {"tokens": jnp.zeros((1,) + tuple(self.token_shape), jnp.int32)}
-    if self.model.conditioning == "class":
-      batch["label"] = jnp.zeros((1,), jnp.int32)
-    elif self.model.conditioning == "text":
-      batch["text"] = jnp.zeros((1, self.model.text_length, self.model.text_dim), jnp.float32)
-      batch["text_mask"] = jnp.ones((1, self.model.text_length), bool)
-    return batch
+    return {"tokens": jnp.zeros((1,) + tuple(self.token_shape), jnp.int32), **second_stage.example_conditions(
+        self.model.conditioning, self.model.text_length, self.model.text_dim)}
 
   # ------------------------------------------------------------------------------------------------ train
 

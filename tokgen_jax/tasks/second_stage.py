@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from etils import epath
@@ -97,8 +98,9 @@ class SecondStage:
     path = run.workdir / "samples" / f"prompts_step_{step}.png"
     summary: dict[str, Any] = {"path": str(path), "sample_seconds": seconds}
     if str(config.tokenize.data.source) in example_data.SHAPES_SOURCES:
-      try:
-        summary |= shape_metrics.score_prompts(repeated, pixels)
+      try:  # class prompts are scored as the class they name
+        scored = [class_id(p, self.num_classes) for p in repeated] if self.conditioning == "class" else repeated
+        summary |= shape_metrics.score_prompts(scored, pixels)
       except ConfigError as error:  # free-form prompts: sample, but there is nothing to score against
         logging.warning("prompts are not shapes-world captions, so samples are not scored: %s", error)
     if run.is_chief:
@@ -108,6 +110,30 @@ class SecondStage:
       print(f"sample step {step}: {len(prompts)} prompts x {per_prompt} → {path} " +
             ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k != "path"), flush=True)
     return summary
+
+
+def condition_of(batch: dict[str, jax.Array], conditioning: str, text_length: int) -> dict[str, jax.Array]:
+  """A model's condition dict from a batch: `{"label"}` (class), `{}` (none), or `{"text", "text_mask"}` padded
+  with masked positions or cut to `text_length`."""
+  if conditioning == "class":
+    return {"label": batch["label"]}
+  if conditioning == "none":
+    return {}
+  text_, mask = batch["text"], batch["text_mask"]
+  if text_.shape[1] < text_length:
+    pad = text_length - text_.shape[1]
+    text_ = jnp.pad(text_, ((0, 0), (0, pad), (0, 0)))
+    mask = jnp.pad(mask, ((0, 0), (0, pad)))
+  return {"text": text_[:, :text_length].astype(jnp.float32), "text_mask": mask[:, :text_length].astype(bool)}
+
+
+def example_conditions(conditioning: str, text_length: int, text_dim: int) -> dict[str, jax.Array]:
+  """A one-example condition batch of zeros (the inputs `init` and the samplers' abstract shapes take)."""
+  if conditioning == "class":
+    return {"label": jnp.zeros((1,), jnp.int32)}
+  if conditioning == "text":
+    return {"text": jnp.zeros((1, text_length, text_dim), jnp.float32), "text_mask": jnp.ones((1, text_length), bool)}
+  return {}
 
 
 class SampleEvaluation:
@@ -136,7 +162,7 @@ class SampleEvaluation:
     results = ({f"reference_{k}": v for k, v in shape_metrics.score_prompts(prompts, reference).items()}
                if scored else {})
     self._columns, self._prompts = [reference], prompts or []
-    guided = task.sample_settings(protocol).guided
+    guided = task.sample_settings(protocol).cfg_scale != 1.0
     for name, guidance in ({"cfg": True, "nocfg": False} if guided else {"nocfg": False}).items():
       drawn = task.draw(self._state, cond, task.sample_settings(protocol, guidance), int(protocol.seed),
                         len(examples))

@@ -34,6 +34,7 @@ import numpy as np
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.nn.adaln import AdaLNModulation, gate, layer_norm, modulate
 from tokgen_jax.nn.attention import HEAD_AXES, HIDDEN_AXES, CrossAttention, attention_dims, dot_product_attention
+from tokgen_jax.nn.projection import Projection
 
 DIT_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}  # depth, hidden, heads
 CONDITIONINGS = ("class", "text", "none")
@@ -134,14 +135,12 @@ class SelfAttention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     heads, _, head_dim = attention_dims(x.shape[-1], self.num_heads)
-    qkv = nn.DenseGeneral((3, heads, head_dim), kernel_init=nn.with_logical_partitioning(
-        _xavier, ("embed", None, "heads", "kv")), bias_init=nn.with_logical_partitioning(
-            _zeros, (None, "heads", "kv")), dtype=self.dtype, param_dtype=self.param_dtype, name="qkv")(x)
+    qkv = Projection((3, heads, head_dim), ("embed", None, "heads", "kv"), use_bias=True, kernel_init="xavier",
+                     dtype=self.dtype, param_dtype=self.param_dtype, name="qkv")(x)
     q, k, v = (nn.with_logical_constraint(qkv[:, :, i], HEAD_AXES) for i in range(3))
     out = dot_product_attention(q, k, v, None)
-    out = nn.DenseGeneral(x.shape[-1], axis=(-2, -1), kernel_init=nn.with_logical_partitioning(
-        _xavier, ("heads", "kv", "embed")), bias_init=nn.with_logical_partitioning(_zeros, ("embed",)),
-        dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+    out = Projection((x.shape[-1],), ("heads", "kv", "embed"), in_axes=2, use_bias=True, kernel_init="xavier",
+                     dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
     return nn.with_logical_constraint(out, HIDDEN_AXES)
 
 

@@ -1,0 +1,138 @@
+"""The diffusion task: training lowers the loss, the loss is the closed-form MSE at init (zero output), eval buckets,
+condition dropout, self-conditioning, min-SNR weights, the sampler through the task, and config errors."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from tokgen_jax.errors import ConfigError
+from tokgen_jax.generators.diffusion import gaussian
+from tokgen_jax.generators.diffusion.dit import DiT
+from tokgen_jax.tasks.diffusion import DiffusionTask
+
+LATENT = (4, 4, 2)
+SMALL = dict(patch_size=1, hidden_size=32, depth=2, num_heads=4, conditioning="class", num_classes=4)
+
+
+def _task(lr=3e-3, learn_sigma=True, **overrides) -> DiffusionTask:
+  model_kwargs = {k: overrides.pop(k) for k in list(overrides) if k in DiT.__dataclass_fields__}
+  model = DiT(input_shape=LATENT, learn_sigma=learn_sigma, **(SMALL | model_kwargs))
+  return DiffusionTask(model=model, optimizer=optax.adam(lr), learning_rate=optax.constant_schedule(lr),
+                       latent_shape=LATENT, **overrides)
+
+
+def _batch(size: int = 16) -> dict:
+  """Latents that are a function of the label: a learnable conditional distribution."""
+  rng = np.random.default_rng(0)
+  labels = np.arange(size) % 4
+  patterns = rng.normal(size=(4,) + LATENT).astype(np.float32)
+  return {"latents": jnp.asarray(patterns[labels]), "label": jnp.asarray(labels, jnp.int32)}
+
+
+@pytest.fixture(scope="module")
+def trained():
+  task = _task()
+  batch = _batch()
+  state = nn.unbox(task.init(jax.random.key(0), batch))
+  initial = state
+  step = jax.jit(task.train_step)
+  losses = []
+  for _ in range(60):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  return task, batch, initial, state, losses
+
+
+def test_training_lowers_the_loss(trained):
+  _, _, _, _, losses = trained
+  assert np.all(np.isfinite(losses))
+  assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:5]), losses
+
+
+def test_at_init_the_eval_loss_is_the_target_energy(trained):
+  """DiT's zero-initialised output predicts ε = 0, so each bucket's MSE is E‖ε‖² over the fixed noise."""
+  task, batch, initial, _, _ = trained
+  outputs = jax.jit(task.eval_step)(initial, batch)
+  assert set(outputs) == {"loss", "loss_t125", "loss_t375", "loss_t625", "loss_t875"}
+  for bucket, timestep in enumerate(task.eval_timesteps):
+    noise = jax.random.normal(jax.random.fold_in(jax.random.key(0), bucket), batch["latents"].shape)
+    np.testing.assert_allclose(outputs[f"loss_t{timestep}"], np.mean(np.square(noise).reshape(16, -1), -1),
+                               rtol=1e-5)
+  np.testing.assert_allclose(outputs["loss"], np.mean([outputs[k] for k in outputs if k != "loss"], 0), rtol=1e-6)
+
+
+def test_eval_loss_falls_with_training(trained):
+  task, batch, initial, state, _ = trained
+  before, after = (float(jax.jit(task.eval_step)(s, batch)["loss"].mean()) for s in (initial, state))
+  assert after < 0.7 * before
+
+
+def test_min_snr_weights_follow_the_prediction_kind():
+  t = jnp.asarray([0, 500, 999])
+  for prediction in gaussian.PREDICTIONS:
+    task = _task(loss_weighting="min_snr", prediction=prediction, min_snr_gamma=5.0)
+    alpha_bar = np.asarray(task.schedule.alphas_cumprod, np.float64)[np.asarray(t)]
+    snr = alpha_bar / (1 - alpha_bar)
+    expected = {"eps": np.minimum(snr, 5) / snr, "v": np.minimum(snr, 5) / (snr + 1), "x0": np.minimum(snr, 5)}
+    np.testing.assert_allclose(task._loss_weight(t), expected[prediction], rtol=1e-4)
+
+
+def test_self_conditioning_and_v_prediction_train():
+  task = _task(self_condition=True, prediction="v", learn_sigma=False)
+  batch = _batch(8)
+  state = nn.unbox(task.init(jax.random.key(0), batch))
+  step = jax.jit(task.train_step)
+  losses = []
+  for _ in range(40):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  assert "vlb" not in metrics and np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def test_sampling_is_deterministic_per_seed_and_guidance_changes_it(trained):
+  task, _, _, state, _ = trained
+  conditions = {"label": np.asarray([0, 1, 2], np.int32)}
+  settings = task.sample_settings(_sample_config(method="ddim", num_steps=8, cfg_scale=3.0))
+  first, again = (task.draw(state, conditions, settings, 0, 3) for _ in range(2))
+  assert first.shape == (3,) + LATENT and np.all(np.isfinite(first))
+  np.testing.assert_array_equal(first, again)
+  unguided = task.draw(state, conditions, task.sample_settings(_sample_config(method="ddim", num_steps=8,
+                                                                             cfg_scale=3.0), guided=False), 0, 3)
+  assert np.abs(first - unguided).max() > 1e-3
+
+
+def test_samples_are_divided_by_the_latent_scale(trained):
+  task, _, _, state, _ = trained
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  scaled = dataclasses.replace(task, latent_scale=2.0)
+  conditions = {"label": np.asarray([3], np.int32)}
+  settings = task.sample_settings(_sample_config(method="ddim", num_steps=4))
+  np.testing.assert_allclose(scaled.draw(state, conditions, settings, 1, 1) * 2.0,
+                             task.draw(state, conditions, settings, 1, 1), rtol=1e-5, atol=1e-6)
+
+
+def _sample_config(**overrides):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from tokgen_jax.configs import diffusion as presets  # pylint: disable=g-import-not-at-top
+  config = presets.sampling()
+  config.update(overrides)
+  return ml_collections.ConfigDict(config)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"prediction": "score"}, r"config.diffusion.prediction='score'"),
+    ({"loss_weighting": "p2"}, r"config.diffusion.loss_weighting='p2'"),
+    ({"cond_dropout_rate": 1.0}, r"cond_dropout_rate=1.0 must lie in \[0, 1\)"),
+    ({"latent_scale": 0.0}, r"config.diffusion.latent_scale=0.0 must be positive"),
+])
+def test_bad_process_settings_name_the_key(overrides, match):
+  with pytest.raises(ConfigError, match=match):
+    _task(**overrides)
+
+
+def test_learned_variance_sampling_needs_a_model_that_learned_it():
+  with pytest.raises(ConfigError, match="variance='learned' needs a model trained with learn_sigma=True"):
+    _task(learn_sigma=False).sample_settings(_sample_config(variance="learned"))

@@ -1,0 +1,346 @@
+"""Diffusion task: a denoiser (DiT) learns the continuous latents a frozen KL tokenizer wrote (`--mode=encode`).
+
+Batches: `latents` float `[B, *latent_shape]` (the tokenizer's units), plus the condition: `label` `[B]` (class),
+or `text` `[B, L, D]` and `text_mask` `[B, L]` (padded or cut to the model's `text_length`), or nothing.
+
+Training (source 001 algorithm 1; NUMERICS "Diffusion"): x0 = latents · `latent_scale` (LDM's 1 / std, read from
+the train split's metadata unless configured), t uniform over 0..T-1, ε ~ N(0, I), x_t = q_sample(x0, t, ε); the
+model predicts ε, v or x0 (`config.diffusion.prediction`) and the loss is the mean squared error to that target,
+optionally weighted by min-SNR-γ (Hang et al. 2023). The condition of a `cond_dropout_rate` share of examples is
+replaced by the null one, so one model gives both terms of classifier-free guidance. With `learn_sigma` the model
+also outputs the variance interpolation and the loss adds improved DDPM's VLB term on a stop-gradient mean
+(`vlb_weight` · T/1000 as DiT). A self-conditioning model (Chen et al. 2022) first estimates x0 with a zero
+self-condition for a `self_condition_rate` share of examples and is trained on that (stop-gradient) estimate.
+
+Eval: the held-out loss at `eval_buckets` evenly spaced timesteps (`loss_t<t>`, fixed noise, real conditions) and
+their mean; then the shared sample pass (`second_stage.SampleEvaluation`): samples of the first eval conditions
+with and without CFG under `config.eval.protocol`, decoded by the tokenizer, scored in the shapes world.
+Sampling (`generators/diffusion/samplers.py`): DDPM or DDIM over respaced steps as one jitted lax loop; samples
+are divided by `latent_scale` before the tokenizer decodes them.
+
+State layout as every task: params/opt_state/ema_params keyed by the group 'diffusion'.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from etils import epath
+
+from tokgen_jax import tokenizers
+from tokgen_jax.data import files
+from tokgen_jax.data import latents as latent_data
+from tokgen_jax.errors import ConfigError
+from tokgen_jax.generators.diffusion import gaussian, samplers
+from tokgen_jax.generators.diffusion.dit import DiT
+from tokgen_jax.generators.diffusion.schedule import NoiseSchedule, make_schedule
+from tokgen_jax.tasks import autoencoder, second_stage
+from tokgen_jax.tasks.base import RunContext, Task, TrainState, apply_gradients, evaluation_params
+from tokgen_jax.tasks.optimizers import learning_rate_schedule, make_optimizer
+
+GROUP = "diffusion"
+LOSS_WEIGHTINGS = ("none", "min_snr")
+MODELS = {"dit": DiT}
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionTask(second_stage.SecondStage, Task):
+  """`latent_shape`: one example's latents without batch. `schedule_name`, `num_train_steps`,
+  `zero_terminal_snr` make the `NoiseSchedule`; the other fields are `config.diffusion`'s (see the module doc)."""
+
+  model: Any
+  optimizer: optax.GradientTransformation
+  learning_rate: optax.Schedule
+  latent_shape: tuple[int, ...]
+  schedule_name: str = "linear"
+  num_train_steps: int = 1000
+  zero_terminal_snr: bool = False
+  prediction: str = "eps"
+  latent_scale: float = 1.0
+  cond_dropout_rate: float = 0.1
+  self_condition_rate: float = 0.5
+  loss_weighting: str = "none"
+  min_snr_gamma: float = 5.0
+  vlb_weight: float = 1.0
+  eval_buckets: int = 4
+  ema_decay: float = 0.0
+  eval_ema: bool = True
+  tokenizer: Any = dataclasses.field(default=None, hash=False, compare=False)
+  _loaded: dict = dataclasses.field(default_factory=dict, hash=False, compare=False, repr=False)
+
+  input_key = latent_key = tokenizers.LATENTS
+
+  def __post_init__(self):
+    if self.prediction not in gaussian.PREDICTIONS:
+      raise ConfigError(f"config.diffusion.prediction={self.prediction!r}; choose one of {gaussian.PREDICTIONS}.")
+    if self.loss_weighting not in LOSS_WEIGHTINGS:
+      raise ConfigError(f"config.diffusion.loss_weighting={self.loss_weighting!r}; choose one of {LOSS_WEIGHTINGS}.")
+    if not 0.0 <= self.cond_dropout_rate < 1.0 or not 0.0 <= self.self_condition_rate <= 1.0:
+      raise ConfigError(f"config.diffusion.cond_dropout_rate={self.cond_dropout_rate} must lie in [0, 1) and "
+                        f"self_condition_rate={self.self_condition_rate} in [0, 1].")
+    if self.eval_buckets < 1:
+      raise ConfigError(f"config.diffusion.eval_buckets={self.eval_buckets} must be at least 1.")
+    if not self.latent_scale > 0:
+      raise ConfigError(f"config.diffusion.latent_scale={self.latent_scale} must be positive (0 in the config reads "
+                        "it from the train split's metadata).")
+    # Built here, outside any trace: arrays made while jit traces a step would leak out of it if cached.
+    object.__setattr__(self, "_schedule", make_schedule(self.schedule_name, self.num_train_steps,
+                                                        self.zero_terminal_snr))
+
+  @property
+  def schedule(self) -> NoiseSchedule:
+    return self._schedule
+
+  @property
+  def conditioning(self) -> str:
+    return self.model.conditioning
+
+  @property
+  def text_length(self) -> int:
+    return self.model.text_length
+
+  @property
+  def num_classes(self) -> int:
+    return self.model.num_classes
+
+  @property
+  def eval_timesteps(self) -> np.ndarray:
+    """The centres of `eval_buckets` equal slices of 0..T-1."""
+    return ((np.arange(self.eval_buckets) + 0.5) * self.num_train_steps / self.eval_buckets).astype(np.int32)
+
+  def condition(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return second_stage.condition_of(batch, self.model.conditioning, self.model.text_length)
+
+  def example_batch(self) -> dict[str, jax.Array]:
+    return {self.latent_key: jnp.zeros((1,) + tuple(self.latent_shape), jnp.float32),
+            **second_stage.example_conditions(self.model.conditioning, self.model.text_length, self.model.text_dim)}
+
+  # ------------------------------------------------------------------------------------------------ model
+
+  def _apply(self, params: Any, x_t: jax.Array, t: jax.Array, cond: dict[str, jax.Array], unconditional: jax.Array,
+             self_cond: jax.Array, train: bool = False, rng: jax.Array | None = None
+             ) -> tuple[jax.Array, jax.Array | None]:
+    """The model's prediction and, with `learn_sigma`, its variance interpolation `frac` in [-1, 1]."""
+    out = self.model.apply({"params": params}, x_t, t, cond, unconditional=unconditional, self_cond=self_cond,
+                           train=train, rngs={"dropout": rng} if rng is not None else None)
+    if not self.model.learn_sigma:
+      return out, None
+    prediction, frac = jnp.split(out, 2, axis=-1)
+    return prediction, frac
+
+  def _x0_estimate(self, prediction: jax.Array, x_t: jax.Array, t: jax.Array) -> jax.Array:
+    return gaussian.to_eps_and_x0(self.prediction, self.schedule, x_t, t, prediction)[1]
+
+  # ------------------------------------------------------------------------------------------------ train
+
+  def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
+    model_rng, state_rng = jax.random.split(rng)
+    x = batch[self.latent_key]
+    t = jnp.zeros((x.shape[0],), jnp.int32)
+    variables = self.model.init({"params": model_rng, "dropout": model_rng}, x, t, self.condition(batch),
+                                unconditional=jnp.zeros((x.shape[0],), bool), self_cond=jnp.zeros_like(x))
+    params = {GROUP: variables["params"]}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state={GROUP: self.optimizer.init(params[GROUP])},
+                      ema_params={GROUP: params[GROUP]} if self.ema_decay else {}, model_state={}, rng=state_rng)
+
+  def _loss_weight(self, t: jax.Array) -> jax.Array:
+    """Per example: 1, or min-SNR-γ (Hang et al. 2023, eq. 6) expressed for the predicted quantity."""
+    if self.loss_weighting == "none":
+      return jnp.ones(t.shape, jnp.float32)
+    alpha_bar = gaussian.alpha_bar(self.schedule, t)
+    snr = alpha_bar / jnp.maximum(1.0 - alpha_bar, 1e-12)
+    clipped = jnp.minimum(snr, self.min_snr_gamma)
+    return {"eps": clipped / jnp.maximum(snr, 1e-12), "v": clipped / (snr + 1.0), "x0": clipped}[self.prediction]
+
+  def _vlb(self, prediction: jax.Array, frac: jax.Array, x0: jax.Array, x_t: jax.Array, t: jax.Array) -> jax.Array:
+    """Improved DDPM's L_vlb term per example (bits/dim), its mean through a stop-gradient prediction so only the
+    variance learns from it (DiT's `learn_sigma`), scaled by T/1000 as DiT."""
+    x0_hat = self._x0_estimate(jax.lax.stop_gradient(prediction), x_t, t)
+    mean, _, _ = gaussian.posterior_mean_variance(self.schedule, x0_hat, x_t, t)
+    log_variance = gaussian.learned_log_variance(self.schedule, t, frac)
+    return gaussian.vlb_terms(self.schedule, x0, x_t, t, mean, log_variance) * (self.num_train_steps / 1000.0)
+
+  def _loss(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array):
+    x0 = batch[self.latent_key].astype(jnp.float32) * self.latent_scale
+    size = x0.shape[0]
+    t_rng, noise_rng, drop_rng, self_rng, use_rng, dropout_rng = jax.random.split(rng, 6)
+    t = jax.random.randint(t_rng, (size,), 0, self.num_train_steps)
+    noise = jax.random.normal(noise_rng, x0.shape, jnp.float32)
+    x_t = gaussian.q_sample(self.schedule, x0, t, noise)
+    cond = self.condition(batch)
+    unconditional = (jax.random.bernoulli(drop_rng, self.cond_dropout_rate, (size,)) if self.conditioning != "none"
+                     else jnp.zeros((size,), bool))
+    self_cond = jnp.zeros_like(x0)
+    if self.model.self_condition:
+      first, _ = self._apply(params, x_t, t, cond, unconditional, self_cond, train=True, rng=self_rng)
+      estimate = jax.lax.stop_gradient(self._x0_estimate(first, x_t, t))
+      use = jax.random.bernoulli(use_rng, self.self_condition_rate, (size,))
+      self_cond = jnp.where(use.reshape((size,) + (1,) * (x0.ndim - 1)), estimate, 0.0)
+    prediction, frac = self._apply(params, x_t, t, cond, unconditional, self_cond, train=True, rng=dropout_rng)
+    target = gaussian.training_target(self.prediction, self.schedule, x0, t, noise)
+    mse = jnp.mean(jnp.square(prediction - target).reshape(size, -1), axis=-1)
+    per_example = self._loss_weight(t) * mse
+    metrics = {"mse": jnp.mean(mse)}
+    if frac is not None:
+      vlb = self._vlb(prediction, frac, x0, x_t, t)
+      per_example = per_example + self.vlb_weight * vlb
+      metrics["vlb"] = jnp.mean(vlb)
+    loss = jnp.mean(per_example)
+    return loss, metrics | {"loss": loss}
+
+  def train_step(self, state: TrainState, batch: dict[str, jax.Array],
+                 phase: str = "train") -> tuple[TrainState, dict[str, jax.Array]]:
+    del phase  # one phase
+    rng = jax.random.fold_in(state.rng, state.step)
+    grads, metrics = jax.grad(self._loss, has_aux=True)(state.params[GROUP], batch, rng)
+    update = apply_gradients(self.optimizer, state.params[GROUP], state.opt_state[GROUP], grads,
+                             state.ema_params.get(GROUP), self.ema_decay)
+    metrics |= update.metrics | {"lr": self.learning_rate(state.step)}
+    ema = {GROUP: update.ema_params} if self.ema_decay else {}
+    return state.replace(step=state.step + 1, params={GROUP: update.params}, opt_state={GROUP: update.opt_state},
+                         ema_params=ema), metrics
+
+  # ------------------------------------------------------------------------------------------ eval, sample
+
+  def eval_params(self, state: TrainState) -> Any:
+    return evaluation_params(state, GROUP, self.eval_ema)
+
+  def eval_step(self, state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Per example: the unweighted MSE to the target at each eval timestep (`loss_t<t>`, noise fixed per row of
+    the batch so every evaluation draws the same), with the real condition, and their mean `loss`."""
+    x0 = batch[self.latent_key].astype(jnp.float32) * self.latent_scale
+    size, cond, params = x0.shape[0], self.condition(batch), self.eval_params(state)
+    outputs = {}
+    for bucket, timestep in enumerate(self.eval_timesteps):
+      t = jnp.full((size,), timestep, jnp.int32)
+      noise = jax.random.normal(jax.random.fold_in(jax.random.key(0), bucket), x0.shape, jnp.float32)
+      x_t = gaussian.q_sample(self.schedule, x0, t, noise)
+      prediction, _ = self._apply(params, x_t, t, cond, jnp.zeros((size,), bool), jnp.zeros_like(x0))
+      target = gaussian.training_target(self.prediction, self.schedule, x0, t, noise)
+      outputs[f"loss_t{int(timestep)}"] = jnp.mean(jnp.square(prediction - target).reshape(size, -1), axis=-1)
+    outputs["loss"] = jnp.mean(jnp.stack(list(outputs.values())), axis=0)
+    return outputs
+
+  def sample(self, state: TrainState, conditions: dict[str, jax.Array], rng: jax.Array,
+             settings: samplers.DiffusionSampling, batch_size: int | None = None) -> jax.Array:
+    """Latents `[B, *latent_shape]` in the tokenizer's units, drawn from N(0, I) noise (jit the caller)."""
+    cond = self.condition(conditions) if conditions else {}
+    size = batch_size or (next(iter(cond.values())).shape[0] if cond else 1)
+    params = self.eval_params(state)
+
+    def model_fn(x_t, t, unconditional, self_cond):
+      rows = jax.tree.map(lambda a: jnp.concatenate([a, a]), cond) if x_t.shape[0] != size else cond
+      return self._apply(params, x_t, t, rows, unconditional, self_cond)
+
+    noise_rng, loop_rng = jax.random.split(rng)
+    x_T = jax.random.normal(noise_rng, (size,) + tuple(self.latent_shape), jnp.float32)
+    return samplers.sample(model_fn, self.schedule, x_T, loop_rng, settings) / self.latent_scale
+
+  # ------------------------------------------------------------------------------------------- protocol
+
+  def example_conditions(self) -> dict[str, jax.Array]:
+    return {key: value for key, value in self.example_batch().items() if key != self.latent_key}
+
+  def sample_settings(self, sample_config: Any, guided: bool = True) -> samplers.DiffusionSampling:
+    """`config.sample` or a diffusion protocol as `DiffusionSampling` (the prediction kind and self-conditioning
+    are the model's); `guided=False` draws the same settings without guidance."""
+    settings = samplers.DiffusionSampling(
+        method=str(sample_config.method), num_steps=int(sample_config.num_steps), eta=float(sample_config.eta),
+        variance=str(sample_config.variance), prediction=self.prediction,
+        cfg_scale=float(sample_config.cfg_scale) if guided else 1.0, cfg_channels=int(sample_config.cfg_channels),
+        cfg_ramp=str(sample_config.cfg_ramp), clip_x0=float(sample_config.clip_x0),
+        self_condition=bool(self.model.self_condition))
+    settings.validate()
+    if settings.variance == "learned" and not self.model.learn_sigma:
+      raise ConfigError("config.sample.variance='learned' needs a model trained with learn_sigma=True; use "
+                        "'fixed_small' or 'fixed_large'.")
+    return settings
+
+  def evaluator(self, run: RunContext, state: TrainState) -> "DiffusionPass":
+    return DiffusionPass(self, run, state)
+
+  def describe(self) -> dict[str, Any]:
+    return {"latents": {self.latent_key: {"shape": list(self.latent_shape), "dtype": "float32"}},
+            "condition": str(self.model.conditioning), "prediction": self.prediction,
+            "schedule": self.schedule_name, "num_train_steps": self.num_train_steps,
+            "latent_scale": float(self.latent_scale)}
+
+
+class DiffusionPass:
+  """The diffusion `Evaluator`: held-out loss per timestep bucket, then the shared sample pass."""
+
+  def __init__(self, task: DiffusionTask, run: RunContext, state: TrainState):
+    self._samples = second_stage.SampleEvaluation(task, run, state)
+    self._sums: dict[str, float] = {}
+    self._count = 0
+
+  def update(self, outputs: dict[str, np.ndarray], batch: dict[str, np.ndarray], mask: np.ndarray) -> None:
+    del batch
+    for name, values in outputs.items():
+      self._sums[name] = self._sums.get(name, 0.0) + float(np.sum(values[mask], dtype=np.float64))
+    self._count += int(mask.sum())
+
+  def results(self) -> dict[str, float]:
+    return {name: total / max(self._count, 1) for name, total in self._sums.items()} | self._samples.results()
+
+  def write_samples(self, directory: epath.Path, step: int) -> None:
+    self._samples.write_samples(directory, step)
+
+
+# ------------------------------------------------------------------------------------------------------- build
+
+
+def tokenizer_latent_shape(tokenizer_config: Any) -> tuple[int, ...]:
+  """One example's continuous latent shape `(h, w, c)` or `(t, h, w, c)` of the tokenizer experiment."""
+  model = autoencoder.build_tokenizer(tokenizer_config.model)
+  specs = model.latent_specs(autoencoder.input_shape(tokenizer_config.data))
+  if tokenizers.LATENTS not in specs:
+    raise ConfigError(f"config.tokenizer: the tokenizer's quantizer {tokenizer_config.model.quantizer.name!r} is "
+                      f"discrete (it encodes {sorted(specs)}); a diffusion model needs continuous latents: train "
+                      "the tokenizer with config.model.quantizer.name='kl'.")
+  return tuple(specs[tokenizers.LATENTS].shape)
+
+
+def _latent_scale(config: Any, latent_shape: tuple[int, ...]) -> float:
+  """`config.diffusion.latent_scale`, or (0) LDM's 1 / std of the written train latents; 1 before encode."""
+  if float(config.diffusion.latent_scale) > 0:
+    return float(config.diffusion.latent_scale)
+  path = str(config.data.path)
+  if not path or not (files.as_path(path) / str(config.data.train_split)).exists():
+    return 1.0  # nothing encoded yet (--mode=encode runs with this same config)
+  spec = tokenizers.LatentSpec(tuple(latent_shape), "float32", 0)
+  for split in (config.data.train_split, config.data.eval_split):
+    latent_data.check_split_fits(path, str(split), {tokenizers.LATENTS: spec})
+  return latent_data.LatentSource(path, str(config.data.train_split)).scale_factor(tokenizers.LATENTS)
+
+
+def build_model(model_config: Any, latent_shape: tuple[int, ...]):
+  kwargs = model_config.to_dict()
+  name = kwargs.pop("name")
+  if name not in MODELS:
+    raise ConfigError(f"config.model.name={name!r}: the diffusion task trains {sorted(MODELS)}.")
+  kwargs["dtype"] = jnp.dtype(kwargs.pop("dtype"))
+  model = MODELS[name](input_shape=tuple(latent_shape), **kwargs)
+  model.validate()
+  return model
+
+
+def build(config: Any) -> DiffusionTask:
+  """`config.task='diffusion'`: a denoiser over the continuous latents of the frozen tokenizer `config.tokenizer`."""
+  latent_shape = tokenizer_latent_shape(config.tokenizer.experiment)
+  process = config.diffusion
+  return DiffusionTask(
+      model=build_model(config.model, latent_shape),
+      optimizer=make_optimizer(config.optimizer, config.total_steps),
+      learning_rate=learning_rate_schedule(config.optimizer, config.total_steps), latent_shape=latent_shape,
+      schedule_name=str(process.schedule), num_train_steps=int(process.num_steps),
+      zero_terminal_snr=bool(process.zero_terminal_snr), prediction=str(process.prediction),
+      latent_scale=_latent_scale(config, latent_shape), cond_dropout_rate=float(process.cond_dropout_rate),
+      self_condition_rate=float(process.self_condition_rate), loss_weighting=str(process.loss_weighting),
+      min_snr_gamma=float(process.min_snr_gamma), vlb_weight=float(process.vlb_weight),
+      eval_buckets=int(process.eval_buckets), ema_decay=config.optimizer.ema_decay,
+      eval_ema=bool(config.eval.protocol.use_ema), tokenizer=config.tokenizer)
