@@ -24,14 +24,16 @@ def protocol(name: str = "custom", **settings) -> ml_collections.ConfigDict:
   Fields: cfg_scale (in cfg_convention), cfg_convention ('standard' | 'var'), cfg_ramp, temperature, top_k,
   top_p, num_samples (eval samples drawn from the first eval-split conditions), use_ema (sample with the EMA
   weights when training kept them), seed."""
-  config = ml_collections.ConfigDict(dict(
-      name=name, cfg_scale=1.0, cfg_convention="standard", cfg_ramp=False, temperature=1.0, top_k=0, top_p=1.0,
-      num_samples=0, use_ema=True, seed=0))
+  return _protocol(name, dict(cfg_scale=1.0, cfg_convention="standard", cfg_ramp=False, temperature=1.0, top_k=0,
+                              top_p=1.0, num_samples=0, use_ema=True, seed=0), PROTOCOLS, settings, "evaluation")
+
+
+def _protocol(name: str, defaults: dict, published: dict, settings: dict, kind: str) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(dict(name=name, **defaults))
   unknown = set(settings) - set(config)
   if unknown:
-    raise ConfigError(f"evaluation protocol {name!r}: unknown fields {sorted(unknown)}; the fields are "
-                      f"{sorted(config)}.")
-  config.update(PROTOCOLS.get(name, {}))
+    raise ConfigError(f"{kind} protocol {name!r}: unknown fields {sorted(unknown)}; the fields are {sorted(config)}.")
+  config.update(published.get(name, {}))
   config.update(settings)
   return config
 
@@ -60,16 +62,9 @@ def diffusion_protocol(name: str = "custom", **settings) -> ml_collections.Confi
   'ddim'), num_steps (respaced), eta (DDIM), variance ('fixed_small' | 'fixed_large' | 'learned'), cfg_scale
   (`u + s·(c − u)`), cfg_channels (0: all), cfg_ramp ('none' | 'linear'), clip_x0 (0: none), num_samples,
   use_ema, seed. A named entry of `DIFFUSION_PROTOCOLS` fills its fields first."""
-  config = ml_collections.ConfigDict(dict(
-      name=name, method="ddpm", num_steps=250, eta=0.0, variance="fixed_small", cfg_scale=1.0, cfg_channels=0,
-      cfg_ramp="none", clip_x0=0.0, num_samples=0, use_ema=True, seed=0))
-  unknown = set(settings) - set(config)
-  if unknown:
-    raise ConfigError(f"diffusion protocol {name!r}: unknown fields {sorted(unknown)}; the fields are "
-                      f"{sorted(config)}.")
-  config.update(DIFFUSION_PROTOCOLS.get(name, {}))
-  config.update(settings)
-  return config
+  return _protocol(name, dict(method="ddpm", num_steps=250, eta=0.0, variance="fixed_small", cfg_scale=1.0,
+                              cfg_channels=0, cfg_ramp="none", clip_x0=0.0, num_samples=0, use_ema=True, seed=0),
+                   DIFFUSION_PROTOCOLS, settings, "diffusion")
 
 
 def reconstruction_protocol(use_ema: bool = True) -> ml_collections.ConfigDict:

@@ -38,7 +38,7 @@ from tokgen_jax.generators.diffusion import gaussian, samplers
 from tokgen_jax.generators.diffusion.dit import DiT
 from tokgen_jax.generators.diffusion.schedule import NoiseSchedule, make_schedule
 from tokgen_jax.tasks import autoencoder, second_stage
-from tokgen_jax.tasks.base import RunContext, Task, TrainState, apply_gradients, evaluation_params
+from tokgen_jax.tasks.base import RunContext, Task, TrainState, evaluation_params, single_group_step
 from tokgen_jax.tasks.optimizers import learning_rate_schedule, make_optimizer
 
 GROUP = "diffusion"
@@ -195,14 +195,7 @@ class DiffusionTask(second_stage.SecondStage, Task):
   def train_step(self, state: TrainState, batch: dict[str, jax.Array],
                  phase: str = "train") -> tuple[TrainState, dict[str, jax.Array]]:
     del phase  # one phase
-    rng = jax.random.fold_in(state.rng, state.step)
-    grads, metrics = jax.grad(self._loss, has_aux=True)(state.params[GROUP], batch, rng)
-    update = apply_gradients(self.optimizer, state.params[GROUP], state.opt_state[GROUP], grads,
-                             state.ema_params.get(GROUP), self.ema_decay)
-    metrics |= update.metrics | {"lr": self.learning_rate(state.step)}
-    ema = {GROUP: update.ema_params} if self.ema_decay else {}
-    return state.replace(step=state.step + 1, params={GROUP: update.params}, opt_state={GROUP: update.opt_state},
-                         ema_params=ema), metrics
+    return single_group_step(self._loss, self.optimizer, self.learning_rate, self.ema_decay, GROUP, state, batch)
 
   # ------------------------------------------------------------------------------------------ eval, sample
 
