@@ -42,11 +42,12 @@ def process(schedule: str = "linear", num_steps: int = 1000, prediction: str = "
   on the target) or 'min_snr' (Hang et al. 2023, min(SNR, γ) with `min_snr_gamma` 5, as a weight on the ε loss).
   vlb_weight: the weight of the learned-variance VLB term (DiT: 1, scaled by T/1000). latent_scale: what the
   latents are multiplied by before diffusion; 0 reads LDM's 1 / std from the train split's shard metadata.
-  eval_buckets: the held-out loss is reported at this many evenly spaced timesteps."""
+  eval_buckets: the held-out loss is reported at this many evenly spaced timesteps. max_given_frames: a
+  frame-conditioned model (W.A.L.T.) trains with the first k ~ U{0..max} latent frames given (W.A.L.T.: 2)."""
   config = ml_collections.ConfigDict(dict(
       schedule=schedule, num_steps=num_steps, zero_terminal_snr=False, prediction=prediction,
       cond_dropout_rate=0.1, self_condition_rate=0.5, loss_weighting="none", min_snr_gamma=5.0, vlb_weight=1.0,
-      latent_scale=0.0, eval_buckets=4))
+      latent_scale=0.0, eval_buckets=4, max_given_frames=0))
   config.update(overrides)
   return config
 

@@ -11,6 +11,9 @@ replaced by the null one, so one model gives both terms of classifier-free guida
 also outputs the variance interpolation and the loss adds improved DDPM's VLB term on a stop-gradient mean
 (`vlb_weight` · T/1000 as DiT). A self-conditioning model (Chen et al. 2022) first estimates x0 with a zero
 self-condition for a `self_condition_rate` share of examples and is trained on that (stop-gradient) estimate.
+A frame-conditioned model (W.A.L.T.'s frame prediction) sees the first k ~ U{0..max_given_frames} latent frames
+of each clip as given (`frames`, `frame_mask`) and learns only the others; at sampling the given frames come back
+unchanged, which poses frame prediction and image-to-video (k = 1) as one problem.
 
 Eval: the held-out loss at `eval_buckets` evenly spaced timesteps (`loss_t<t>`, fixed noise, real conditions) and
 their mean; then the shared sample pass (`second_stage.SampleEvaluation`): samples of the first eval conditions
@@ -42,6 +45,7 @@ from tokgen_jax.tasks.base import RunContext, Task, TrainState, evaluation_param
 from tokgen_jax.tasks.optimizers import learning_rate_schedule, make_optimizer
 
 GROUP = "diffusion"
+FRAME_KEYS = ("frames", "frame_mask")  # given latent frames [B, T, h, w, c] (scaled) and which are given [B, T]
 LOSS_WEIGHTINGS = ("none", "min_snr")
 MODELS = {"dit": DiT}
 
@@ -62,6 +66,7 @@ class DiffusionTask(second_stage.SecondStage, Task):
   latent_scale: float = 1.0
   cond_dropout_rate: float = 0.1
   self_condition_rate: float = 0.5
+  max_given_frames: int = 0
   loss_weighting: str = "none"
   min_snr_gamma: float = 5.0
   vlb_weight: float = 1.0
@@ -81,6 +86,10 @@ class DiffusionTask(second_stage.SecondStage, Task):
     if not 0.0 <= self.cond_dropout_rate < 1.0 or not 0.0 <= self.self_condition_rate <= 1.0:
       raise ConfigError(f"config.diffusion.cond_dropout_rate={self.cond_dropout_rate} must lie in [0, 1) and "
                         f"self_condition_rate={self.self_condition_rate} in [0, 1].")
+    if self.frame_conditioned and not 0 <= self.max_given_frames < self.latent_shape[0]:
+      raise ConfigError(f"config.diffusion.max_given_frames={self.max_given_frames} must lie in [0, "
+                        f"{self.latent_shape[0]}) (fewer than the {self.latent_shape[0]} latent frames; W.A.L.T. "
+                        "gives up to 2).")
     if self.eval_buckets < 1:
       raise ConfigError(f"config.diffusion.eval_buckets={self.eval_buckets} must be at least 1.")
     if not self.latent_scale > 0:
@@ -107,6 +116,16 @@ class DiffusionTask(second_stage.SecondStage, Task):
     return self.model.num_classes
 
   @property
+  def frame_conditioned(self) -> bool:
+    return bool(getattr(self.model, "frame_condition", False))
+
+  def given_frames(self, x0: jax.Array, count: jax.Array) -> dict[str, jax.Array]:
+    """The first `count[b]` latent frames of each example as the model's frame condition: `frames` (zeros past
+    them) and `frame_mask` float `[B, T]`."""
+    mask = (jnp.arange(x0.shape[1])[None] < count[:, None]).astype(jnp.float32)
+    return {"frames": x0 * mask.reshape(mask.shape + (1,) * (x0.ndim - 2)), "frame_mask": mask}
+
+  @property
   def eval_timesteps(self) -> np.ndarray:
     """The centres of `eval_buckets` equal slices of 0..T-1."""
     return ((np.arange(self.eval_buckets) + 0.5) * self.num_train_steps / self.eval_buckets).astype(np.int32)
@@ -124,8 +143,10 @@ class DiffusionTask(second_stage.SecondStage, Task):
              self_cond: jax.Array, train: bool = False, rng: jax.Array | None = None
              ) -> tuple[jax.Array, jax.Array | None]:
     """The model's prediction and, with `learn_sigma`, its variance interpolation `frac` in [-1, 1]."""
+    cond = dict(cond)
+    given = {key: cond.pop(key) for key in FRAME_KEYS if key in cond}  # frame conditioning (W.A.L.T.)
     out = self.model.apply({"params": params}, x_t, t, cond, unconditional=unconditional, self_cond=self_cond,
-                           train=train, rngs={"dropout": rng} if rng is not None else None)
+                           train=train, rngs={"dropout": rng} if rng is not None else None, **given)
     if not self.model.learn_sigma:
       return out, None
     prediction, frac = jnp.split(out, 2, axis=-1)
@@ -167,13 +188,17 @@ class DiffusionTask(second_stage.SecondStage, Task):
   def _loss(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array):
     x0 = batch[self.latent_key].astype(jnp.float32) * self.latent_scale
     size = x0.shape[0]
-    t_rng, noise_rng, drop_rng, self_rng, use_rng, dropout_rng = jax.random.split(rng, 6)
+    t_rng, noise_rng, drop_rng, self_rng, use_rng, dropout_rng, frames_rng = jax.random.split(rng, 7)
     t = jax.random.randint(t_rng, (size,), 0, self.num_train_steps)
     noise = jax.random.normal(noise_rng, x0.shape, jnp.float32)
     x_t = gaussian.q_sample(self.schedule, x0, t, noise)
     cond = self.condition(batch)
     unconditional = (jax.random.bernoulli(drop_rng, self.cond_dropout_rate, (size,)) if self.conditioning != "none"
                      else jnp.zeros((size,), bool))
+    weights = jnp.ones(x0.shape, jnp.float32)
+    if self.frame_conditioned:  # W.A.L.T.: the first k ~ U{0..max} latent frames given; only the rest are learned
+      cond |= self.given_frames(x0, jax.random.randint(frames_rng, (size,), 0, self.max_given_frames + 1))
+      weights = jnp.broadcast_to((1.0 - cond["frame_mask"]).reshape(size, -1, *(1,) * (x0.ndim - 2)), x0.shape)
     self_cond = jnp.zeros_like(x0)
     if self.model.self_condition:
       first, _ = self._apply(params, x_t, t, cond, unconditional, self_cond, train=True, rng=self_rng)
@@ -182,7 +207,8 @@ class DiffusionTask(second_stage.SecondStage, Task):
       self_cond = jnp.where(use.reshape((size,) + (1,) * (x0.ndim - 1)), estimate, 0.0)
     prediction, frac = self._apply(params, x_t, t, cond, unconditional, self_cond, train=True, rng=dropout_rng)
     target = gaussian.training_target(self.prediction, self.schedule, x0, t, noise)
-    mse = jnp.mean(jnp.square(prediction - target).reshape(size, -1), axis=-1)
+    squared = (jnp.square(prediction - target) * weights).reshape(size, -1)
+    mse = jnp.sum(squared, axis=-1) / jnp.maximum(jnp.sum(weights.reshape(size, -1), axis=-1), 1.0)
     per_example = self._loss_weight(t) * mse
     metrics = {"mse": jnp.mean(mse)}
     if frac is not None:
@@ -222,6 +248,9 @@ class DiffusionTask(second_stage.SecondStage, Task):
              settings: samplers.DiffusionSampling, batch_size: int | None = None) -> jax.Array:
     """Latents `[B, *latent_shape]` in the tokenizer's units, drawn from N(0, I) noise (jit the caller)."""
     cond = self.condition(conditions) if conditions else {}
+    if self.frame_conditioned and "frames" in conditions:  # given in the tokenizer's units
+      cond |= {"frames": conditions["frames"].astype(jnp.float32) * self.latent_scale,
+               "frame_mask": conditions["frame_mask"].astype(jnp.float32)}
     size = batch_size or (next(iter(cond.values())).shape[0] if cond else 1)
     params = self.eval_params(state)
 
@@ -231,12 +260,20 @@ class DiffusionTask(second_stage.SecondStage, Task):
 
     noise_rng, loop_rng = jax.random.split(rng)
     x_T = jax.random.normal(noise_rng, (size,) + tuple(self.latent_shape), jnp.float32)
-    return samplers.sample(model_fn, self.schedule, x_T, loop_rng, settings) / self.latent_scale
+    x0 = samplers.sample(model_fn, self.schedule, x_T, loop_rng, settings)
+    if "frame_mask" in cond:  # the given frames are returned as given
+      given = cond["frame_mask"].reshape(size, -1, *(1,) * (x0.ndim - 2)) > 0
+      x0 = jnp.where(given, cond["frames"], x0)
+    return x0 / self.latent_scale
 
   # ------------------------------------------------------------------------------------------- protocol
 
   def example_conditions(self) -> dict[str, jax.Array]:
-    return {key: value for key, value in self.example_batch().items() if key != self.latent_key}
+    conditions = {key: value for key, value in self.example_batch().items() if key != self.latent_key}
+    if self.frame_conditioned:
+      conditions |= {"frames": jnp.zeros((1,) + tuple(self.latent_shape), jnp.float32),
+                     "frame_mask": jnp.zeros((1, self.latent_shape[0]), jnp.float32)}
+    return conditions
 
   def sample_settings(self, sample_config: Any, guided: bool = True) -> samplers.DiffusionSampling:
     """`config.sample` or a diffusion protocol as `DiffusionSampling` (the prediction kind and self-conditioning
@@ -333,7 +370,8 @@ def build(config: Any) -> DiffusionTask:
       schedule_name=str(process.schedule), num_train_steps=int(process.num_steps),
       zero_terminal_snr=bool(process.zero_terminal_snr), prediction=str(process.prediction),
       latent_scale=_latent_scale(config, latent_shape), cond_dropout_rate=float(process.cond_dropout_rate),
-      self_condition_rate=float(process.self_condition_rate), loss_weighting=str(process.loss_weighting),
+      self_condition_rate=float(process.self_condition_rate),
+      max_given_frames=int(process.max_given_frames), loss_weighting=str(process.loss_weighting),
       min_snr_gamma=float(process.min_snr_gamma), vlb_weight=float(process.vlb_weight),
       eval_buckets=int(process.eval_buckets), ema_decay=config.optimizer.ema_decay,
       eval_ema=bool(config.eval.protocol.use_ema), tokenizer=config.tokenizer)
