@@ -40,14 +40,15 @@ def process(schedule: str = "linear", num_steps: int = 1000, prediction: str = "
   one (0.1, for classifier-free guidance). self_condition_rate: with a self-conditioning model, the share of
   examples that first estimate x0 and feed it back (0.5, Chen et al. 2022). loss_weighting: 'none' (plain MSE
   on the target) or 'min_snr' (Hang et al. 2023, min(SNR, γ) with `min_snr_gamma` 5, as a weight on the ε loss).
-  vlb_weight: the weight of the learned-variance VLB term (DiT: 1, scaled by T/1000). latent_scale: what the
-  latents are multiplied by before diffusion; 0 reads LDM's 1 / std from the train split's shard metadata.
+  vlb_weight: the weight of the learned-variance VLB term (DiT: 1, scaled by T/1000). latent_normalization:
+  'scale' (LDM) multiplies the latents by `latent_scale` (0: LDM's 1 / std, read from the train split's shard
+  metadata); 'channel' standardizes each latent channel by its train-split mean and std instead.
   eval_buckets: the held-out loss is reported at this many evenly spaced timesteps. max_given_frames: a
   frame-conditioned model (W.A.L.T.) trains with the first k ~ U{0..max} latent frames given (W.A.L.T.: 2)."""
   config = ml_collections.ConfigDict(dict(
       schedule=schedule, num_steps=num_steps, zero_terminal_snr=False, prediction=prediction,
       cond_dropout_rate=0.1, self_condition_rate=0.5, loss_weighting="none", min_snr_gamma=5.0, vlb_weight=1.0,
-      latent_scale=0.0, eval_buckets=4, max_given_frames=0))
+      latent_normalization="scale", latent_scale=0.0, eval_buckets=4, max_given_frames=0))
   config.update(overrides)
   return config
 

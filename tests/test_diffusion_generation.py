@@ -53,8 +53,13 @@ def test_encode_writes_float_latents_with_their_scale(trained):
   assert source.specs["latents"]["shape"] == [4, 4, 4] and source.specs["latents"]["dtype"] == "float32"
   values = np.stack([source[i]["latents"] for i in range(len(source))]).astype(np.float64)
   np.testing.assert_allclose(source.scale_factor(), 1.0 / values.std(), rtol=1e-6)
-  task = tasks.build(_dit_config(tokenizer_dir, **{"data.path": str(dit_dir / "tokens")}))
-  assert task.latent_scale == pytest.approx(source.scale_factor())
+  task = tasks.build(_dit_config(tokenizer_dir, **{"data.path": str(dit_dir / "tokens"),
+                                                   "diffusion.latent_normalization": "scale"}))
+  assert task.latent_scale == pytest.approx(source.scale_factor()) and task.latent_shift == ()
+  task = tasks.build(_dit_config(tokenizer_dir, **{"data.path": str(dit_dir / "tokens"),
+                                                   "diffusion.latent_normalization": "channel"}))
+  np.testing.assert_allclose(task.latent_shift, values.mean((0, 1, 2)), rtol=1e-5)
+  np.testing.assert_allclose(task.latent_scale, 1.0 / values.std((0, 1, 2)), rtol=1e-5)
 
 
 @pytest.mark.slow

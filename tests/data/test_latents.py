@@ -122,7 +122,7 @@ def test_float_and_bool_arrays_of_any_names_round_trip(tmp_path):
   assert not source.has_captions and set(source[0]) == set(arrays)
 
 
-def test_scale_factor_is_one_over_the_std_of_every_part_together(tmp_path):
+def test_scale_factor_and_channel_moments_cover_every_part(tmp_path):
   rng = np.random.default_rng(1)
   latents = (3.0 + 0.25 * rng.normal(size=(9, 2, 2, 3))).astype(np.float32)
   for part, rows in enumerate((slice(0, 4), slice(4, 9))):
@@ -133,6 +133,9 @@ def test_scale_factor_is_one_over_the_std_of_every_part_together(tmp_path):
   np.testing.assert_allclose([mean, std], [latents.astype(np.float64).mean(), latents.astype(np.float64).std()],
                              rtol=1e-9)
   np.testing.assert_allclose(source.scale_factor(), 1.0 / latents.astype(np.float64).std(), rtol=1e-9)
+  channel_mean, channel_std = source.channel_moments("latents")
+  np.testing.assert_allclose(channel_mean, latents.astype(np.float64).mean((0, 1, 2)), rtol=1e-9)
+  np.testing.assert_allclose(channel_std, latents.astype(np.float64).std((0, 1, 2)), rtol=1e-9)
   with pytest.raises(ConfigError, match="no moments of 'label'.*Encode the split again"):
     source.moments("label")
 

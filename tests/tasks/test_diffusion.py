@@ -104,14 +104,20 @@ def test_sampling_is_deterministic_per_seed_and_guidance_changes_it(trained):
   assert np.abs(first - unguided).max() > 1e-3
 
 
-def test_samples_are_divided_by_the_latent_scale(trained):
-  task, _, _, state, _ = trained
+def test_samples_come_back_in_the_tokenizers_units(trained):
+  """A per-channel normalization (x - shift)·scale is undone on the samples: the same draw through a model whose
+  process is the same in normalized units comes back shifted and scaled."""
   import dataclasses  # pylint: disable=g-import-not-at-top
-  scaled = dataclasses.replace(task, latent_scale=2.0)
+  task, _, _, state, _ = trained
+  normalized = dataclasses.replace(task, latent_scale=(2.0, 0.5), latent_shift=(1.0, -3.0))
   conditions = {"label": np.asarray([3], np.int32)}
   settings = task.sample_settings(_sample_config(method="ddim", num_steps=4))
-  np.testing.assert_allclose(scaled.draw(state, conditions, settings, 1, 1) * 2.0,
-                             task.draw(state, conditions, settings, 1, 1), rtol=1e-5, atol=1e-6)
+  plain = task.draw(state, conditions, settings, 1, 1)
+  np.testing.assert_allclose(normalized.draw(state, conditions, settings, 1, 1),
+                             plain / np.asarray([2.0, 0.5]) + np.asarray([1.0, -3.0]), rtol=1e-5, atol=1e-5)
+  latents = np.random.default_rng(0).normal(size=(2,) + LATENT)
+  np.testing.assert_allclose(normalized.normalize(latents), (latents - [1.0, -3.0]) * [2.0, 0.5], rtol=1e-6)
+  np.testing.assert_allclose(normalized.denormalize(normalized.normalize(latents)), latents, rtol=1e-5, atol=1e-6)
 
 
 def _sample_config(**overrides):
@@ -127,6 +133,7 @@ def _sample_config(**overrides):
     ({"loss_weighting": "p2"}, r"config.diffusion.loss_weighting='p2'"),
     ({"cond_dropout_rate": 1.0}, r"cond_dropout_rate=1.0 must lie in \[0, 1\)"),
     ({"latent_scale": 0.0}, r"config.diffusion.latent_scale=0.0 must be positive"),
+    ({"latent_scale": (1.0, -1.0)}, r"config.diffusion.latent_scale=\(1.0, -1.0\) must be positive"),
 ])
 def test_bad_process_settings_name_the_key(overrides, match):
   with pytest.raises(ConfigError, match=match):

@@ -15,8 +15,9 @@ contiguous block of the dataset, so the parts in order are the dataset in order)
   distinct captions in first-seen order and their text encoder states (only with a text encoder).
 - `metadata.json`, written last: its presence marks a finished part. It records the part index and count, the
   per-example spec of every array (shape, dtype, largest value for integers), every shard with its count, the
-  tokenizer's own metadata, and the moments of every float array (count, Σx, Σx²), from which
-  `LatentSource.scale_factor` gives LDM's latent scale 1 / std over all parts.
+  tokenizer's own metadata, and the moments of every float array per channel of its last axis (count, Σx,
+  Σx²), from which `LatentSource.scale_factor` gives LDM's latent scale 1 / std and `channel_moments` each
+  channel's mean and std, over all parts.
 
 Every file is written under a temporary name and renamed into place, so a killed encode never leaves a
 half-written file under a final name; a part without `metadata.json` is unfinished, and the next writer for it
@@ -118,7 +119,7 @@ class LatentShardWriter:
     self._shards: list[dict[str, Any]] = []
     self._spec: dict[str, dict[str, Any]] | None = None  # per-example layout fixed by the first add()
     self._text_rows: dict[str, int] = {}  # caption → row of the part's text table, in first-seen order
-    self._moments: dict[str, tuple[int, float, float]] = {}  # float array → (values, Σx, Σx²)
+    self._moments: dict[str, tuple] = {}  # float array → (values per channel, Σx, Σx² per last-axis channel)
     self._closed = False
 
   def _prepare_directory(self) -> None:
@@ -158,10 +159,10 @@ class LatentShardWriter:
     for name, array in batch.items():
       if array.dtype.kind in "iu" and array.size:
         self._spec[name]["max_value"] = max(self._spec[name]["max_value"], int(array.max()))
-      if array.dtype.kind == "f":  # moments for a latent scale factor (LDM's 1 / std), summed in float64
-        values = array.astype(np.float64)
+      if array.dtype.kind == "f":  # per-channel moments for a latent normalization, summed in float64
+        values = array.astype(np.float64).reshape(-1, array.shape[-1] if array.ndim > 1 else 1)
         count, total, squares = self._moments.get(name, (0, 0.0, 0.0))
-        self._moments[name] = (count + values.size, total + float(values.sum()), squares + float(np.square(values).sum()))
+        self._moments[name] = (count + len(values), total + values.sum(0), squares + np.square(values).sum(0))
 
   def _flush(self, final: bool) -> None:
     """Writes every full shard of the pending examples (and, when `final`, the partial last one); the rest stay."""
@@ -211,7 +212,8 @@ class LatentShardWriter:
         "num_examples": sum(shard["num_examples"] for shard in self._shards), "arrays": self._spec,
         "shards": self._shards, "has_text": text_shape is not None, "num_texts": len(self._text_rows),
         "text_length": int(text_length), "text_dim": int(text_dim), "tokenizer": self._user_metadata,
-        "moments": {name: {"count": count, "sum": total, "sum_squares": squares}
+        "moments": {name: {"count": int(count), "sum": np.asarray(total).tolist(),
+                           "sum_squares": np.asarray(squares).tolist()}
                     for name, (count, total, squares) in self._moments.items()},
     }
 
@@ -381,15 +383,25 @@ class LatentSource:
   def description(self) -> str:
     return f"latent split {self.split_dir}"
 
-  def moments(self, name: str) -> tuple[float, float]:
-    """(mean, std) over every value of the float array `name` in the split, all parts together."""
+  def _moment_sums(self, name: str) -> tuple[float, np.ndarray, np.ndarray]:
     stored = [part.get("moments", {}).get(name) for part in self._parts]
     if any(entry is None for entry in stored):
       raise ConfigError(f"{self.split_dir}: no moments of '{name}' in its metadata (written by an older version, or "
                         f"'{name}' is not a float array: {sorted(self.specs)}). Encode the split again.")
-    count = sum(entry["count"] for entry in stored)
-    mean = sum(entry["sum"] for entry in stored) / count
-    variance = max(sum(entry["sum_squares"] for entry in stored) / count - mean * mean, 0.0)
+    return (sum(entry["count"] for entry in stored), sum(np.asarray(entry["sum"]) for entry in stored),
+            sum(np.asarray(entry["sum_squares"]) for entry in stored))
+
+  def channel_moments(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) `[C]` of each channel (last axis) of the float array `name` over the split, all parts."""
+    count, total, squares = self._moment_sums(name)
+    mean = total / count
+    return mean, np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
+
+  def moments(self, name: str) -> tuple[float, float]:
+    """(mean, std) over every value of the float array `name` in the split, all parts together."""
+    count, total, squares = self._moment_sums(name)
+    mean = float(total.sum()) / (count * total.size)
+    variance = max(float(squares.sum()) / (count * total.size) - mean * mean, 0.0)
     return mean, float(np.sqrt(variance))
 
   def scale_factor(self, name: str = "latents") -> float:

@@ -3,8 +3,8 @@
 Batches: `latents` float `[B, *latent_shape]` (the tokenizer's units), plus the condition: `label` `[B]` (class),
 or `text` `[B, L, D]` and `text_mask` `[B, L]` (padded or cut to the model's `text_length`), or nothing.
 
-Training (source 001 algorithm 1; NUMERICS "Diffusion"): x0 = latents · `latent_scale` (LDM's 1 / std, read from
-the train split's metadata unless configured), t uniform over 0..T-1, ε ~ N(0, I), x_t = q_sample(x0, t, ε); the
+Training (source 001 algorithm 1; NUMERICS "Diffusion"): x0 = (latents − `latent_shift`) · `latent_scale` (LDM:
+no shift and 1 / std, read from the train split's metadata unless configured; or each channel standardized), t uniform over 0..T-1, ε ~ N(0, I), x_t = q_sample(x0, t, ε); the
 model predicts ε, v or x0 (`config.diffusion.prediction`) and the loss is the mean squared error to that target,
 optionally weighted by min-SNR-γ (Hang et al. 2023). The condition of a `cond_dropout_rate` share of examples is
 replaced by the null one, so one model gives both terms of classifier-free guidance. With `learn_sigma` the model
@@ -19,7 +19,7 @@ Eval: the held-out loss at `eval_buckets` evenly spaced timesteps (`loss_t<t>`, 
 their mean; then the shared sample pass (`second_stage.SampleEvaluation`): samples of the first eval conditions
 with and without CFG under `config.eval.protocol`, decoded by the tokenizer, scored in the shapes world.
 Sampling (`generators/diffusion/samplers.py`): DDPM or DDIM over respaced steps as one jitted lax loop; samples
-are divided by `latent_scale` before the tokenizer decodes them.
+are mapped back to the tokenizer's units (`denormalize`) before it decodes them.
 
 State layout as every task: params/opt_state/ema_params keyed by the group 'diffusion'.
 """
@@ -63,7 +63,8 @@ class DiffusionTask(second_stage.SecondStage, Task):
   num_train_steps: int = 1000
   zero_terminal_snr: bool = False
   prediction: str = "eps"
-  latent_scale: float = 1.0
+  latent_scale: float | tuple[float, ...] = 1.0
+  latent_shift: tuple[float, ...] = ()
   cond_dropout_rate: float = 0.1
   self_condition_rate: float = 0.5
   max_given_frames: int = 0
@@ -92,7 +93,7 @@ class DiffusionTask(second_stage.SecondStage, Task):
                         "gives up to 2).")
     if self.eval_buckets < 1:
       raise ConfigError(f"config.diffusion.eval_buckets={self.eval_buckets} must be at least 1.")
-    if not self.latent_scale > 0:
+    if not np.all(np.asarray(self.latent_scale) > 0):
       raise ConfigError(f"config.diffusion.latent_scale={self.latent_scale} must be positive (0 in the config reads "
                         "it from the train split's metadata).")
     # Built here, outside any trace: arrays made while jit traces a step would leak out of it if cached.
@@ -129,6 +130,15 @@ class DiffusionTask(second_stage.SecondStage, Task):
   def eval_timesteps(self) -> np.ndarray:
     """The centres of `eval_buckets` equal slices of 0..T-1."""
     return ((np.arange(self.eval_buckets) + 0.5) * self.num_train_steps / self.eval_buckets).astype(np.int32)
+
+  def normalize(self, latents: jax.Array) -> jax.Array:
+    """The tokenizer's latents as the diffusion process sees them: `(latents - latent_shift) · latent_scale`, per
+    channel of the last axis when those are tuples."""
+    shift = jnp.asarray(self.latent_shift or 0.0, jnp.float32)
+    return (latents.astype(jnp.float32) - shift) * jnp.asarray(self.latent_scale, jnp.float32)
+
+  def denormalize(self, x: jax.Array) -> jax.Array:
+    return x / jnp.asarray(self.latent_scale, jnp.float32) + jnp.asarray(self.latent_shift or 0.0, jnp.float32)
 
   def condition(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return second_stage.condition_of(batch, self.model.conditioning, self.model.text_length)
@@ -186,7 +196,7 @@ class DiffusionTask(second_stage.SecondStage, Task):
     return gaussian.vlb_terms(self.schedule, x0, x_t, t, mean, log_variance) * (self.num_train_steps / 1000.0)
 
   def _loss(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array):
-    x0 = batch[self.latent_key].astype(jnp.float32) * self.latent_scale
+    x0 = self.normalize(batch[self.latent_key])
     size = x0.shape[0]
     t_rng, noise_rng, drop_rng, self_rng, use_rng, dropout_rng, frames_rng = jax.random.split(rng, 7)
     t = jax.random.randint(t_rng, (size,), 0, self.num_train_steps)
@@ -231,7 +241,7 @@ class DiffusionTask(second_stage.SecondStage, Task):
   def eval_step(self, state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """Per example: the unweighted MSE to the target at each eval timestep (`loss_t<t>`, noise fixed per row of
     the batch so every evaluation draws the same), with the real condition, and their mean `loss`."""
-    x0 = batch[self.latent_key].astype(jnp.float32) * self.latent_scale
+    x0 = self.normalize(batch[self.latent_key])
     size, cond, params = x0.shape[0], self.condition(batch), self.eval_params(state)
     outputs = {}
     for bucket, timestep in enumerate(self.eval_timesteps):
@@ -249,7 +259,7 @@ class DiffusionTask(second_stage.SecondStage, Task):
     """Latents `[B, *latent_shape]` in the tokenizer's units, drawn from N(0, I) noise (jit the caller)."""
     cond = self.condition(conditions) if conditions else {}
     if self.frame_conditioned and "frames" in conditions:  # given in the tokenizer's units
-      cond |= {"frames": conditions["frames"].astype(jnp.float32) * self.latent_scale,
+      cond |= {"frames": self.normalize(conditions["frames"]),
                "frame_mask": conditions["frame_mask"].astype(jnp.float32)}
     size = batch_size or (next(iter(cond.values())).shape[0] if cond else 1)
     params = self.eval_params(state)
@@ -264,7 +274,7 @@ class DiffusionTask(second_stage.SecondStage, Task):
     if "frame_mask" in cond:  # the given frames are returned as given
       given = cond["frame_mask"].reshape(size, -1, *(1,) * (x0.ndim - 2)) > 0
       x0 = jnp.where(given, cond["frames"], x0)
-    return x0 / self.latent_scale
+    return self.denormalize(x0)
 
   # ------------------------------------------------------------------------------------------- protocol
 
@@ -297,7 +307,7 @@ class DiffusionTask(second_stage.SecondStage, Task):
     return {"latents": {self.latent_key: {"shape": list(self.latent_shape), "dtype": "float32"}},
             "condition": str(self.model.conditioning), "prediction": self.prediction,
             "schedule": self.schedule_name, "num_train_steps": self.num_train_steps,
-            "latent_scale": float(self.latent_scale)}
+            "latent_scale": np.asarray(self.latent_scale).tolist(), "latent_shift": list(self.latent_shift)}
 
 
 class DiffusionPass:
@@ -335,17 +345,33 @@ def tokenizer_latent_shape(tokenizer_config: Any) -> tuple[int, ...]:
   return tuple(specs[tokenizers.LATENTS].shape)
 
 
-def _latent_scale(config: Any, latent_shape: tuple[int, ...]) -> float:
-  """`config.diffusion.latent_scale`, or (0) LDM's 1 / std of the written train latents; 1 before encode."""
-  if float(config.diffusion.latent_scale) > 0:
-    return float(config.diffusion.latent_scale)
+NORMALIZATIONS = ("scale", "channel")
+
+
+def _latent_normalization(config: Any, latent_shape: tuple[int, ...]) -> tuple[Any, tuple[float, ...]]:
+  """(latent_scale, latent_shift) from `config.diffusion.latent_normalization`: "scale" multiplies by
+  `latent_scale`, or (0) by LDM's 1 / std of the written train latents; "channel" standardizes each channel by
+  the train split's own mean and std. Before `--mode=encode` has written the shards: (1, ())."""
+  process = config.diffusion
+  kind = str(process.latent_normalization)
+  if kind not in NORMALIZATIONS:
+    raise ConfigError(f"config.diffusion.latent_normalization={kind!r}; choose one of {NORMALIZATIONS}.")
+  if kind == "scale" and float(process.latent_scale) > 0:
+    return float(process.latent_scale), ()
   path = str(config.data.path)
   if not path or not (files.as_path(path) / str(config.data.train_split)).exists():
-    return 1.0  # nothing encoded yet (--mode=encode runs with this same config)
+    return 1.0, ()  # nothing encoded yet (--mode=encode runs with this same config)
   spec = tokenizers.LatentSpec(tuple(latent_shape), "float32", 0)
   for split in (config.data.train_split, config.data.eval_split):
     latent_data.check_split_fits(path, str(split), {tokenizers.LATENTS: spec})
-  return latent_data.LatentSource(path, str(config.data.train_split)).scale_factor(tokenizers.LATENTS)
+  source = latent_data.LatentSource(path, str(config.data.train_split))
+  if kind == "scale":
+    return source.scale_factor(tokenizers.LATENTS), ()
+  mean, std = source.channel_moments(tokenizers.LATENTS)
+  if not np.all(std > 0):
+    raise ConfigError(f"{source.split_dir}: a latent channel has zero variance (std {std.tolist()}); use "
+                      "config.diffusion.latent_normalization='scale'.")
+  return tuple(float(v) for v in 1.0 / std), tuple(float(v) for v in mean)
 
 
 def build_model(model_config: Any, latent_shape: tuple[int, ...]):
@@ -363,13 +389,14 @@ def build(config: Any) -> DiffusionTask:
   """`config.task='diffusion'`: a denoiser over the continuous latents of the frozen tokenizer `config.tokenizer`."""
   latent_shape = tokenizer_latent_shape(config.tokenizer.experiment)
   process = config.diffusion
+  scale, shift = _latent_normalization(config, latent_shape)
   return DiffusionTask(
       model=build_model(config.model, latent_shape),
       optimizer=make_optimizer(config.optimizer, config.total_steps),
       learning_rate=learning_rate_schedule(config.optimizer, config.total_steps), latent_shape=latent_shape,
       schedule_name=str(process.schedule), num_train_steps=int(process.num_steps),
       zero_terminal_snr=bool(process.zero_terminal_snr), prediction=str(process.prediction),
-      latent_scale=_latent_scale(config, latent_shape), cond_dropout_rate=float(process.cond_dropout_rate),
+      latent_scale=scale, latent_shift=shift, cond_dropout_rate=float(process.cond_dropout_rate),
       self_condition_rate=float(process.self_condition_rate),
       max_given_frames=int(process.max_given_frames), loss_weighting=str(process.loss_weighting),
       min_snr_gamma=float(process.min_snr_gamma), vlb_weight=float(process.vlb_weight),
