@@ -1,4 +1,4 @@
-"""Diffusion presets: the DiT model (`config.model` of the diffusion task), the training process
+"""Diffusion presets: the DiT and W.A.L.T. models (`config.model` of the diffusion task), the training process
 (`config.diffusion`), and the sampling settings of `--mode=sample` and of the eval protocols.
 
 DiT sizes (Peebles & Xie 2023, Table 1): S/B/L/XL are depth 12/12/24/28, width 384/768/1024/1152, heads
@@ -10,6 +10,7 @@ import ml_collections
 from tokgen_jax.configs import evaluation
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.generators.diffusion import dit as dit_model
+from tokgen_jax.generators.diffusion import walt as walt_model
 
 DIT_SIZES = {"local": (4, 128, 4)} | dit_model.DIT_SIZES  # name: (depth, hidden_size, num_heads)
 
@@ -26,6 +27,28 @@ def dit(size: str = "B", patch_size: int = 2, conditioning: str = "class", num_c
       conditioning=conditioning, num_classes=num_classes if conditioning == "class" else 0,
       text_length=text_length if conditioning == "text" else 0, text_dim=text_dim if conditioning == "text" else 0,
       learn_sigma=learn_sigma, self_condition=False, remat=False, dtype="float32"))
+  config.update(overrides)
+  return config
+
+
+WALT_SIZES = {"local": dict(hidden_size=128, depth=4, num_heads=4), "214M": walt_model.WALT_214M}
+
+
+def walt(size: str = "local", patch_size: int = 2, window: tuple[int, int] = (4, 4), conditioning: str = "text",
+         num_classes: int = 0, text_length: int = 0, text_dim: int = 0, frame_condition: bool = False,
+         **overrides) -> ml_collections.ConfigDict:
+  """A `WALT` config: blocks alternate spatial (one latent frame) and spatiotemporal (`window` patches over all
+  frames) window attention, AdaLN-LoRA of rank 256 (NVIDIA Cosmos' rank), v-prediction with self-conditioning
+  (`learn_sigma` off), and optionally frame conditioning. "214M" is our depth/width for seed 000's 214M UCF-101
+  generator (the paper gives none)."""
+  if size not in WALT_SIZES:
+    raise ConfigError(f"W.A.L.T. size {size!r} is not a preset; choose one of {sorted(WALT_SIZES)}.")
+  config = ml_collections.ConfigDict(dict(
+      name="walt", patch_size=patch_size, mlp_ratio=4.0, window=tuple(window), adaln_rank=256, qk_norm=False,
+      conditioning=conditioning, num_classes=num_classes if conditioning == "class" else 0,
+      text_length=text_length if conditioning == "text" else 0, text_dim=text_dim if conditioning == "text" else 0,
+      learn_sigma=False, self_condition=True, frame_condition=frame_condition, remat=False, dtype="float32",
+      **WALT_SIZES[size]))
   config.update(overrides)
   return config
 

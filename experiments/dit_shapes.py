@@ -78,8 +78,8 @@ def dit_config(condition: str = "text", steps: int = 0, batch: int = 0,
                tokenizer_workdir: str = DEFAULT_TOKENIZER_WORKDIR) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.task = "diffusion"
-  _common(config, steps or 4000, batch or 32)
-  config.eval_every_steps = 2000
+  _common(config, steps or 8000, batch or 32)
+  config.eval_every_steps = 4000
   config.tokenizer = ml_collections.ConfigDict(dict(
       experiment=tokenizer_config(), workdir=tokenizer_workdir, checkpoint_step=0))
   config.tokenize = ml_collections.ConfigDict(dict(

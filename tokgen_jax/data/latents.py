@@ -394,6 +394,9 @@ class LatentSource:
   def channel_moments(self, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) `[C]` of each channel (last axis) of the float array `name` over the split, all parts."""
     count, total, squares = self._moment_sums(name)
+    if total.ndim != 1:
+      raise ConfigError(f"{self.split_dir}: the metadata holds one moment of '{name}' for all channels (written by "
+                        "an older version); encode the split again for per-channel moments.")
     mean = total / count
     return mean, np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
 

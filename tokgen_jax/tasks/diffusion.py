@@ -1,4 +1,4 @@
-"""Diffusion task: a denoiser (DiT) learns the continuous latents a frozen KL tokenizer wrote (`--mode=encode`).
+"""Diffusion task: a denoiser (DiT, or W.A.L.T. for video) learns the continuous latents a frozen KL tokenizer wrote (`--mode=encode`).
 
 Batches: `latents` float `[B, *latent_shape]` (the tokenizer's units), plus the condition: `label` `[B]` (class),
 or `text` `[B, L, D]` and `text_mask` `[B, L]` (padded or cut to the model's `text_length`), or nothing.
@@ -39,6 +39,7 @@ from tokgen_jax.data import latents as latent_data
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.generators.diffusion import gaussian, samplers
 from tokgen_jax.generators.diffusion.dit import DiT
+from tokgen_jax.generators.diffusion.walt import WALT
 from tokgen_jax.generators.diffusion.schedule import NoiseSchedule, make_schedule
 from tokgen_jax.tasks import autoencoder, second_stage
 from tokgen_jax.tasks.base import RunContext, Task, TrainState, evaluation_params, single_group_step
@@ -47,7 +48,7 @@ from tokgen_jax.tasks.optimizers import learning_rate_schedule, make_optimizer
 GROUP = "diffusion"
 FRAME_KEYS = ("frames", "frame_mask")  # given latent frames [B, T, h, w, c] (scaled) and which are given [B, T]
 LOSS_WEIGHTINGS = ("none", "min_snr")
-MODELS = {"dit": DiT}
+MODELS = {"dit": DiT, "walt": WALT}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -380,6 +381,7 @@ def build_model(model_config: Any, latent_shape: tuple[int, ...]):
   if name not in MODELS:
     raise ConfigError(f"config.model.name={name!r}: the diffusion task trains {sorted(MODELS)}.")
   kwargs["dtype"] = jnp.dtype(kwargs.pop("dtype"))
+  kwargs = {key: tuple(value) if isinstance(value, list) else value for key, value in kwargs.items()}
   model = MODELS[name](input_shape=tuple(latent_shape), **kwargs)
   model.validate()
   return model
