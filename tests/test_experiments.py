@@ -54,3 +54,25 @@ def test_var_protocol_converts_to_the_sampler_scale_and_unknown_protocols_fail()
     evaluation.protocol("mine", cfg=2.0)
   with pytest.raises(ConfigError, match="choose one of"):
     load_experiment("experiments/llamagen_c2i.py:protocol=best")
+
+
+@pytest.mark.parametrize("experiment, low, high, latent", [
+    ("experiments/dit_imagenet.py:size=XL", 675e6 * 0.99, 675e6 * 1.01, (32, 32, 4)),  # DiT-XL/2: 675M
+    ("experiments/dit_imagenet.py:size=B", 130e6 * 0.99, 130e6 * 1.01, (32, 32, 4)),   # DiT-B/2: 130M
+    ("experiments/walt_ucf101.py", 214e6 * 0.98, 214e6 * 1.02, (5, 16, 16, 8)),        # seed 000: 214M
+])
+def test_diffusion_paper_sizes(experiment, low, high, latent, tmp_path):
+  run = run_lib.setup(load_experiment(experiment), str(tmp_path))
+  params = run_lib.count_params(run.abstract_state)
+  print(f"\n{experiment}: {params:,} parameters, latents {run.task.latent_shape}")
+  assert run.task.latent_shape == latent and low < params < high
+
+
+def test_dit_protocols_are_its_published_settings():
+  fid = load_experiment("experiments/dit_imagenet.py:protocol=fid").eval.protocol
+  assert (fid.name, fid.method, fid.num_steps, fid.cfg_scale, fid.num_samples) == ("dit_fid", "ddpm", 250, 1.5, 50_000)
+  demo = load_experiment("experiments/dit_imagenet.py").sample
+  assert (demo.protocol, demo.cfg_scale, demo.cfg_channels) == ("dit_demo", 4.0, 0)
+  from tokgen_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ConfigError, match="choose demo or fid"):
+    load_experiment("experiments/dit_imagenet.py:protocol=best")
