@@ -79,10 +79,12 @@ def process(schedule: str = "linear", num_steps: int = 1000, prediction: str = "
 def sampling(protocol: ml_collections.ConfigDict | None = None, **overrides) -> ml_collections.ConfigDict:
   """--mode=sample settings (`generators.diffusion.samplers.DiffusionSampling`): the sampling fields of
   `protocol` (an `evaluation.diffusion_protocol`, default DiT's demo: 250 DDPM steps at cfg 4.0), then
-  `overrides`; `prompts` (`;`-separated captions, class ids or names), `prompts_file`, `num_per_prompt`."""
+  `overrides`; `prompts` (`;`-separated captions, class ids or names), `prompts_file`, `num_per_prompt`, and for a
+  frame-conditioned model `inputs` (comma-separated videos or images) whose first `given_frames` latent frames
+  are given."""
   protocol = protocol if protocol is not None else evaluation.diffusion_protocol("dit_demo")
   config = ml_collections.ConfigDict({"protocol": protocol.name, **{
       key: protocol[key] for key in evaluation.DIFFUSION_SAMPLING_FIELDS}})
-  config.update(dict(prompts="", prompts_file="", num_per_prompt=4, inputs=""))
+  config.update(dict(prompts="", prompts_file="", num_per_prompt=4, inputs="", given_frames=1))
   config.update(overrides)
   return config

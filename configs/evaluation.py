@@ -61,9 +61,12 @@ def diffusion_protocol(name: str = "custom", **settings) -> ml_collections.Confi
   """A diffusion sampling protocol, like `protocol` but with a diffusion sampler's fields: method ('ddpm' |
   'ddim'), num_steps (respaced), eta (DDIM), variance ('fixed_small' | 'fixed_large' | 'learned'), cfg_scale
   (`u + s·(c − u)`), cfg_channels (0: all), cfg_ramp ('none' | 'linear'), clip_x0 (0: none), num_samples,
-  use_ema, seed. A named entry of `DIFFUSION_PROTOCOLS` fills its fields first."""
+  use_ema, seed, given_frames (a frame-conditioned model's eval also continues the sampled clips from their
+  first `given_frames` real latent frames, scored as `pred_*`; 0: no frame prediction). A named entry of
+  `DIFFUSION_PROTOCOLS` fills its fields first."""
   return _protocol(name, dict(method="ddpm", num_steps=250, eta=0.0, variance="fixed_small", cfg_scale=1.0,
-                              cfg_channels=0, cfg_ramp="none", clip_x0=0.0, num_samples=0, use_ema=True, seed=0),
+                              cfg_channels=0, cfg_ramp="none", clip_x0=0.0, num_samples=0, use_ema=True, seed=0,
+                              given_frames=0),
                    DIFFUSION_PROTOCOLS, settings, "diffusion")
 
 

@@ -15,7 +15,11 @@ continuous first stage), then a W.A.L.T. denoiser on its latents that also predi
    spatiotemporal windows, AdaLN-LoRA) with v-prediction and self-conditioning, 10% caption dropout, and the first
    latent frame given for half of the clips (frame prediction / image-to-video, `max_given_frames` 1). Each eval
    reports the held-out loss at four timesteps and scores samples of the first eval captions with and without CFG
-   by `metrics.shapes` (color, shape, motion read back from the decoded frames).
+   by `metrics.shapes` (color, shape, motion read back from the decoded frames); `pred_*` scores the clips
+   continued from their real first frame the same way, and `pred_psnr` the frames it predicted against the
+   tokenizer's reconstruction of the real ones.
+4. `--mode=sample` with `--config.sample.inputs=first_frame.png` (one file for all prompts, or one per prompt)
+   continues that frame under each prompt (`--config.sample.given_frames=k`: the first k latent frames of a video).
 
 Arguments: `tokenizer` | `local` (default), then `steps=N`, `batch=N`, `tokenizer_workdir=PATH`.
 """
@@ -82,8 +86,9 @@ def walt_config(steps: int = 0, batch: int = 0,
   config.optimizer = optimizer.adamw(learning_rate=5e-4, warmup_steps=200, weight_decay=0.0, ema_decay=0.999)
   config.data = data.tokens(source="latents")
   # 50 DDIM steps, as W.A.L.T. reports sampling with 50 steps; cfg 3.0 as the image experiments.
+  # given_frames 1: the eval also continues each clip from its real first frame (frame prediction, `pred_*`).
   protocol = evaluation.diffusion_protocol("shapes_video", method="ddim", num_steps=50, cfg_scale=3.0,
-                                           num_samples=50)
+                                           num_samples=50, given_frames=1)
   config.eval = evaluation.evaluation(batch_size=50, num_grid_images=8, protocol=protocol)
   config.sample = diffusion.sampling(protocol)
   return config

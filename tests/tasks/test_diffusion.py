@@ -175,6 +175,50 @@ def test_a_frame_conditioned_video_model_trains_and_keeps_the_given_frames():
   np.testing.assert_allclose(drawn[:, 0], given[:, 0], rtol=1e-5, atol=1e-5)  # the given frame comes back
   assert np.abs(drawn[:, 1:] - given[:, 1:]).max() > 1e-3
   assert set(task.example_conditions()) == {"label", "frames", "frame_mask"}
+  # Only the given frames reach the model (zeros past them, as in training), whatever the caller passes there.
+  garbage = given.copy()
+  garbage[:, 1:] = rng.normal(size=garbage[:, 1:].shape) * 5
+  again = task.draw(state, conditions | {"frames": garbage},
+                    task.sample_settings(_sample_config(method="ddim", num_steps=4)), 0, 2)
+  np.testing.assert_array_equal(again, drawn)
+
+
+class _StandInTokenizer:
+  """What `given_pixel_frames` reads of a frozen causal video tokenizer: 2 frames a latent frame after the first."""
+
+  class task:  # pylint: disable=invalid-name
+    temporal_factor = 2
+
+
+def test_frame_prediction_is_an_eval_sample_set_of_frame_conditioned_models():
+  task = _walt_task()
+  task._loaded["tokenizer"] = _StandInTokenizer()  # pylint: disable=protected-access
+  latents = np.ones((2,) + VIDEO, np.float32)
+  conditions = {"label": np.zeros((2,), np.int32)}
+  from tokgen_jax.configs import evaluation  # pylint: disable=g-import-not-at-top
+  protocol = evaluation.diffusion_protocol
+  sets = task.sample_sets(None, protocol(cfg_scale=3.0, given_frames=2), conditions, latents)
+  assert list(sets) == ["cfg", "nocfg", "pred"]
+  pred = sets["pred"]
+  assert pred.guided and pred.given_pixel_frames == 1 + 1 * 2  # the first frame alone, then 2 a latent frame
+  np.testing.assert_array_equal(pred.conditions["frame_mask"], [[1, 1, 0], [1, 1, 0]])
+  assert pred.conditions["frames"] is latents and pred.conditions["label"] is conditions["label"]
+  assert list(task.sample_sets(None, protocol(cfg_scale=3.0), conditions, latents)) == ["cfg", "nocfg"]
+  assert list(task.sample_sets(None, protocol(given_frames=1), conditions, latents)) == ["nocfg", "pred"]
+  with pytest.raises(ConfigError, match=r"config.eval.protocol.given_frames=3: give between 1 and 2"):
+    task.sample_sets(None, protocol(given_frames=3), conditions, latents)
+  with pytest.raises(ConfigError, match="frame prediction needs a frame-conditioned model"):
+    _task().sample_sets(None, protocol(given_frames=1), conditions, latents)
+
+
+def test_prediction_psnr_scores_only_the_predicted_frames():
+  from tokgen_jax.tasks.second_stage import prediction_psnr  # pylint: disable=g-import-not-at-top
+  reference = np.zeros((2, 5, 2, 2, 3), np.float32)
+  predicted = reference.copy()
+  predicted[:, :3] = 1.0  # wrong only in the given frames: not counted
+  predicted[0, 3:] = 0.2  # MSE 0.04 → 10·log10(4 / 0.04) = 20 dB
+  predicted[1, 3:] = 0.02  # MSE 4e-4 → 40 dB
+  assert prediction_psnr(predicted, reference, 3) == pytest.approx(30.0)
 
 
 def test_given_frames_cannot_be_all_frames():

@@ -259,9 +259,10 @@ class DiffusionTask(second_stage.SecondStage, Task):
              settings: samplers.DiffusionSampling, batch_size: int | None = None) -> jax.Array:
     """Latents `[B, *latent_shape]` in the tokenizer's units, drawn from N(0, I) noise (jit the caller)."""
     cond = self.condition(conditions) if conditions else {}
-    if self.frame_conditioned and "frames" in conditions:  # given in the tokenizer's units
-      cond |= {"frames": self.normalize(conditions["frames"]),
-               "frame_mask": conditions["frame_mask"].astype(jnp.float32)}
+    if self.frame_conditioned and "frames" in conditions:  # given in the tokenizer's units; zeros past them
+      mask = conditions["frame_mask"].astype(jnp.float32)
+      frames = self.normalize(conditions["frames"]) * mask.reshape(mask.shape + (1,) * (conditions["frames"].ndim - 2))
+      cond |= {"frames": frames, "frame_mask": mask}
     size = batch_size or (next(iter(cond.values())).shape[0] if cond else 1)
     params = self.eval_params(state)
 
@@ -300,6 +301,71 @@ class DiffusionTask(second_stage.SecondStage, Task):
       raise ConfigError("config.sample.variance='learned' needs a model trained with learn_sigma=True; use "
                         "'fixed_small' or 'fixed_large'.")
     return settings
+
+  def sample_sets(self, run: RunContext, protocol: Any, conditions: dict[str, np.ndarray],
+                  latents: np.ndarray) -> dict[str, second_stage.SampleSet]:
+    """`cfg` / `nocfg`, and for a frame-conditioned model with `protocol.given_frames` k > 0 also `pred`: the
+    clips continued from their first k real latent frames (frame prediction; k = 1 is image-to-video), guided as
+    the protocol says."""
+    sets = super().sample_sets(run, protocol, conditions, latents)
+    given = int(protocol.get("given_frames", 0))
+    if not given:
+      return sets
+    if not self.frame_conditioned:
+      raise ConfigError(f"config.eval.protocol.given_frames={given}: frame prediction needs a frame-conditioned "
+                        "model (config.model.frame_condition=True); set given_frames=0.")
+    self.check_given_frames(given, "config.eval.protocol.given_frames")
+    mask = np.zeros((len(latents), self.latent_shape[0]), np.float32)
+    mask[:, :given] = 1.0
+    guided = self.sample_settings(protocol).cfg_scale != 1.0
+    return sets | {"pred": second_stage.SampleSet(conditions | {"frames": latents, "frame_mask": mask}, guided,
+                                                  self.given_pixel_frames(run, given))}
+
+  def check_given_frames(self, given: int, where: str) -> None:
+    if not 1 <= given < self.latent_shape[0]:
+      raise ConfigError(f"{where}={given}: give between 1 and {self.latent_shape[0] - 1} of the "
+                        f"{self.latent_shape[0]} latent frames.")
+
+  def given_pixel_frames(self, run: RunContext, given: int) -> int:
+    """Pixel frames behind the first `given` latent frames of the causal tokenizer (the first frame alone, then
+    `temporal_factor` each)."""
+    return 1 + (given - 1) * self.frozen_tokenizer(run).task.temporal_factor
+
+  def input_conditions(self, run: RunContext, num_prompts: int) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """`config.sample.inputs` (comma-separated images or videos: one for every prompt, or one per prompt) as
+    given frames: the first `config.sample.given_frames` latent frames of each, encoded by the tokenizer; the
+    input column of the grid shows the pixel frames given."""
+    paths = [p.strip() for p in str(run.config.sample.get("inputs", "")).split(",") if p.strip()]
+    if not paths:
+      return {}, None
+    if not self.frame_conditioned:
+      raise ConfigError(f"config.sample.inputs={run.config.sample.inputs!r}: sampling from given frames needs a "
+                        "frame-conditioned model (config.model.frame_condition=True); leave inputs empty.")
+    if len(paths) not in (1, num_prompts):
+      raise ConfigError(f"config.sample.inputs names {len(paths)} files for {num_prompts} prompts; give one file "
+                        "for all prompts or one per prompt.")
+    given = int(run.config.sample.get("given_frames", 1))
+    self.check_given_frames(given, "config.sample.given_frames")
+    tokenizer, pixel_frames = self.frozen_tokenizer(run), self.given_pixel_frames(run, given)
+    pixels = []
+    for path in paths:
+      clip = tokenizer.task.load_sample_input(run.config.tokenizer.experiment.data, path)
+      if clip.ndim == 4:  # an image: a one-frame clip
+        clip = clip[:, None]
+      if clip.shape[1] < pixel_frames or tuple(clip.shape[2:4]) != tuple(tokenizer.task.input_shape[1:3]):
+        raise ConfigError(f"config.sample.inputs file {path!r} gives {clip.shape[1]} frames of "
+                          f"{list(clip.shape[2:4])}; {given} latent frames need {pixel_frames} frames of "
+                          f"{list(tokenizer.task.input_shape[1:3])} (config.sample.given_frames).")
+      pixels.append(clip[:, :pixel_frames])
+    pixels = np.concatenate(pixels * (num_prompts if len(paths) == 1 else 1))
+    latents = np.asarray(tokenizer.encode(pixels)[self.latent_key])
+    frames = np.zeros((num_prompts,) + tuple(self.latent_shape), np.float32)
+    frames[:, :given] = latents[:, :given]
+    mask = np.zeros((num_prompts, self.latent_shape[0]), np.float32)
+    mask[:, :given] = 1.0
+    shown = np.full((num_prompts,) + tuple(tokenizer.task.input_shape), -1.0, np.float32)  # black after them
+    shown[:, :pixel_frames] = pixels
+    return {"frames": frames, "frame_mask": mask}, shown
 
   def evaluator(self, run: RunContext, state: TrainState) -> "DiffusionPass":
     return DiffusionPass(self, run, state)

@@ -35,8 +35,12 @@ class FrozenTokenizer:
     return jax.jit(self.task.decode)
 
   def encode(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-    """Named latents of this process's `pixels` (every process calls it together, each with its own rows)."""
-    return self.run.map_local(self.task.encode, self.state, pixels)
+    """Named latents of this process's `pixels` (every process calls it together, each with its own rows; rows
+    are padded to a multiple of the local devices and the padding dropped)."""
+    rows = len(pixels)
+    padding = -rows % jax.local_device_count()
+    padded = np.concatenate([pixels, np.zeros((padding,) + pixels.shape[1:], pixels.dtype)]) if padding else pixels
+    return {name: value[:rows] for name, value in self.run.map_local(self.task.encode, self.state, padded).items()}
 
   def latent_specs(self) -> dict[str, Any]:
     return self.task.model.latent_specs(tuple(self.task.input_shape))

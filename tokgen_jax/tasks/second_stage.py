@@ -3,11 +3,12 @@
 - the tokenizer of `config.tokenizer`, restored on first use and kept;
 - `--mode=encode` (alias `tokenize`): `config.tokenize.data` through it into latent shards at `config.data.path`;
 - prompts → the condition batch (captions through the offline text encoder, class ids or shapes-world names);
-- `--mode=sample`: samples of `config.sample.prompts` / `prompts_file`, decoded, written and, in the shapes world,
-  scored against their prompts;
-- the eval's sample pass (`SampleEvaluation`): samples of the first `num_samples` eval conditions with and without
-  CFG, decoded and scored like the tokenizer's own reconstruction of the real examples (`reference_*`, the
-  ceiling a generator can reach through that tokenizer).
+- `--mode=sample`: samples of `config.sample.prompts` / `prompts_file` (and of `config.sample.inputs` where the
+  task's `input_conditions` takes them), decoded, written and, in the shapes world, scored against their prompts;
+- the eval's sample pass (`SampleEvaluation`): the task's `sample_sets` of the first `num_samples` eval conditions
+  (with and without CFG; a frame-conditioned model also predicts from given frames), decoded and scored like the
+  tokenizer's own reconstruction of the real examples (`reference_*`, the ceiling a generator can reach through
+  that tokenizer).
 
 A task mixes in `SecondStage` and provides `latent_key` (the latent array it draws: "tokens" or "latents"),
 `conditioning` / `text_length` / `num_classes`, `sample_settings(sample_config, guided)` (hashable settings with a
@@ -15,6 +16,7 @@ A task mixes in `SecondStage` and provides `latent_key` (the latent array it dra
 tokenizer's own units, which `draw` compiles once per settings.
 """
 
+import dataclasses
 import functools
 import time
 from collections.abc import Sequence
@@ -69,6 +71,24 @@ class SecondStage:
       return {"label": np.asarray([class_id(p, self.num_classes) for p in prompts], np.int32)}
     return {}
 
+  def sample_sets(self, run: RunContext, protocol: Any, conditions: dict[str, np.ndarray],
+                  latents: np.ndarray) -> dict[str, "SampleSet"]:
+    """The eval's sample sets of the first eval examples (their conditions and real latents), by name: `cfg`
+    (when the protocol guides) and `nocfg`. A task that can also predict from given latents adds its own."""
+    del run, latents
+    guided = self.sample_settings(protocol).cfg_scale != 1.0
+    sets = {"cfg": SampleSet(conditions, True)} if guided else {}
+    return sets | {"nocfg": SampleSet(conditions, False)}
+
+  def input_conditions(self, run: RunContext, num_prompts: int) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """--mode=sample's conditions from `config.sample.inputs` (one row per prompt) and their pixels for the grid's
+    first column; a generator that conditions on no inputs refuses them."""
+    del num_prompts
+    if str(run.config.sample.get("inputs", "")).strip():
+      raise ConfigError(f"config.sample.inputs={run.config.sample.inputs!r}: this generator samples from prompts "
+                        "only; leave inputs empty (frame-conditioned diffusion models take given frames).")
+    return {}, None
+
   def modes(self) -> dict[str, Callable[[RunContext], dict[str, Any]]]:
     return {"encode": self.encode, "tokenize": self.encode, "sample": self.sample_prompts}
 
@@ -89,7 +109,9 @@ class SecondStage:
     state, step = run.restore()
     per_prompt = int(config.sample.num_per_prompt)
     repeated = [p for p in prompts for _ in range(per_prompt)]
-    conditions, settings = self.prompt_conditions(repeated), self.sample_settings(config.sample)
+    given, given_pixels = self.input_conditions(run, len(prompts))
+    conditions = self.prompt_conditions(repeated) | {k: np.repeat(v, per_prompt, axis=0) for k, v in given.items()}
+    settings = self.sample_settings(config.sample)
     self.draw(state, conditions, settings, int(config.sample.seed), len(repeated))  # compiles
     start = time.perf_counter()
     drawn = self.draw(state, conditions, settings, int(config.sample.seed), len(repeated))
@@ -104,7 +126,7 @@ class SecondStage:
       except ConfigError as error:  # free-form prompts: sample, but there is nothing to score against
         logging.warning("prompts are not shapes-world captions, so samples are not scored: %s", error)
     if run.is_chief:
-      columns = [pixels[j::per_prompt] for j in range(per_prompt)]
+      columns = ([] if given_pixels is None else [given_pixels]) + [pixels[j::per_prompt] for j in range(per_prompt)]
       grids.save_examples(path.parent, path.stem, columns, max_rows=len(prompts), fps=float(config.data.get("fps", 8)))
       write_prompts(path.with_suffix(".txt"), prompts)
       print(f"sample step {step}: {len(prompts)} prompts x {per_prompt} → {path} " +
@@ -137,9 +159,10 @@ def example_conditions(conditioning: str, text_length: int, text_dim: int) -> di
 
 
 class SampleEvaluation:
-  """The sample part of a generator's eval (`config.eval.protocol.num_samples` > 0): samples of the first eval
-  conditions with and without CFG, decoded, and in the shapes world scored against their prompts next to the
-  tokenizer's reconstruction of the real examples; `write_samples` puts reference | cfg | nocfg side by side."""
+  """The sample part of a generator's eval (`config.eval.protocol.num_samples` > 0): the task's sample sets of the
+  first eval conditions (`cfg`, `nocfg`, ...), decoded, and in the shapes world scored against their prompts next
+  to the tokenizer's reconstruction of the real examples; a prediction from given frames is also scored by the
+  PSNR of the frames it predicted (`<set>_psnr`). `write_samples` puts reference | each set side by side."""
 
   def __init__(self, task: SecondStage, run: RunContext, state: TrainState):
     self._task, self._run, self._state = task, run, state
@@ -162,13 +185,15 @@ class SampleEvaluation:
     results = ({f"reference_{k}": v for k, v in shape_metrics.score_prompts(prompts, reference).items()}
                if scored else {})
     self._columns, self._prompts = [reference], prompts or []
-    guided = task.sample_settings(protocol).cfg_scale != 1.0
-    for name, guidance in ({"cfg": True, "nocfg": False} if guided else {"nocfg": False}).items():
-      drawn = task.draw(self._state, cond, task.sample_settings(protocol, guidance), int(protocol.seed),
-                        len(examples))
+    latents = np.stack([e[task.latent_key] for e in examples])
+    for name, sample_set in task.sample_sets(self._run, protocol, cond, latents).items():
+      drawn = task.draw(self._state, sample_set.conditions, task.sample_settings(protocol, sample_set.guided),
+                        int(protocol.seed), len(examples))
       self._columns.append(task.decode(self._run, drawn))
       if scored:
         results |= {f"{name}_{k}": v for k, v in shape_metrics.score_prompts(prompts, self._columns[-1]).items()}
+      if sample_set.given_pixel_frames:
+        results[f"{name}_psnr"] = prediction_psnr(self._columns[-1], reference, sample_set.given_pixel_frames)
     return results
 
   def write_samples(self, directory: epath.Path, step: int) -> None:
@@ -178,6 +203,24 @@ class SampleEvaluation:
     grids.save_examples(directory, f"eval_step_{step}", self._columns, int(config.eval.num_grid_images),
                         fps=float(config.tokenize.data.get("fps", 8)))
     write_prompts(directory / f"eval_step_{step}_prompts.txt", self._prompts)
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleSet:
+  """One set of eval samples: its condition batch, whether the protocol's guidance applies, and for a prediction
+  from given frames the count of leading pixel frames given (the rest are scored by PSNR against the
+  reference)."""
+  conditions: dict[str, np.ndarray]
+  guided: bool
+  given_pixel_frames: int = 0
+
+
+def prediction_psnr(predicted: np.ndarray, reference: np.ndarray, given_pixel_frames: int) -> float:
+  """Mean per-example PSNR (pixels in [-1, 1]) of the frames after the first `given_pixel_frames` of videos
+  `[B, T, H, W, 3]`."""
+  error = np.square(predicted[:, given_pixel_frames:] - reference[:, given_pixel_frames:]).astype(np.float64)
+  mse = np.maximum(error.reshape(len(error), -1).mean(axis=1), 1e-12)
+  return float(np.mean(10 * np.log10(4.0 / mse)))
 
 
 @functools.lru_cache(maxsize=16)
