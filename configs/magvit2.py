@@ -39,3 +39,15 @@ def magvit2(size: str = "local", quantizer: ml_collections.ConfigDict | None = N
       quantizer=quantizer or quantizers.lfq(bits=18)))
   config.update(overrides)
   return config
+
+
+def factorized(size: str = "local", factorization: str = "four_plane", time_split: int = 1, pooling: str = "mean",
+               quantizer: ml_collections.ConfigDict | None = None, **overrides) -> ml_collections.ConfigDict:
+  """`magvit2(size)` with its latent volume factorized into planes (`tokenizers/factorized.py`): 'four_plane'
+  (seed 000) or 'tri_plane'; `time_split` latent frames in the first spatial plane (1: the causal first frame
+  alone); `pooling` 'mean' (the seed's), 'linear' or 'attention'. The quantizer defaults to W.A.L.T.'s 8-channel
+  KL bottleneck."""
+  config = magvit2(size, quantizer=quantizer or quantizers.kl(dim=8), **overrides)
+  config.name = "factorized_magvit2"
+  config.factorization, config.time_split, config.pooling = factorization, time_split, pooling
+  return config

@@ -76,3 +76,18 @@ def test_dit_protocols_are_its_published_settings():
   from tokgen_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   with pytest.raises(ConfigError, match="choose demo or fid"):
     load_experiment("experiments/dit_imagenet.py:protocol=best")
+
+
+@pytest.mark.parametrize("factorization, positions, planes", [
+    ("four_plane", 672, {"latents_xy0": [16, 16, 8], "latents_xy1": [16, 16, 8], "latents_tw": [5, 16, 8],
+                         "latents_th": [5, 16, 8]}),
+    ("tri_plane", 416, {"latents_xy": [16, 16, 8], "latents_tw": [5, 16, 8], "latents_th": [5, 16, 8]}),
+    ("volumetric", 1280, {"latents": [5, 16, 16, 8]}),
+])
+def test_fourplane_paper_size_latents(factorization, positions, planes):
+  """Seed 000: 17×128² clips → a 5×16×16 latent; four-plane keeps 672 positions of volumetric's 1280."""
+  from tokgen_jax import tasks  # pylint: disable=import-outside-toplevel
+  described = tasks.build(load_experiment(f"experiments/fourplane_video.py:k600,factorization={factorization}"
+                                          )).describe()
+  assert described["latent_positions"] == positions and described["latent_grid"] == [5, 16, 16]
+  assert {name: spec["shape"] for name, spec in described["latents"].items()} == planes

@@ -27,7 +27,7 @@ from tokgen_jax.data import files, grids
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.losses import reconstruction_loss
 from tokgen_jax.metrics import ms_ssim, psnr, ssim
-from tokgen_jax.quantizers import bits_per_pixel, tokens_per_image
+from tokgen_jax.quantizers import bits_per_pixel
 from tokgen_jax.tasks import adversarial as adversarial_lib
 from tokgen_jax.tasks import evaluation
 from tokgen_jax.tasks.base import Phase, RunContext, Task, TrainState, apply_gradients, evaluation_params
@@ -198,7 +198,7 @@ class AutoencoderTask(Task):
     """Bits per pixel of the token representation of one example of `batch_shape` ([B, (T,) H, W, C])."""
     example_shape = tuple(batch_shape[1:])
     quantizer = self.model.quantizer
-    tokens = tokens_per_image(quantizer, self.model.latent_grid(example_shape))
+    tokens = self.model.num_latent_positions(example_shape)
     return bits_per_pixel(tokens, quantizer.bits_per_token, math.prod(example_shape[:-1]))
 
   # ------------------------------------------------------------------------------------------- protocol
@@ -214,13 +214,14 @@ class AutoencoderTask(Task):
     return {"sample": self.reconstruct_files, "stats": self.compute_statistics}
 
   def describe(self) -> dict[str, Any]:
-    """Per example: the input, the named latents (`encode`, abstract) with their vocabulary, the latent grid and
-    factors, bits per token and bits per pixel."""
+    """Per example: the input, the named latents (`encode`, abstract) with their vocabulary, the latent grid, the
+    latent positions (tokens; a factorized tokenizer's planes), factors, bits per token and bits per pixel."""
     specs = self.model.latent_specs(tuple(self.input_shape))
     factors = self.model.factors
     return {"input": {"shape": list(self.input_shape), "dtype": "float32"},
             "latents": {name: spec.as_dict() for name, spec in specs.items()},
             "latent_grid": list(self.model.latent_grid(tuple(self.input_shape))),
+            "latent_positions": self.model.num_latent_positions(tuple(self.input_shape)),
             "factors": {"temporal": factors.temporal, "spatial": factors.spatial},
             "codebook_size": self.codebook_size, "bits_per_token": float(self.model.quantizer.bits_per_token),
             "bits_per_pixel": self.bits_per_pixel((1,) + tuple(self.input_shape))}

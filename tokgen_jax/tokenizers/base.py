@@ -8,7 +8,8 @@ A tokenizer is a Flax module over `[B, H, W, 3]` images or `[B, T, H, W, 3]` vid
 - `decode(latents) -> pixels` from the same dict (the inverse of `encode` up to reconstruction error).
 - `latent_specs(input_shape) -> {name: LatentSpec}`: each array's per-example shape, dtype and vocabulary, from an
   abstract forward (`jax.eval_shape`: free, no parameters).
-- `factors`: how many frames and pixels one latent position spans (`Factors(temporal, spatial)`).
+- `factors`: how many frames and pixels one latent position spans (`Factors(temporal, spatial)`);
+  `num_latent_positions(input_shape)`: how many latent positions (tokens) one example becomes.
 - `__call__(x, train) -> (reconstruction, {"quantizer": QuantizerOutput})`: the training forward.
 
 Subclasses supply `factors`, `quantize(x, train) -> (z_q, QuantizerOutput)` and `decode_codes(z_q, train)`; the
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokgen_jax.quantizers.base import QuantizerOutput
+from tokgen_jax.quantizers.bits import tokens_per_image
 
 TOKENS = "tokens"
 LATENTS = "latents"
@@ -96,6 +98,11 @@ class Tokenizer(nn.Module, abc.ABC):
     if len(input_shape) == 4:
       grid = (1 + (input_shape[0] - 1) // self.factors.temporal,) + grid
     return grid
+
+  def num_latent_positions(self, input_shape: tuple[int, ...]) -> int:
+    """Latent positions (tokens) of one example: the latent grid, a multi-scale quantizer's own count over its
+    scales, or a factorized tokenizer's planes."""
+    return tokens_per_image(self.quantizer, self.latent_grid(input_shape))
 
   def latent_specs(self, input_shape: tuple[int, ...]) -> dict[str, LatentSpec]:
     """`{name: LatentSpec}` of `encode` on one example of `input_shape`, from an abstract forward."""
