@@ -97,6 +97,7 @@ def _compile_reports(run, config: Any, num_devices: int) -> list[CompiledReport]
   """Every phase of the train step, and the sampler when the task has one."""
   batch_sharding = sharding.batch_sharding(run.mesh)
   batch = abstract_batch(run.task.example_batch(), int(config.batch_size), batch_sharding)
+  conditions = run.task.example_conditions()  # concrete zeros: made here, not under the topology's mesh
   phases = run.task.phases()
   reports = []
   with run.context():
@@ -106,7 +107,6 @@ def _compile_reports(run, config: Any, num_devices: int) -> list[CompiledReport]
           name, tasks.phase_step(run.task, phase.name), (run.abstract_state, batch), num_devices,
           in_shardings=(run.state_shardings, batch_sharding), out_shardings=(run.state_shardings, None),
           donate_argnums=0))
-    conditions = run.task.example_conditions()
     if conditions is not None:
       cond = abstract_batch(conditions, int(config.batch_size), batch_sharding)
       settings = run.task.sample_settings(config.sample)
