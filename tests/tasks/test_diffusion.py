@@ -156,6 +156,7 @@ def _walt_task(max_given_frames=1) -> DiffusionTask:
                        latent_shape=VIDEO, prediction="v", max_given_frames=max_given_frames)
 
 
+@pytest.mark.slow
 def test_a_frame_conditioned_video_model_trains_and_keeps_the_given_frames():
   task = _walt_task()
   rng = np.random.default_rng(1)

@@ -126,6 +126,7 @@ def test_the_first_frame_stays_causal(four_plane):
   assert np.abs(second[0][:, 1:] - first[0][:, 1:]).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_tri_plane_is_not_causal():
   model = _model(factorization="tri_plane")
   videos = jax.random.uniform(jax.random.key(0), (1, 5, 16, 16, 3), minval=-1, maxval=1)
@@ -135,7 +136,7 @@ def test_tri_plane_is_not_causal():
   assert np.abs(second[:, 0] - first[:, 0]).max() > 1e-4
 
 
-@pytest.mark.parametrize("pooling", ["linear", "attention"])
+@pytest.mark.parametrize("pooling", ["linear", pytest.param("attention", marks=pytest.mark.slow)])
 def test_learned_poolings_train(pooling):
   z = jnp.asarray(_volume())
   planes, variables = _pool(z, "four_plane", 1, pooling)

@@ -169,6 +169,7 @@ def test_gradient_reaches_every_encoder_param_through_quantizer(small):
   assert len(norms) > 10 and min(norms.values()) > 0.0, {k: v for k, v in norms.items() if v == 0.0}
 
 
+@pytest.mark.slow
 def test_kl_bottleneck_gives_continuous_latents_for_diffusion():
   """W.A.L.T.-style: the same model with the `kl` bottleneck; eval latents are the posterior mean (deterministic)."""
   from tokgen_jax.quantizers import KLBottleneck
