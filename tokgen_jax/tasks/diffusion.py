@@ -125,7 +125,7 @@ class DiffusionTask(second_stage.SecondStage, Task):
     """The first `count[b]` latent frames of each example as the model's frame condition: `frames` (zeros past
     them) and `frame_mask` float `[B, T]`."""
     mask = (jnp.arange(x0.shape[1])[None] < count[:, None]).astype(jnp.float32)
-    return {"frames": x0 * mask.reshape(mask.shape + (1,) * (x0.ndim - 2)), "frame_mask": mask}
+    return {"frames": _zero_past_mask(x0, mask), "frame_mask": mask}
 
   @property
   def eval_timesteps(self) -> np.ndarray:
@@ -261,8 +261,7 @@ class DiffusionTask(second_stage.SecondStage, Task):
     cond = self.condition(conditions) if conditions else {}
     if self.frame_conditioned and "frames" in conditions:  # given in the tokenizer's units; zeros past them
       mask = conditions["frame_mask"].astype(jnp.float32)
-      frames = self.normalize(conditions["frames"]) * mask.reshape(mask.shape + (1,) * (conditions["frames"].ndim - 2))
-      cond |= {"frames": frames, "frame_mask": mask}
+      cond |= {"frames": _zero_past_mask(self.normalize(conditions["frames"]), mask), "frame_mask": mask}
     size = batch_size or (next(iter(cond.values())).shape[0] if cond else 1)
     params = self.eval_params(state)
 
@@ -315,11 +314,14 @@ class DiffusionTask(second_stage.SecondStage, Task):
       raise ConfigError(f"config.eval.protocol.given_frames={given}: frame prediction needs a frame-conditioned "
                         "model (config.model.frame_condition=True); set given_frames=0.")
     self.check_given_frames(given, "config.eval.protocol.given_frames")
-    mask = np.zeros((len(latents), self.latent_shape[0]), np.float32)
-    mask[:, :given] = 1.0
+    mask = self.first_frames_mask(len(latents), given)
     guided = self.sample_settings(protocol).cfg_scale != 1.0
     return sets | {"pred": second_stage.SampleSet(conditions | {"frames": latents, "frame_mask": mask}, guided,
                                                   self.given_pixel_frames(run, given))}
+
+  def first_frames_mask(self, rows: int, given: int) -> np.ndarray:
+    """`frame_mask` `[rows, T]` with the first `given` latent frames given."""
+    return (np.arange(self.latent_shape[0])[None] < np.full((rows, 1), given)).astype(np.float32)
 
   def check_given_frames(self, given: int, where: str) -> None:
     if not 1 <= given < self.latent_shape[0]:
@@ -361,8 +363,7 @@ class DiffusionTask(second_stage.SecondStage, Task):
     latents = np.asarray(tokenizer.encode(pixels)[self.latent_key])
     frames = np.zeros((num_prompts,) + tuple(self.latent_shape), np.float32)
     frames[:, :given] = latents[:, :given]
-    mask = np.zeros((num_prompts, self.latent_shape[0]), np.float32)
-    mask[:, :given] = 1.0
+    mask = self.first_frames_mask(num_prompts, given)
     shown = np.full((num_prompts,) + tuple(tokenizer.task.input_shape), -1.0, np.float32)  # black after them
     shown[:, :pixel_frames] = pixels
     return {"frames": frames, "frame_mask": mask}, shown
@@ -396,6 +397,11 @@ class DiffusionPass:
 
   def write_samples(self, directory: epath.Path, step: int) -> None:
     self._samples.write_samples(directory, step)
+
+
+def _zero_past_mask(frames: jax.Array, mask: jax.Array) -> jax.Array:
+  """Latent frames `[B, T, ...]` with those not given (`mask` `[B, T]` 0) zeroed, as the model sees them."""
+  return frames * mask.reshape(mask.shape + (1,) * (frames.ndim - 2))
 
 
 # ------------------------------------------------------------------------------------------------------- build
