@@ -5,9 +5,18 @@ import urllib.error
 import urllib.request
 import uuid
 
+import jax
+
 from tokgen_jax.config import load_experiment
 
 QUICKSTART = "experiments/quickstart.py:local"
+
+
+def perturb_params(params, seed=0, scale=0.05):
+  """Every parameter plus small noise: leaves adaLN-Zero's identity so every path carries signal."""
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(tree, [a + scale * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
 
 TINY_OVERRIDES = {
     "model.channels": 8, "model.channel_multipliers": (1, 2), "model.num_groups": 4,

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.helpers import perturb_params
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.generators.diffusion import dit
 from tokgen_jax.generators.diffusion.dit import DIT_SIZES, DiT, DiTBlock, count_parameters
@@ -19,13 +20,6 @@ from tokgen_jax.nn.attention import CrossAttention
 LATENT = (8, 8, 4)
 BATCH, TEXT_LENGTH, TEXT_DIM, CLASSES = 2, 5, 12, 10
 TINY = dict(input_shape=LATENT, patch_size=2, hidden_size=32, depth=2, num_heads=2)
-
-
-def _perturb(params, seed=0, scale=0.05):
-  """Every parameter plus small noise: leaves adaLN-Zero's identity so every path carries signal."""
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return jax.tree.unflatten(tree, [a + scale * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
 
 
 def _inputs(seed=0):
@@ -47,7 +41,7 @@ class _Model:
     x, t = _inputs()
     self.cond = dit.example_arguments(self.model, BATCH)[2]
     self.params = nn.unbox(jax.jit(self.model.init)(jax.random.key(0), x, t, self.cond)["params"])
-    self.perturbed = _perturb(self.params)
+    self.perturbed = perturb_params(self.params)
     self.apply = jax.jit(lambda p, x, t, cond, unconditional=None, self_cond=None: self.model.apply(
         {"params": p}, x, t, cond, unconditional=unconditional, self_cond=self_cond))
 
@@ -85,7 +79,7 @@ def test_a_block_is_the_identity_at_init_and_not_once_perturbed(with_text):
   params = nn.unbox(block.init(jax.random.key(0), *args)["params"])
   assert ("cross_attention" in params) == with_text
   np.testing.assert_array_equal(block.apply({"params": params}, *args), x)
-  moved = block.apply({"params": _perturb(params)}, *args)
+  moved = block.apply({"params": perturb_params(params)}, *args)
   assert np.abs(np.asarray(moved - x)).max() > 1e-3
 
 
@@ -183,7 +177,7 @@ def test_cross_attention_ignores_masked_keys_and_matches_a_hand_einsum():
   context = jnp.asarray(rng.normal(size=(BATCH, 3, 6)), jnp.float32)
   mask = jnp.array([[True, True, False], [True, False, False]])
   layer = CrossAttention(num_heads=1, use_bias=True)
-  params = _perturb(nn.unbox(layer.init(jax.random.key(0), x, context, mask)["params"]), scale=0.1)
+  params = perturb_params(nn.unbox(layer.init(jax.random.key(0), x, context, mask)["params"]), scale=0.1)
   out = np.asarray(layer.apply({"params": params}, x, context, mask))
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
   dense = lambda name, h: np.einsum("bld,dhk->blhk", h, p[name]["kernel"])[:, :, 0] + p[name]["bias"][0]

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.helpers import perturb_params
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.generators.diffusion import walt
 from tokgen_jax.generators.diffusion.dit import DiTBlock
@@ -21,13 +22,6 @@ LATENT = (3, 4, 4, 2)  # (t, h, w, c); patch 1 gives the token grid (3, 4, 4) an
 GRID = (3, 4, 4)
 BATCH, TEXT_LENGTH, TEXT_DIM, CLASSES, WIDTH = 2, 5, 12, 10, 32
 TINY = dict(input_shape=LATENT, patch_size=1, hidden_size=WIDTH, depth=2, num_heads=2, window=(2, 2), adaln_rank=8)
-
-
-def _perturb(params, seed=0, scale=0.05):
-  """Every parameter plus small noise: leaves adaLN-Zero's identity so every path carries signal."""
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return jax.tree.unflatten(tree, [a + scale * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
 
 
 def _inputs(seed=0, frames=LATENT[0]):
@@ -49,7 +43,7 @@ class _Model:
     x, t = _inputs()
     self.cond = walt.example_arguments(self.model, BATCH)[2]
     self.params = nn.unbox(jax.jit(self.model.init)(jax.random.key(0), x, t, self.cond)["params"])
-    self.perturbed = _perturb(self.params)
+    self.perturbed = perturb_params(self.params)
     self._apply = jax.jit(lambda p, x, t, cond, unconditional, self_cond=None, frames=None, frame_mask=None:
                           self.model.apply({"params": p}, x, t, cond, unconditional=unconditional,
                                            self_cond=self_cond, frames=frames, frame_mask=frame_mask))
@@ -102,7 +96,7 @@ def test_windowed_attention_equals_full_attention_under_the_windowed_mask(kind, 
   builder = masks.Windowed.spatial(GRID) if kind == "spatial" else masks.Windowed.spatiotemporal(GRID, (2, 2))
   x = jax.random.normal(jax.random.key(1), (BATCH, np.prod(GRID), WIDTH))
   layer = WindowSelfAttention(num_heads=2, grid=GRID, window=builder.window, qk_norm=qk_norm)
-  params = _perturb(nn.unbox(layer.init(jax.random.key(0), x)["params"]), scale=0.1)
+  params = perturb_params(nn.unbox(layer.init(jax.random.key(0), x)["params"]), scale=0.1)
   assert ("query_norm" in params) == qk_norm
   length = np.prod(GRID)
   mask = builder(jnp.arange(length), jnp.arange(length))
@@ -141,7 +135,7 @@ def test_a_block_is_the_identity_at_init_and_not_once_perturbed(with_text):
   assert ("cross_attention" in params) == with_text
   apply = jax.jit(lambda p: block.apply({"params": p}, *args))
   np.testing.assert_array_equal(apply(params), x)
-  moved = apply(_perturb(params))
+  moved = apply(perturb_params(params))
   assert np.abs(np.asarray(moved - x)).max() > 1e-3
 
 

@@ -26,6 +26,7 @@ A model built for T frames also takes fewer (T' <= T, e.g. T' = 1 images for joi
 temporal embedding's first T' rows are used and spatiotemporal windows span the T' frames given.
 """
 
+import itertools
 import math
 from typing import Any
 
@@ -92,34 +93,45 @@ class WindowSelfAttention(nn.Module):
   `__call__(x [B, T·H·W, D]) -> [B, T·H·W, D]` with tokens row-major over `grid = (T, H, W)`; `window = (wt, wh,
   ww)` divides it. Projections are DiT's `SelfAttention` (biased qkv `[D, 3, heads, head_dim]` and output,
   xavier), so the parameter count is DiT's; `qk_norm` adds a learned `[head_dim]` RMS scale for q and for k.
+  With `segments` (token counts summing to N), the tokens are instead cut into those contiguous runs, each
+  attended alone with the same projections: the planes of a factorized latent (`plane_walt.py`), which differ in
+  size and so cannot be batched as windows; `grid` and `window` are then unused.
   """
 
   num_heads: int
-  grid: tuple[int, int, int]
-  window: tuple[int, int, int]
+  grid: tuple[int, int, int] = (1, 1, 1)
+  window: tuple[int, int, int] = (1, 1, 1)
   qk_norm: bool = False
+  segments: tuple[int, ...] = ()
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
-  def _norm(self, a: jax.Array, name: str) -> jax.Array:
-    scale = self.param(name, nn.with_logical_partitioning(nn.initializers.ones_init(), ("kv",)), (a.shape[-1],),
-                       self.param_dtype)
-    return rms_norm(a, scale)
+  def _norm_scale(self, name: str, head_dim: int) -> jax.Array:
+    return self.param(name, nn.with_logical_partitioning(nn.initializers.ones_init(), ("kv",)), (head_dim,),
+                      self.param_dtype)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     batch, _, features = x.shape
     heads, _, head_dim = attention_dims(features, self.num_heads)
-    windows = window_partition(x.reshape((batch,) + tuple(self.grid) + (features,)), self.window)
-    qkv = Projection((3, heads, head_dim), ("embed", None, "heads", "kv"), use_bias=True, kernel_init="xavier",
-                     dtype=self.dtype, param_dtype=self.param_dtype, name="qkv")(windows)
-    q, k, v = (nn.with_logical_constraint(qkv[:, :, i], HEAD_AXES) for i in range(3))
+    kw = dict(use_bias=True, kernel_init="xavier", dtype=self.dtype, param_dtype=self.param_dtype)
+    qkv = Projection((3, heads, head_dim), ("embed", None, "heads", "kv"), name="qkv", **kw)
+    project_out = Projection((features,), ("heads", "kv", "embed"), in_axes=2, name="out", **kw)
     if self.qk_norm:
-      q, k = self._norm(q, "query_norm"), self._norm(k, "key_norm")
-    out = dot_product_attention(q, k, v, None)
-    out = Projection((features,), ("heads", "kv", "embed"), in_axes=2, use_bias=True, kernel_init="xavier",
-                     dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
-    out = window_merge(out, self.window, self.grid).reshape(batch, -1, features)
+      q_scale, k_scale = self._norm_scale("query_norm", head_dim), self._norm_scale("key_norm", head_dim)
+
+    def attend(groups: jax.Array) -> jax.Array:
+      q, k, v = (nn.with_logical_constraint(part, HEAD_AXES) for part in jnp.unstack(qkv(groups), axis=2))
+      if self.qk_norm:
+        q, k = rms_norm(q, q_scale), rms_norm(k, k_scale)
+      return project_out(dot_product_attention(q, k, v, None))
+
+    if self.segments:
+      bounds = [0, *itertools.accumulate(self.segments)]
+      out = jnp.concatenate([attend(x[:, start:stop]) for start, stop in zip(bounds[:-1], bounds[1:])], axis=1)
+    else:
+      windows = window_partition(x.reshape((batch,) + tuple(self.grid) + (features,)), self.window)
+      out = window_merge(attend(windows), self.window, self.grid).reshape(batch, -1, features)
     return nn.with_logical_constraint(out, HIDDEN_AXES)
 
 
@@ -129,14 +141,16 @@ class WALTBlock(nn.Module):
   `x += α₁·WinAttn(modulate(LN(x), β₁, γ₁))`, `x += CrossAttn(x, text)` when `context` is given, `x +=
   α₂·MLP(modulate(LN(x), β₂, γ₂))`; the six vectors from `AdaLNModulation(6, rank=adaln_rank)`, zero at init.
   `__call__(x [B, N, D], c [B, D], context [B, L, D] | None, context_mask bool [B, L] | None) -> [B, N, D]`.
+  `segments` replaces the windows by contiguous token runs (`WindowSelfAttention`).
   """
 
   num_heads: int
-  grid: tuple[int, int, int]
-  window: tuple[int, int, int]
+  grid: tuple[int, int, int] = (1, 1, 1)
+  window: tuple[int, int, int] = (1, 1, 1)
   mlp_ratio: float = 4.0
   adaln_rank: int = 256
   qk_norm: bool = False
+  segments: tuple[int, ...] = ()
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -148,7 +162,7 @@ class WALTBlock(nn.Module):
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = AdaLNModulation(
         6, rank=self.adaln_rank, name="modulation", **kw)(c)
     attention = WindowSelfAttention(self.num_heads, tuple(self.grid), tuple(self.window), self.qk_norm,
-                                    name="attention", **kw)
+                                    tuple(self.segments), name="attention", **kw)
     x = x + gate(attention(modulate(layer_norm(x, NORM_EPS), shift_msa, scale_msa)), gate_msa)
     if context is not None:
       x = x + CrossAttention(self.num_heads, use_bias=True, zero_init_output=True, name="cross_attention",
