@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from tokgen_jax.errors import ConfigError
+from tokgen_jax.generators.diffusion.latent_layout import LatentLayout, given_token_mask
 from tokgen_jax.quantizers import KLBottleneck
 from tokgen_jax.tokenizers import REGISTRY, FactorizedMagvit
-from tokgen_jax.tokenizers.factorized import PlanePooling, plane_shapes, recompose
+from tokgen_jax.tokenizers.factorized import PlanePooling, plane_frame_spans, plane_shapes, recompose
 
 DIM = 4
 
@@ -124,6 +125,29 @@ def test_the_first_frame_stays_causal(four_plane):
   np.testing.assert_allclose(second[0][:, 0], first[0][:, 0], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(second[2]["latents_xy0"], first[2]["latents_xy0"], rtol=1e-5, atol=1e-5)
   assert np.abs(second[0][:, 1:] - first[0][:, 1:]).max() > 1e-3
+
+
+def test_frame_spans_name_the_latent_frames_each_plane_position_reads():
+  spans = plane_frame_spans("four_plane", (3, 4, 4), time_split=1)
+  np.testing.assert_array_equal(spans["xy0"].reshape(-1, 2), [[0, 1]] * 16)
+  np.testing.assert_array_equal(spans["xy1"].reshape(-1, 2), [[1, 3]] * 16)
+  for name in ("tw", "th"):
+    np.testing.assert_array_equal(spans[name][:, 0], [[0, 1], [1, 2], [2, 3]])
+  np.testing.assert_array_equal(plane_frame_spans("tri_plane", (3, 4, 4), 1)["xy"].reshape(-1, 2), [[0, 3]] * 16)
+
+
+def test_tokens_fixed_by_the_given_first_frame_ignore_later_frames(four_plane):
+  """Frame-prediction conditioning reads exactly the plane positions the given frames determine: with latent
+  frame 0 (pixel frame 0) given, those keep their values whatever the later frames are, and the rest change."""
+  model, videos, run = four_plane
+  spans = model.latent_frame_spans(videos.shape[1:])
+  layout = LatentLayout.from_shapes({name: value.shape[:-1] + (DIM,) for name, value in spans.items()})
+  given = np.asarray(given_token_mask(layout.pack_per_position(spans), np.array([[1.0, 0.0, 0.0]])))[0] > 0
+  assert given.sum() == 16 + 4 + 4  # xy0 and row 0 of tw and th
+  before = layout.pack(run(videos)[2])
+  after = layout.pack(run(videos.at[:, 1:].set(-videos[:, 1:]))[2])
+  np.testing.assert_allclose(after[:, given], before[:, given], rtol=1e-5, atol=1e-5)
+  assert np.abs(after[:, ~given] - before[:, ~given]).min(axis=-1).max() > 1e-4
 
 
 @pytest.mark.slow

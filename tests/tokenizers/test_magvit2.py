@@ -63,6 +63,15 @@ def test_shapes_and_factors(small, forward):
   chex.assert_type(reconstruction, jnp.float32)
 
 
+def test_latent_frame_spans_are_one_frame_per_position(small):
+  model, _, videos = small
+  spans = model.latent_frame_spans(videos.shape[1:])
+  assert list(spans) == ["tokens"] and spans["tokens"].shape == (3, 4, 4, 2)
+  np.testing.assert_array_equal(spans["tokens"][:, 2, 1], [[0, 1], [1, 2], [2, 3]])
+  with pytest.raises(ConfigError, match="video input"):
+    model.latent_frame_spans((16, 16, 3))
+
+
 def test_encoder_is_exactly_causal(small, forward):
   """Changing input frames > t leaves latent frame j (which reads input frames ≤ 2j) bit-for-bit unchanged."""
   _, _, videos = small

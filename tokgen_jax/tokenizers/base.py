@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tokgen_jax.errors import ConfigError
 from tokgen_jax.quantizers.base import QuantizerOutput
 from tokgen_jax.quantizers.bits import tokens_per_image
 
@@ -103,6 +104,18 @@ class Tokenizer(nn.Module, abc.ABC):
     """Latent positions (tokens) of one example: the latent grid, a multi-scale quantizer's own count over its
     scales, or a factorized tokenizer's planes."""
     return tokens_per_image(self.quantizer, self.latent_grid(input_shape))
+
+  def latent_frame_spans(self, input_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """`{name: int32 [*grid, 2]}`: the latent frames `[start, stop)` each latent position is read from, so a
+    generator conditioned on given frames knows which positions they fix. A video latent's position at frame t
+    reads frame t alone; factorized planes pool several (`factorized.py`). Only videos have frames."""
+    grid = self.latent_grid(input_shape)
+    if len(grid) != 3:
+      raise ConfigError(f"{type(self).__name__}: latent frame spans need a video input [T, H, W, C]; got "
+                        f"{list(input_shape)}.")
+    start = np.broadcast_to(np.arange(grid[0]).reshape(-1, 1, 1), grid)
+    spans = np.stack([start, start + 1], axis=-1).astype(np.int32)
+    return {TOKENS if self.is_discrete else LATENTS: spans}
 
   def latent_specs(self, input_shape: tuple[int, ...]) -> dict[str, LatentSpec]:
     """`{name: LatentSpec}` of `encode` on one example of `input_shape`, from an abstract forward."""

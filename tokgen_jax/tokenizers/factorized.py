@@ -26,6 +26,7 @@ weights; its losses add up over the planes (the KL is a sum over positions) and 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.quantizers import QuantizerOutput
@@ -54,6 +55,22 @@ def plane_shapes(factorization: str, grid: tuple[int, int, int], time_split: int
   t, h, w = grid
   shapes = {1: (h, w), 2: (t, w), 3: (t, h)}
   return {name: shapes[axis] for name, (axis, _) in _PLANES[factorization].items()}
+
+
+def plane_frame_spans(factorization: str, grid: tuple[int, int, int], time_split: int) -> dict[str, np.ndarray]:
+  """Each plane position's latent frames `[start, stop)` (int32 `[rows, cols, 2]`): a spatial plane reads its whole
+  segment at every position, a spatiotemporal plane's row t reads frame t."""
+  spans = {}
+  for name, (axis, segment) in _PLANES[factorization].items():
+    rows, cols = plane_shapes(factorization, grid, time_split)[name]
+    if axis == 1:
+      frames = _frames(segment, grid[0], time_split)
+      start, stop = np.full((rows, cols), frames.start), np.full((rows, cols), frames.stop)
+    else:
+      start = np.broadcast_to(np.arange(rows)[:, None], (rows, cols))
+      stop = start + 1
+    spans[name] = np.stack([start, stop], axis=-1).astype(np.int32)
+  return spans
 
 
 def check_factorization(factorization: str, time_split: int, num_frames: int) -> None:
@@ -172,6 +189,11 @@ class FactorizedMagvit(MagvitV2):
 
   def _frames_of(self, codes: dict[str, jax.Array]) -> int:
     return codes["tw"].shape[1]  # every factorization keeps the t×w plane
+
+  def latent_frame_spans(self, input_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    prefix = TOKENS if self.is_discrete else LATENTS
+    spans = plane_frame_spans(self.factorization, self.latent_grid(input_shape), self.time_split)
+    return {f"{prefix}_{name}": value for name, value in spans.items()}
 
   def num_latent_positions(self, input_shape: tuple[int, ...]) -> int:
     grid = self.latent_grid(input_shape)

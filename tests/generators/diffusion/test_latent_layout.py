@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tokgen_jax.errors import ConfigError
-from tokgen_jax.generators.diffusion.latent_layout import LatentLayout
+from tokgen_jax.generators.diffusion.latent_layout import LatentLayout, given_token_mask
 from tokgen_jax.tokenizers.factorized import plane_shapes
 
 CHANNELS = 8
@@ -84,3 +84,18 @@ def test_errors_name_the_problem():
     layout.pack(arrays)
   with pytest.raises(ConfigError, match="unpack"):
     layout.unpack(np.zeros((1, 5, CHANNELS)))
+
+
+def test_given_token_mask_reads_whole_spans():
+  spans = np.array([[0, 1], [1, 3], [0, 3], [2, 3]])
+  frame_mask = np.array([[1, 0, 0], [1, 1, 1], [1, 0, 1], [0, 0, 0]], np.float32)
+  np.testing.assert_array_equal(given_token_mask(spans, frame_mask),
+                                [[1, 0, 0, 0], [1, 1, 1, 1], [1, 0, 0, 1], [0, 0, 0, 0]])
+
+
+def test_pack_per_position_follows_the_token_order():
+  layout = LatentLayout.from_shapes({"b": (2, 1), "a": (1, 3, 1)})
+  packed = layout.pack_per_position({"a": np.arange(3).reshape(1, 3, 1), "b": np.array([[7], [8]])})
+  np.testing.assert_array_equal(packed[:, 0], [0, 1, 2, 7, 8])
+  with pytest.raises(ConfigError, match="pack_per_position"):
+    layout.pack_per_position({"a": np.zeros((3, 1)), "b": np.zeros((2, 1))})

@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -81,6 +82,18 @@ class LatentLayout:
     return {name: packed[:, start:stop].reshape((packed.shape[0],) + shape)
             for (name, shape), start, stop in zip(self.arrays, bounds[:-1], bounds[1:])}
 
+  def pack_per_position(self, values: Mapping[str, np.ndarray]) -> np.ndarray:
+    """`{name: [*grid, k]}` (one value per latent position, no batch, e.g. `latent_frame_spans`) → `[N, k]` in the
+    token order of `pack`."""
+    rows = []
+    for name, shape in self.arrays:
+      value = np.asarray(values[name])
+      if value.shape[:len(shape) - 1] != shape[:-1] or value.ndim != len(shape):
+        raise ConfigError(f"LatentLayout.pack_per_position: {name!r} has shape {list(value.shape)}; expected "
+                          f"[{', '.join(map(str, shape[:-1]))}, k].")
+      rows.append(value.reshape(-1, value.shape[-1]))
+    return np.concatenate(rows)
+
   def array_ids(self) -> np.ndarray:
     """`[N]` int32: the index (in `names`) of the array each token came from."""
     return np.repeat(np.arange(len(self.arrays), dtype=np.int32), self.sizes)
@@ -94,3 +107,14 @@ class LatentLayout:
       grid = np.indices(shape[:-1]).reshape(len(shape) - 1, -1).T
       rows.append(np.pad(grid, ((0, 0), (rank - grid.shape[1], 0))))
     return np.concatenate(rows).astype(np.int32)
+
+
+def given_token_mask(spans: np.ndarray, frame_mask: Any) -> jax.Array:
+  """`[B, N]` float32: 1 where every latent frame a token reads is given. `spans` `[N, 2]` are the tokens'
+  frames `[start, stop)` (a tokenizer's `latent_frame_spans`, packed), `frame_mask` `[B, T]` marks given frames.
+  For four-plane latents with the first frame given, that is all of `xy0` and row 0 of `tw` and `th`; tri-plane's
+  `xy` reads every frame, so no given frame fixes it."""
+  given = jnp.asarray(frame_mask, jnp.float32)
+  counts = jnp.concatenate([jnp.zeros((given.shape[0], 1)), jnp.cumsum(given, axis=1)], axis=1)
+  start, stop = np.asarray(spans[:, 0]), np.asarray(spans[:, 1])
+  return (counts[:, stop] - counts[:, start] == (stop - start)[None]).astype(jnp.float32)
