@@ -9,13 +9,11 @@ and the cached/uncached speed-up.
 """
 
 import argparse
-import statistics
-import time
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tokgen_jax.bench import compile_and_time
 from tokgen_jax.configs import ar as ar_configs
 from tokgen_jax.generators import ARTransformer, SamplingSettings, sample_with_cache, sample_without_cache
 
@@ -52,20 +50,6 @@ def _model(args: argparse.Namespace) -> ARTransformer:
                        num_classes=10, dtype=jnp.dtype(args.dtype))
 
 
-def _time(fn, *inputs, repeats: int) -> tuple[float, float]:
-  """(compile seconds, median seconds per call)."""
-  start = time.perf_counter()
-  compiled = jax.jit(fn).lower(*inputs).compile()
-  compile_s = time.perf_counter() - start
-  jax.block_until_ready(compiled(*inputs))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(*inputs))
-    times.append(time.perf_counter() - start)
-  return compile_s, statistics.median(times)
-
-
 def run(args: argparse.Namespace) -> dict[str, float]:
   model = _model(args)
   cond = {"label": jnp.arange(args.batch, dtype=jnp.int32) % 10}
@@ -75,11 +59,11 @@ def run(args: argparse.Namespace) -> dict[str, float]:
   key = jax.random.key(1)
   result = {"tokens": model.num_tokens, "params": sum(p.size for p in jax.tree.leaves(params))}
   for name, sampler in (("cached", sample_with_cache), ("uncached", sample_without_cache)):
-    compile_s, seconds = _time(lambda p, c, k, s=sampler: s(model, p, c, k, settings), params, cond, key,
-                               repeats=args.repeats)
-    result[f"{name}_compile_s"] = compile_s
-    result[f"{name}_s"] = seconds
-    result[f"{name}_tokens_per_s"] = args.batch * model.num_tokens / seconds
+    timing = compile_and_time(lambda p, c, k, s=sampler: s(model, p, c, k, settings), params, cond, key,
+                              repeats=args.repeats)
+    result[f"{name}_compile_s"] = timing["compile_s"]
+    result[f"{name}_s"] = timing["median_s"]
+    result[f"{name}_tokens_per_s"] = args.batch * model.num_tokens / timing["median_s"]
   result["speedup"] = result["uncached_s"] / result["cached_s"]
   return result
 

@@ -6,12 +6,11 @@ Prints the device, the compile time and the median, min and max wall time of one
 """
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
+from tokgen_jax.bench import compile_and_time
 from tokgen_jax.quantizers.lfq import LookupFreeQuantizer
 
 
@@ -46,17 +45,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
   def loss(z):
     return quantizer.apply({}, z, train=True)[1].loss
 
-  start = time.perf_counter()
-  step = jax.jit(jax.value_and_grad(loss)).lower(z).compile()
-  compile_s = time.perf_counter() - start
-  jax.block_until_ready(step(z))  # warm-up: first-call allocation is not part of the steady state
-  times_ms = []
-  for _ in range(args.repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(step(z))
-    times_ms.append(1e3 * (time.perf_counter() - start))
-  return {"compile_s": compile_s, "median_ms": statistics.median(times_ms), "min_ms": min(times_ms),
-          "max_ms": max(times_ms)}
+  timing = compile_and_time(jax.value_and_grad(loss), z, repeats=args.repeats)
+  return {"compile_s": timing["compile_s"], **{f"{k}_ms": 1e3 * timing[f"{k}_s"] for k in ("median", "min", "max")}}
 
 
 def main(argv=None):
