@@ -5,11 +5,12 @@ Part I: four 17-frame 128² videos in 0.71 s vs 1.59 s, 2.24×).
 
 At the latent geometry `grid` (5×16×16 for 17×128² clips through MAGVIT-v2's causal VAE) it builds, with the
 same width, depth, heads and AdaLN-LoRA rank: the volumetric W.A.L.T. (`walt.WALT`, patch 1: 1280 tokens,
-spatial and 4×4 spatiotemporal windows) and the plane W.A.L.T. (`plane_walt.PlaneWALT`) over four-plane (672) and
+whole-frame spatial windows and all-frames × `--window`² spatiotemporal ones) and the plane W.A.L.T. (`plane_walt.PlaneWALT`) over four-plane (672) and
 tri-plane (416) tokens. Each draws `batch` class-conditional samples with `--steps` DDIM steps, v-prediction,
 self-conditioning and CFG (which doubles the batch), as one jitted `lax` loop; it also times one training
-forward+backward (the MSE of the prediction). Prints compile times, median seconds of `--repeats` calls and each
-model's speed-up over the volumetric one.
+forward+backward (the MSE of the prediction). Prints compile times, median seconds of `--repeats` calls, the
+train step's compiled FLOPs (XLA's count, independent of this machine) and each model's ratios to the volumetric
+one.
 """
 
 import argparse
@@ -47,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--width", type=int, default=128, help="transformer width")
   parser.add_argument("--depth", type=int, default=4, help="blocks (pairs of the two attention kinds)")
   parser.add_argument("--heads", type=int, default=4)
+  parser.add_argument("--window", type=int, default=8,
+                      help="the volumetric model's spatiotemporal window (all frames x window x window positions); "
+                           "8 is the footprint of the 214M W.A.L.T. (4x4 patches of 2)")
   parser.add_argument("--batch", type=int, default=4, help="videos drawn at once (the seed's 4)")
   parser.add_argument("--steps", type=int, default=10, help="DDIM steps")
   parser.add_argument("--cfg-scale", type=float, default=3.0, help="classifier-free guidance (≠ 1 doubles the batch)")
@@ -58,8 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.error(f"--latents={','.join(args.latents)!r}: choose from {LATENTS}.")
   if min(args.channels, args.width, args.depth, args.heads, args.batch, args.steps, args.repeats) < 1:
     parser.error("--channels, --width, --depth, --heads, --batch, --steps and --repeats must be >= 1.")
-  if args.width % args.heads or args.grid[1] % 4 or args.grid[2] % 4:
-    parser.error("--width must be divisible by --heads, and the grid's h and w by the 4x4 window.")
+  if args.width % args.heads or args.window < 1 or args.grid[1] % args.window or args.grid[2] % args.window:
+    parser.error("--width must be divisible by --heads, and the grid's h and w by --window.")
   return args
 
 
@@ -67,7 +71,7 @@ def _model(args: argparse.Namespace, latent: str) -> nn.Module:
   shared = dict(hidden_size=args.width, depth=args.depth, num_heads=args.heads, adaln_rank=min(64, args.width),
                 conditioning="class", num_classes=NUM_CLASSES, self_condition=True)
   if latent == "volumetric":
-    return WALT(input_shape=args.grid + (args.channels,), patch_size=1, window=(4, 4), **shared)
+    return WALT(input_shape=args.grid + (args.channels,), patch_size=1, window=(args.window, args.window), **shared)
   shapes = plane_shapes(latent, args.grid, time_split=1)
   layout = LatentLayout.from_shapes({name: rc + (args.channels,) for name, rc in shapes.items()})
   return PlaneWALT(planes=layout.arrays, **shared)
@@ -100,7 +104,7 @@ def _measure(args: argparse.Namespace, latent: str) -> dict[str, float]:
   training = compile_and_time(jax.value_and_grad(train_loss), params, x, repeats=args.repeats)
   return {"tokens": shape[1] if latent != "volumetric" else shape[1] * shape[2] * shape[3],
           "params": sum(p.size for p in jax.tree.leaves(params)), "sample_compile_s": sampling["compile_s"],
-          "sample_s": sampling["median_s"], "train_step_s": training["median_s"]}
+          "sample_s": sampling["median_s"], "train_step_s": training["median_s"], "train_flops": training["flops"]}
 
 
 def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -110,6 +114,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     for result in results.values():
       result["sample_speedup"] = base["sample_s"] / result["sample_s"]
       result["train_speedup"] = base["train_step_s"] / result["train_step_s"]
+      result["train_flops_ratio"] = base["train_flops"] / max(result["train_flops"], 1.0)
   return results
 
 
@@ -122,10 +127,11 @@ def main(argv=None) -> dict[str, dict[str, float]]:
         f"device={device.platform}:{device.device_kind}")
   for latent, result in results.items():
     speedups = (f", sampling {result['sample_speedup']:.2f}x and training {result['train_speedup']:.2f}x the "
-                "volumetric speed" if "sample_speedup" in result else "")
+                f"volumetric speed ({result['train_flops_ratio']:.2f}x fewer train FLOPs)"
+                if "sample_speedup" in result else "")
     print(f"{latent:>10}: {result['tokens']} tokens, {result['params']:,} params, compile "
           f"{result['sample_compile_s']:.1f} s, {result['sample_s']:.3f} s per {args.batch} videos, train step "
-          f"{result['train_step_s']:.3f} s{speedups}")
+          f"{result['train_step_s']:.3f} s ({result['train_flops'] / 1e9:.2f} GFLOP){speedups}")
   return results
 
 
