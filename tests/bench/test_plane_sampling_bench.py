@@ -3,6 +3,7 @@ import pytest
 from tokgen_jax.bench import plane_sampling
 
 
+@pytest.mark.slow  # six compilations; keeps the quick loop under 8 minutes
 def test_benchmark_times_all_three_latents_against_the_volumetric_one(capsys):
   results = plane_sampling.main(["--grid", "3,4,4", "--channels", "2", "--width", "16", "--depth", "2", "--heads",
                                  "2", "--batch", "1", "--steps", "2", "--repeats", "1", "--window", "2"])
