@@ -25,10 +25,9 @@ import jax
 import jax.numpy as jnp
 
 from tokgen_jax.errors import ConfigError
-from tokgen_jax.generators.diffusion import dit
-from tokgen_jax.generators.diffusion.dit import CONDITIONINGS, FinalLayer, TimestepEmbedder, _normal, _zeros
+from tokgen_jax.generators.diffusion.dit import FinalLayer, _normal, _zeros
 from tokgen_jax.generators.diffusion.latent_layout import LatentLayout
-from tokgen_jax.generators.diffusion.walt import WALTBlock
+from tokgen_jax.generators.diffusion.walt import WALTBlock, condition_vector, denoiser_inputs, validate_conditioning
 from tokgen_jax.nn.attention import HIDDEN_AXES
 
 Dtype = Any
@@ -81,13 +80,7 @@ class PlaneWALT(nn.Module):
     if self.depth < 1 or self.mlp_ratio <= 0 or self.adaln_rank < 0:
       raise ConfigError(f"{name}: config.model.depth={self.depth} must be >= 1, mlp_ratio={self.mlp_ratio} > 0 and "
                         f"adaln_rank={self.adaln_rank} >= 0.")
-    if self.conditioning not in CONDITIONINGS:
-      raise ConfigError(f"{name}: config.model.conditioning={self.conditioning!r} is not one of {CONDITIONINGS}.")
-    if self.conditioning == "class" and self.num_classes < 1:
-      raise ConfigError(f"{name}: class conditioning needs config.model.num_classes >= 1 (got {self.num_classes}).")
-    if self.conditioning == "text" and (self.text_length < 1 or self.text_dim < 1):
-      raise ConfigError(f"{name}: text conditioning needs config.model.text_length and text_dim >= 1 (got "
-                        f"{self.text_length}, {self.text_dim}); set them to the text encoder's length and width.")
+    validate_conditioning(self, name)
 
   def _check_inputs(self, x: jax.Array, t: jax.Array, self_cond: jax.Array | None) -> None:
     expected = self.input_shape
@@ -130,23 +123,9 @@ class PlaneWALT(nn.Module):
     del train  # no dropout
     self.validate()
     self._check_inputs(x, t, self_cond)
-    batch = x.shape[0]
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    inputs = [x]
-    if self.self_condition:
-      inputs.append(jnp.zeros_like(x) if self_cond is None else self_cond.astype(x.dtype))
-    if self.frame_condition:
-      inputs.append(self._frame_channels(x, frames, frame_mask))
-    h = self._embed(jnp.concatenate(inputs, axis=-1))
-
-    c = TimestepEmbedder(self.hidden_size, name="timestep_embedder", **kw)(t)
-    drop = jnp.zeros((batch,), bool) if unconditional is None else jnp.asarray(unconditional).astype(bool)
-    context = context_mask = None
-    if self.conditioning == "class":
-      c = c + dit.DiT._class_vector(self, cond, drop)  # DiT's helpers read only fields shared here
-    elif self.conditioning == "text":
-      context, context_mask = dit.DiT._text_context(self, cond, drop)
-    c = nn.with_logical_constraint(c, ("batch", "embed"))
+    h = self._embed(denoiser_inputs(self, x, self_cond, frames, frame_mask))
+    c, context, context_mask = condition_vector(self, t, cond, unconditional)
 
     block = nn.remat(WALTBlock) if self.remat else WALTBlock
     for i in range(self.depth):

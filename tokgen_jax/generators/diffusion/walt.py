@@ -257,7 +257,7 @@ class WALT(nn.Module):
     if self.adaln_rank < 0:
       raise ConfigError(f"{name}: config.model.adaln_rank={self.adaln_rank} must be >= 0 (0: DiT's full adaLN, "
                         f"r > 0: AdaLN-LoRA of rank r; W.A.L.T./Cosmos use 256).")
-    self._validate_conditioning(name)
+    validate_conditioning(self, name)
 
   def _validate_window(self, name: str) -> None:
     window = tuple(self.window)
@@ -268,17 +268,6 @@ class WALT(nn.Module):
     if grid[0] % clipped[0] or grid[1] % clipped[1]:
       raise ConfigError(f"{name}: config.model.window={window} must divide the patch grid {grid} (latent h, w over "
                         f"patch_size={self.patch_size}) so windows tile each frame; pick divisors of {grid}.")
-
-  def _validate_conditioning(self, name: str) -> None:
-    if self.conditioning not in CONDITIONINGS:
-      raise ConfigError(f"{name}: config.model.conditioning={self.conditioning!r} is not one of {CONDITIONINGS}.")
-    if self.conditioning == "class" and self.num_classes < 1:
-      raise ConfigError(f"{name}: class conditioning needs config.model.num_classes >= 1 (got {self.num_classes}); "
-                        f"set it to the dataset's class count (101 for UCF-101), or use conditioning='none'.")
-    if self.conditioning == "text" and (self.text_length < 1 or self.text_dim < 1):
-      raise ConfigError(f"{name}: text conditioning needs config.model.text_length >= 1 and config.model.text_dim "
-                        f">= 1 (got {self.text_length}, {self.text_dim}); set them to the text encoder's padded "
-                        f"length and width (384 for all-MiniLM-L6-v2).")
 
   # ------------------------------------------------------------------------------------------------ inputs
 
@@ -332,21 +321,8 @@ class WALT(nn.Module):
     self._check_inputs(x, t, self_cond)
     batch, length = x.shape[:2]
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    inputs = [x]
-    if self.self_condition:
-      inputs.append(jnp.zeros_like(x) if self_cond is None else self_cond.astype(x.dtype))
-    if self.frame_condition:
-      inputs.append(self._frame_channels(x, frames, frame_mask))
-    h = self._embed(jnp.concatenate(inputs, axis=-1))
-
-    c = TimestepEmbedder(self.hidden_size, name="timestep_embedder", **kw)(t)
-    drop = jnp.zeros((batch,), bool) if unconditional is None else jnp.asarray(unconditional).astype(bool)
-    context = context_mask = None
-    if self.conditioning == "class":
-      c = c + dit.DiT._class_vector(self, cond, drop)  # DiT's helpers read only fields WALT shares
-    elif self.conditioning == "text":
-      context, context_mask = dit.DiT._text_context(self, cond, drop)
-    c = nn.with_logical_constraint(c, ("batch", "embed"))
+    h = self._embed(denoiser_inputs(self, x, self_cond, frames, frame_mask))
+    c, context, context_mask = condition_vector(self, t, cond, unconditional)
 
     grid = (length,) + self.grid[1:]
     block = nn.remat(WALTBlock) if self.remat else WALTBlock
@@ -357,6 +333,47 @@ class WALT(nn.Module):
     out = FinalLayer(p * p * self.out_channels, name="final_layer", **kw)(h, c).astype(jnp.float32)
     out = unpatchify(out.reshape(batch * length, -1, out.shape[-1]), p, *self.input_shape[1:3])
     return out.reshape((batch, length) + out.shape[1:])
+
+
+def denoiser_inputs(module: nn.Module, x: jax.Array, self_cond: jax.Array | None, frames: jax.Array | None,
+                    frame_mask: jax.Array | None) -> jax.Array:
+  """x channel-concatenated with the self-conditioning estimate (zeros when None) and, with `frame_condition`,
+  the module's `_frame_channels` (W.A.L.T. §3.3-3.4)."""
+  inputs = [x]
+  if module.self_condition:
+    inputs.append(jnp.zeros_like(x) if self_cond is None else self_cond.astype(x.dtype))
+  if module.frame_condition:
+    inputs.append(module._frame_channels(x, frames, frame_mask))
+  return jnp.concatenate(inputs, axis=-1)
+
+
+def condition_vector(module: nn.Module, t: jax.Array, cond: dict[str, jax.Array], unconditional: jax.Array | None
+                     ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+  """(c `[B, D]`, text context, its mask) of a W.A.L.T.-style denoiser, built inside its compact `__call__`:
+  DiT's timestep embedding plus a class row, or PixArt-α text states (null rows where `unconditional`)."""
+  kw = dict(dtype=module.dtype, param_dtype=module.param_dtype)
+  c = TimestepEmbedder(module.hidden_size, name="timestep_embedder", **kw)(t)
+  drop = jnp.zeros((t.shape[0],), bool) if unconditional is None else jnp.asarray(unconditional).astype(bool)
+  context = context_mask = None
+  if module.conditioning == "class":
+    c = c + dit.DiT._class_vector(module, cond, drop)  # DiT's helpers read only fields the denoisers share
+  elif module.conditioning == "text":
+    context, context_mask = dit.DiT._text_context(module, cond, drop)
+  return nn.with_logical_constraint(c, ("batch", "embed")), context, context_mask
+
+
+def validate_conditioning(module: nn.Module, name: str) -> None:
+  """The conditioning fields of a W.A.L.T.-style denoiser (`conditioning`, `num_classes`, `text_length`,
+  `text_dim`) agree with each other."""
+  if module.conditioning not in CONDITIONINGS:
+    raise ConfigError(f"{name}: config.model.conditioning={module.conditioning!r} is not one of {CONDITIONINGS}.")
+  if module.conditioning == "class" and module.num_classes < 1:
+    raise ConfigError(f"{name}: class conditioning needs config.model.num_classes >= 1 (got {module.num_classes}); "
+                      f"set it to the dataset's class count (101 for UCF-101), or use conditioning='none'.")
+  if module.conditioning == "text" and (module.text_length < 1 or module.text_dim < 1):
+    raise ConfigError(f"{name}: text conditioning needs config.model.text_length >= 1 and config.model.text_dim "
+                      f">= 1 (got {module.text_length}, {module.text_dim}); set them to the text encoder's padded "
+                      f"length and width (384 for all-MiniLM-L6-v2).")
 
 
 def count_parameters(model: WALT) -> int:
