@@ -1,4 +1,4 @@
-"""Diffusion presets: the DiT and W.A.L.T. models (`config.model` of the diffusion task), the training process
+"""Diffusion presets: the DiT, W.A.L.T. and plane W.A.L.T. models (`config.model` of the diffusion task), the training process
 (`config.diffusion`), and the sampling settings of `--mode=sample` and of the eval protocols.
 
 DiT sizes (Peebles & Xie 2023, Table 1): S/B/L/XL are depth 12/12/24/28, width 384/768/1024/1152, heads
@@ -46,6 +46,23 @@ def walt(size: str = "local", patch_size: int = 2, window: tuple[int, int] = (4,
   config = ml_collections.ConfigDict(dict(
       name="walt", patch_size=patch_size, mlp_ratio=4.0, window=tuple(window), adaln_rank=256, qk_norm=False,
       conditioning=conditioning, num_classes=num_classes if conditioning == "class" else 0,
+      text_length=text_length if conditioning == "text" else 0, text_dim=text_dim if conditioning == "text" else 0,
+      learn_sigma=False, self_condition=True, frame_condition=frame_condition, remat=False, dtype="float32",
+      **WALT_SIZES[size]))
+  config.update(overrides)
+  return config
+
+
+def plane_walt(size: str = "local", conditioning: str = "text", num_classes: int = 0, text_length: int = 0,
+               text_dim: int = 0, frame_condition: bool = False, **overrides) -> ml_collections.ConfigDict:
+  """A `PlaneWALT` config: W.A.L.T.'s blocks and sizes over the packed tokens of factorized latent planes (seed
+  000), alternating attention within each plane and across all of them; patch 1, so one token per plane
+  position. The planes come from the tokenizer, not the config."""
+  if size not in WALT_SIZES:
+    raise ConfigError(f"W.A.L.T. size {size!r} is not a preset; choose one of {sorted(WALT_SIZES)}.")
+  config = ml_collections.ConfigDict(dict(
+      name="plane_walt", mlp_ratio=4.0, adaln_rank=256, qk_norm=False, conditioning=conditioning,
+      num_classes=num_classes if conditioning == "class" else 0,
       text_length=text_length if conditioning == "text" else 0, text_dim=text_dim if conditioning == "text" else 0,
       learn_sigma=False, self_condition=True, frame_condition=frame_condition, remat=False, dtype="float32",
       **WALT_SIZES[size]))

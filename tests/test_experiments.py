@@ -87,7 +87,20 @@ def test_dit_protocols_are_its_published_settings():
 def test_fourplane_paper_size_latents(factorization, positions, planes):
   """Seed 000: 17×128² clips → a 5×16×16 latent; four-plane keeps 672 positions of volumetric's 1280."""
   from tokgen_jax import tasks  # pylint: disable=import-outside-toplevel
-  described = tasks.build(load_experiment(f"experiments/fourplane_video.py:k600,factorization={factorization}"
+  described = tasks.build(load_experiment(f"experiments/fourplane_video.py:k600,tokenizer,factorization={factorization}"
                                           )).describe()
   assert described["latent_positions"] == positions and described["latent_grid"] == [5, 16, 16]
   assert {name: spec["shape"] for name, spec in described["latents"].items()} == planes
+
+
+@pytest.mark.parametrize("factorization, tokens", [("four_plane", 672), ("tri_plane", 416), ("volumetric", 1280)])
+def test_fourplane_paper_size_generators_read_the_seeds_token_counts(factorization, tokens, tmp_path):
+  """Seed 000: the 214M generator reads 672 plane tokens instead of volumetric's 1280 (patch 1), same width and
+  depth for every latent."""
+  run = run_lib.setup(load_experiment(f"experiments/fourplane_video.py:k600,factorization={factorization}"),
+                      str(tmp_path))
+  described = run.task.describe()
+  params = run_lib.count_params(run.abstract_state)
+  print(f"\nfourplane_video {factorization}: {described['sequence_length']} tokens, {params:,} parameters")
+  assert described["sequence_length"] == tokens
+  assert 200e6 < params < 230e6

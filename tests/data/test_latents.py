@@ -136,8 +136,24 @@ def test_scale_factor_and_channel_moments_cover_every_part(tmp_path):
   channel_mean, channel_std = source.channel_moments("latents")
   np.testing.assert_allclose(channel_mean, latents.astype(np.float64).mean((0, 1, 2)), rtol=1e-9)
   np.testing.assert_allclose(channel_std, latents.astype(np.float64).std((0, 1, 2)), rtol=1e-9)
-  with pytest.raises(ConfigError, match="no moments of 'label'.*Encode the split again"):
+  with pytest.raises(ConfigError, match=r"no moments of \['label'\].*Encode the split again"):
     source.moments("label")
+
+
+def test_planes_pool_their_moments_into_one_normalization(tmp_path):
+  """A factorized tokenizer's planes (different grids, same channels) share one per-channel mean and std."""
+  rng = np.random.default_rng(2)
+  planes = {"latents_xy": 1.0 + rng.normal(size=(6, 4, 4, 3)), "latents_tw": -2.0 + 3 * rng.normal(size=(6, 5, 4, 3))}
+  with store.LatentShardWriter(tmp_path, "train", shard_size=4) as writer:
+    writer.add({name: value.astype(np.float32) for name, value in planes.items()})
+  source = store.LatentSource(tmp_path, "train")
+  values = np.concatenate([v.astype(np.float32).astype(np.float64).reshape(-1, 3) for v in planes.values()])
+  mean, std = source.channel_moments(["latents_tw", "latents_xy"])
+  np.testing.assert_allclose(mean, values.mean(0), rtol=1e-9)
+  np.testing.assert_allclose(std, values.std(0), rtol=1e-9)
+  np.testing.assert_allclose(source.scale_factor(["latents_tw", "latents_xy"]), 1.0 / values.std(), rtol=1e-9)
+  with pytest.raises(ConfigError, match=r"no moments of \['latents_th'\]"):
+    source.channel_moments(["latents_th", "latents_xy"])
 
 
 def test_parts_of_two_processes_read_as_the_dataset_in_order(root):

@@ -1,6 +1,8 @@
 """The diffusion task: training lowers the loss, the loss is the closed-form MSE at init (zero output), eval buckets,
 condition dropout, self-conditioning, min-SNR weights, the sampler through the task, and config errors."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -225,3 +227,96 @@ def test_prediction_psnr_scores_only_the_predicted_frames():
 def test_given_frames_cannot_be_all_frames():
   with pytest.raises(ConfigError, match=r"config.diffusion.max_given_frames=3 must lie in \[0, 3\)"):
     _walt_task(max_given_frames=3)
+
+
+# ------------------------------------------------------------------------------------ factorized latent planes
+
+PLANE_GRID = (3, 4, 4)  # latent frames, rows, cols of a four-plane tokenizer with the causal first frame alone
+
+
+def _plane_task(max_given_frames=1) -> DiffusionTask:
+  from tokgen_jax.generators.diffusion.latent_layout import LatentLayout  # pylint: disable=g-import-not-at-top
+  from tokgen_jax.generators.diffusion.plane_walt import PlaneWALT  # pylint: disable=g-import-not-at-top
+  from tokgen_jax.tokenizers import factorized  # pylint: disable=g-import-not-at-top
+  shapes = {f"latents_{name}": shape + (2,)
+            for name, shape in factorized.plane_shapes("four_plane", PLANE_GRID, 1).items()}
+  spans = {f"latents_{name}": value
+           for name, value in factorized.plane_frame_spans("four_plane", PLANE_GRID, 1).items()}
+  layout = LatentLayout.from_shapes(shapes)
+  model = PlaneWALT(planes=layout.arrays, hidden_size=32, depth=2, num_heads=4, adaln_rank=8, conditioning="class",
+                    num_classes=4, frame_condition=True)
+  return DiffusionTask(model=model, optimizer=optax.adam(3e-3), learning_rate=optax.constant_schedule(3e-3),
+                       latent_shape=layout.packed_shape, prediction="v", max_given_frames=max_given_frames,
+                       layout=layout, frame_spans=layout.pack_per_position(spans))
+
+
+def _plane_batch(task: DiffusionTask, size: int = 8) -> dict:
+  rng = np.random.default_rng(3)
+  labels = np.arange(size) % 4
+  patterns = {name: rng.normal(size=(4,) + shape).astype(np.float32) for name, shape in task.layout.arrays}
+  return {**{name: jnp.asarray(value[labels]) for name, value in patterns.items()},
+          "label": jnp.asarray(labels, jnp.int32)}
+
+
+@pytest.fixture(scope="module")
+def plane_model():
+  task = _plane_task()
+  batch = _plane_batch(task)
+  return task, batch, nn.unbox(task.init(jax.random.key(0), batch))
+
+
+def test_a_plane_task_reads_the_tokenizers_planes_as_one_sequence(plane_model):
+  task, batch, _ = plane_model
+  assert task.latent_shape == (16 + 16 + 12 + 12, 2) and task.latent_frames == 3
+  assert set(task.example_batch()) == set(task.layout.names) | {"label"}
+  host = {name: np.asarray(value) for name, value in batch.items()}
+  packed = task.example_latents([{name: value[i] for name, value in host.items()} for i in range(8)])
+  assert packed.shape == (8,) + task.latent_shape
+  for name, value in task.latent_arrays(packed).items():  # what the tokenizer decodes: its own planes back
+    np.testing.assert_array_equal(value, host[name])
+  assert set(task.describe()["latents"]) == set(task.layout.names)
+
+
+def test_frame_prediction_over_planes_keeps_the_tokens_of_the_given_frame(plane_model):
+  """With the first latent frame given: all of xy0 and row 0 of tw and th come back as given; xy1 and the other
+  rows are drawn, and what the caller passes there never reaches the model."""
+  task, batch, state = plane_model
+  given = task.example_latents([{name: np.asarray(batch[name][i]) for name in task.layout.names}
+                                for i in range(2)])
+  conditions = {"label": np.asarray([0, 1], np.int32), "frames": given,
+                "frame_mask": np.asarray([[1, 0, 0], [1, 0, 0]], np.float32)}
+  settings = task.sample_settings(_sample_config(method="ddim", num_steps=3))
+  drawn = task.latent_arrays(task.draw(state, conditions, settings, 0, 2))
+  planes = task.latent_arrays(given)
+  np.testing.assert_allclose(drawn["latents_xy0"], planes["latents_xy0"], rtol=1e-5, atol=1e-5)
+  for name in ("latents_tw", "latents_th"):
+    np.testing.assert_allclose(drawn[name][:, 0], planes[name][:, 0], rtol=1e-5, atol=1e-5)
+    assert np.abs(drawn[name][:, 1:] - planes[name][:, 1:]).max() > 1e-3
+  assert np.abs(drawn["latents_xy1"] - planes["latents_xy1"]).max() > 1e-3
+  token_mask = np.asarray(task.model_frame_mask(conditions["frame_mask"]))
+  garbage = np.where(token_mask[..., None] > 0, given, 5 * np.random.default_rng(4).normal(size=given.shape))
+  again = task.draw(state, conditions | {"frames": garbage.astype(np.float32)}, settings, 0, 2)
+  np.testing.assert_array_equal(again, task.pack_latents(drawn))
+
+
+@pytest.mark.slow
+def test_a_plane_model_trains_with_given_frames(plane_model):
+  task, batch, state = plane_model
+  step, evaluate = jax.jit(task.train_step), jax.jit(task.eval_step)
+  before = float(evaluate(state, batch)["loss"].mean())
+  for _ in range(100):
+    state, metrics = step(state, batch)
+    assert np.isfinite(float(metrics["loss"]))
+  assert float(evaluate(state, batch)["loss"].mean()) < 0.8 * before
+
+
+def test_plane_latents_need_a_plane_model_and_a_plane_model_needs_frames_to_predict():
+  from tokgen_jax.configs import diffusion as diffusion_configs  # pylint: disable=g-import-not-at-top
+  from tokgen_jax.tasks.diffusion import latent_geometry  # pylint: disable=g-import-not-at-top
+  planes = {"latents_xy": (4, 4, 2), "latents_tw": (3, 4, 2), "latents_th": (3, 4, 2)}
+  with pytest.raises(ConfigError, match="denoises one latent array.*use config.model.name='plane_walt'"):
+    latent_geometry(diffusion_configs.walt("local"), planes, None)
+  shape, layout, spans = latent_geometry(diffusion_configs.plane_walt("local"), planes, None)
+  assert shape == (40, 2) and layout.names == ("latents_th", "latents_tw", "latents_xy") and spans is None
+  with pytest.raises(ConfigError, match="frame_condition=True over latent planes needs a video tokenizer"):
+    dataclasses.replace(_plane_task(), frame_spans=None)

@@ -383,36 +383,44 @@ class LatentSource:
   def description(self) -> str:
     return f"latent split {self.split_dir}"
 
-  def _moment_sums(self, name: str) -> tuple[float, np.ndarray, np.ndarray]:
-    stored = [part.get("moments", {}).get(name) for part in self._parts]
-    if any(entry is None for entry in stored):
-      raise ConfigError(f"{self.split_dir}: no moments of '{name}' in its metadata (written by an older version, or "
-                        f"'{name}' is not a float array: {sorted(self.specs)}). Encode the split again.")
-    return (sum(entry["count"] for entry in stored), sum(np.asarray(entry["sum"]) for entry in stored),
-            sum(np.asarray(entry["sum_squares"]) for entry in stored))
+  def _moment_sums(self, names: str | Sequence[str]) -> tuple[float, np.ndarray, np.ndarray]:
+    """(rows, per-channel sums, sums of squares) of the float arrays `names`, pooled over them and all parts (a
+    factorized tokenizer's planes share one normalization)."""
+    names = (names,) if isinstance(names, str) else tuple(names)
+    stored = [(name, part.get("moments", {}).get(name)) for name in names for part in self._parts]
+    missing = sorted({name for name, entry in stored if entry is None})
+    if missing:
+      raise ConfigError(f"{self.split_dir}: no moments of {missing} in its metadata (written by an older version, "
+                        f"or not float arrays: {sorted(self.specs)}). Encode the split again.")
+    entries = [entry for _, entry in stored]
+    if len({np.asarray(entry["sum"]).shape for entry in entries}) != 1:
+      raise ConfigError(f"{self.split_dir}: the arrays {list(names)} have different channel counts, so they "
+                        "cannot share one latent normalization.")
+    return (sum(entry["count"] for entry in entries), sum(np.asarray(entry["sum"]) for entry in entries),
+            sum(np.asarray(entry["sum_squares"]) for entry in entries))
 
-  def channel_moments(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) `[C]` of each channel (last axis) of the float array `name` over the split, all parts."""
-    count, total, squares = self._moment_sums(name)
+  def channel_moments(self, names: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) `[C]` of each channel (last axis) of the float array(s) `names` over the split, all parts."""
+    count, total, squares = self._moment_sums(names)
     if total.ndim != 1:
-      raise ConfigError(f"{self.split_dir}: the metadata holds one moment of '{name}' for all channels (written by "
+      raise ConfigError(f"{self.split_dir}: the metadata holds one moment of {names} for all channels (written by "
                         "an older version); encode the split again for per-channel moments.")
     mean = total / count
     return mean, np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
 
-  def moments(self, name: str) -> tuple[float, float]:
-    """(mean, std) over every value of the float array `name` in the split, all parts together."""
-    count, total, squares = self._moment_sums(name)
+  def moments(self, names: str | Sequence[str]) -> tuple[float, float]:
+    """(mean, std) over every value of the float array(s) `names` in the split, all parts together."""
+    count, total, squares = self._moment_sums(names)
     mean = float(total.sum()) / (count * total.size)
     variance = max(float(squares.sum()) / (count * total.size) - mean * mean, 0.0)
     return mean, float(np.sqrt(variance))
 
-  def scale_factor(self, name: str = "latents") -> float:
-    """1 / std of `name` over the split: LDM's latent scale factor (0.18215 for its f8 KL autoencoder), which
+  def scale_factor(self, names: str | Sequence[str] = "latents") -> float:
+    """1 / std of `names` over the split: LDM's latent scale factor (0.18215 for its f8 KL autoencoder), which
     brings the latents to unit variance before diffusion."""
-    _, std = self.moments(name)
+    _, std = self.moments(names)
     if not std > 0:
-      raise ConfigError(f"{self.split_dir}: '{name}' has zero variance; its tokenizer encodes every example alike. "
+      raise ConfigError(f"{self.split_dir}: {names} have zero variance; its tokenizer encodes every example alike. "
                         "Check the tokenizer checkpoint.")
     return 1.0 / std
 

@@ -1,6 +1,8 @@
 """Diffusion task: a denoiser (DiT, or W.A.L.T. for video) learns the continuous latents a frozen KL tokenizer wrote (`--mode=encode`).
 
-Batches: `latents` float `[B, *latent_shape]` (the tokenizer's units), plus the condition: `label` `[B]` (class),
+Batches: `latents` float `[B, *latent_shape]` (the tokenizer's units) or, for a plane model (`plane_walt`) over
+a factorized tokenizer, its named planes (`latents_xy0`, `latents_tw`, ...) which the task packs into one token
+sequence `[B, N, c]` (`LatentLayout`) and unpacks before the tokenizer decodes them; plus the condition: `label` `[B]` (class),
 or `text` `[B, L, D]` and `text_mask` `[B, L]` (padded or cut to the model's `text_length`), or nothing.
 
 Training (source 001 algorithm 1; NUMERICS "Diffusion"): x0 = (latents − `latent_shift`) · `latent_scale` (LDM:
@@ -13,7 +15,11 @@ also outputs the variance interpolation and the loss adds improved DDPM's VLB te
 self-condition for a `self_condition_rate` share of examples and is trained on that (stop-gradient) estimate.
 A frame-conditioned model (W.A.L.T.'s frame prediction) sees the first k ~ U{0..max_given_frames} latent frames
 of each clip as given (`frames`, `frame_mask`) and learns only the others; at sampling the given frames come back
-unchanged, which poses frame prediction and image-to-video (k = 1) as one problem.
+unchanged, which poses frame prediction and image-to-video (k = 1) as one problem. Over planes the given frames
+fix the tokens that read only given frames (`given_token_mask` of the tokenizer's `latent_frame_spans`): with the
+first frame given, four-plane's first spatial plane and the first row of each spatiotemporal plane; tri-plane's
+spatial plane reads every frame, so a given frame fixes only those rows (seed 000: frame prediction is what
+four-plane supports and tri-plane does not).
 
 Eval: the held-out loss at `eval_buckets` evenly spaced timesteps (`loss_t<t>`, fixed noise, real conditions) and
 their mean; then the shared sample pass (`second_stage.SampleEvaluation`): samples of the first eval conditions
@@ -39,6 +45,8 @@ from tokgen_jax.data import latents as latent_data
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.generators.diffusion import gaussian, samplers
 from tokgen_jax.generators.diffusion.dit import DiT
+from tokgen_jax.generators.diffusion.latent_layout import LatentLayout, given_token_mask
+from tokgen_jax.generators.diffusion.plane_walt import PlaneWALT
 from tokgen_jax.generators.diffusion.walt import WALT
 from tokgen_jax.generators.diffusion.schedule import NoiseSchedule, make_schedule
 from tokgen_jax.tasks import autoencoder, second_stage
@@ -46,15 +54,17 @@ from tokgen_jax.tasks.base import RunContext, Task, TrainState, evaluation_param
 from tokgen_jax.tasks.optimizers import learning_rate_schedule, make_optimizer
 
 GROUP = "diffusion"
-FRAME_KEYS = ("frames", "frame_mask")  # given latent frames [B, T, h, w, c] (scaled) and which are given [B, T]
+FRAME_KEYS = ("frames", "frame_mask")  # given latents (scaled, zero elsewhere) and the model's mask of them
 LOSS_WEIGHTINGS = ("none", "min_snr")
-MODELS = {"dit": DiT, "walt": WALT}
+MODELS = {"dit": DiT, "walt": WALT, "plane_walt": PlaneWALT}
 
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionTask(second_stage.SecondStage, Task):
-  """`latent_shape`: one example's latents without batch. `schedule_name`, `num_train_steps`,
-  `zero_terminal_snr` make the `NoiseSchedule`; the other fields are `config.diffusion`'s (see the module doc)."""
+  """`latent_shape`: one example's latents without batch (packed `(N, c)` with a `layout`). `layout`: the named
+  arrays a plane model reads as one sequence, with `frame_spans` `[N, 2]` the latent frames each token reads.
+  `schedule_name`, `num_train_steps`, `zero_terminal_snr` make the `NoiseSchedule`; the other fields are
+  `config.diffusion`'s (see the module doc)."""
 
   model: Any
   optimizer: optax.GradientTransformation
@@ -75,6 +85,8 @@ class DiffusionTask(second_stage.SecondStage, Task):
   eval_buckets: int = 4
   ema_decay: float = 0.0
   eval_ema: bool = True
+  layout: LatentLayout | None = None
+  frame_spans: np.ndarray | None = dataclasses.field(default=None, hash=False, compare=False)
   tokenizer: Any = dataclasses.field(default=None, hash=False, compare=False)
   _loaded: dict = dataclasses.field(default_factory=dict, hash=False, compare=False, repr=False)
 
@@ -88,9 +100,12 @@ class DiffusionTask(second_stage.SecondStage, Task):
     if not 0.0 <= self.cond_dropout_rate < 1.0 or not 0.0 <= self.self_condition_rate <= 1.0:
       raise ConfigError(f"config.diffusion.cond_dropout_rate={self.cond_dropout_rate} must lie in [0, 1) and "
                         f"self_condition_rate={self.self_condition_rate} in [0, 1].")
-    if self.frame_conditioned and not 0 <= self.max_given_frames < self.latent_shape[0]:
+    if self.frame_conditioned and self.layout is not None and self.frame_spans is None:
+      raise ConfigError("config.model.frame_condition=True over latent planes needs a video tokenizer (the planes' "
+                        "latent frame spans); set frame_condition=False for images.")
+    if self.frame_conditioned and not 0 <= self.max_given_frames < self.latent_frames:
       raise ConfigError(f"config.diffusion.max_given_frames={self.max_given_frames} must lie in [0, "
-                        f"{self.latent_shape[0]}) (fewer than the {self.latent_shape[0]} latent frames; W.A.L.T. "
+                        f"{self.latent_frames}) (fewer than the {self.latent_frames} latent frames; W.A.L.T. "
                         "gives up to 2).")
     if self.eval_buckets < 1:
       raise ConfigError(f"config.diffusion.eval_buckets={self.eval_buckets} must be at least 1.")
@@ -121,11 +136,37 @@ class DiffusionTask(second_stage.SecondStage, Task):
   def frame_conditioned(self) -> bool:
     return bool(getattr(self.model, "frame_condition", False))
 
-  def given_frames(self, x0: jax.Array, count: jax.Array) -> dict[str, jax.Array]:
-    """The first `count[b]` latent frames of each example as the model's frame condition: `frames` (zeros past
-    them) and `frame_mask` float `[B, T]`."""
-    mask = (jnp.arange(x0.shape[1])[None] < count[:, None]).astype(jnp.float32)
-    return {"frames": _zero_past_mask(x0, mask), "frame_mask": mask}
+  @property
+  def latent_frames(self) -> int:
+    """Latent frames of a video tokenizer (what `frame_mask` `[B, T]` counts); 0 for image planes."""
+    if self.layout is None:
+      return self.latent_shape[0]
+    return 0 if self.frame_spans is None else int(np.max(self.frame_spans[:, 1]))
+
+  def latent_arrays(self, drawn: Any) -> dict[str, Any]:
+    return self.layout.unpack(drawn) if self.layout is not None else {self.latent_key: drawn}
+
+  def pack_latents(self, arrays: dict[str, Any]) -> Any:
+    """The tokenizer's named latents (a batch or the stored arrays) as the one array the model reads."""
+    if self.layout is None:
+      return arrays[self.latent_key]
+    return self.layout.pack({name: arrays[name] for name in self.layout.names})
+
+  def example_latents(self, examples) -> np.ndarray:
+    names = self.layout.names if self.layout is not None else (self.latent_key,)
+    return self.pack_latents({name: np.stack([e[name] for e in examples]) for name in names})
+
+  def model_frame_mask(self, frame_mask: jax.Array) -> jax.Array:
+    """Given latent frames `[B, T]` as the model sees them: per frame for a volume, per token `[B, N]` over planes
+    (a token is given when every frame it reads is)."""
+    frame_mask = jnp.asarray(frame_mask, jnp.float32)
+    return frame_mask if self.layout is None else given_token_mask(self.frame_spans, frame_mask)
+
+  def given_frames(self, x0: jax.Array, frame_mask: jax.Array) -> dict[str, jax.Array]:
+    """The model's frame condition for given latent frames `frame_mask` `[B, T]`: `frames` (x0 where given, zero
+    elsewhere) and the model's `frame_mask`."""
+    mask = self.model_frame_mask(frame_mask)
+    return {"frames": x0 * _broadcast_mask(mask, x0.ndim), "frame_mask": mask}
 
   @property
   def eval_timesteps(self) -> np.ndarray:
@@ -145,7 +186,8 @@ class DiffusionTask(second_stage.SecondStage, Task):
     return second_stage.condition_of(batch, self.model.conditioning, self.model.text_length)
 
   def example_batch(self) -> dict[str, jax.Array]:
-    return {self.latent_key: jnp.zeros((1,) + tuple(self.latent_shape), jnp.float32),
+    arrays = self.layout.arrays if self.layout is not None else ((self.latent_key, self.latent_shape),)
+    return {**{name: jnp.zeros((1,) + tuple(shape), jnp.float32) for name, shape in arrays},
             **second_stage.example_conditions(self.model.conditioning, self.model.text_length, self.model.text_dim)}
 
   # ------------------------------------------------------------------------------------------------ model
@@ -170,7 +212,7 @@ class DiffusionTask(second_stage.SecondStage, Task):
 
   def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
     model_rng, state_rng = jax.random.split(rng)
-    x = batch[self.latent_key]
+    x = self.pack_latents(batch)
     t = jnp.zeros((x.shape[0],), jnp.int32)
     variables = self.model.init({"params": model_rng, "dropout": model_rng}, x, t, self.condition(batch),
                                 unconditional=jnp.zeros((x.shape[0],), bool), self_cond=jnp.zeros_like(x))
@@ -197,7 +239,7 @@ class DiffusionTask(second_stage.SecondStage, Task):
     return gaussian.vlb_terms(self.schedule, x0, x_t, t, mean, log_variance) * (self.num_train_steps / 1000.0)
 
   def _loss(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array):
-    x0 = self.normalize(batch[self.latent_key])
+    x0 = self.normalize(self.pack_latents(batch))
     size = x0.shape[0]
     t_rng, noise_rng, drop_rng, self_rng, use_rng, dropout_rng, frames_rng = jax.random.split(rng, 7)
     t = jax.random.randint(t_rng, (size,), 0, self.num_train_steps)
@@ -208,8 +250,9 @@ class DiffusionTask(second_stage.SecondStage, Task):
                      else jnp.zeros((size,), bool))
     weights = jnp.ones(x0.shape, jnp.float32)
     if self.frame_conditioned:  # W.A.L.T.: the first k ~ U{0..max} latent frames given; only the rest are learned
-      cond |= self.given_frames(x0, jax.random.randint(frames_rng, (size,), 0, self.max_given_frames + 1))
-      weights = jnp.broadcast_to((1.0 - cond["frame_mask"]).reshape(size, -1, *(1,) * (x0.ndim - 2)), x0.shape)
+      count = jax.random.randint(frames_rng, (size,), 0, self.max_given_frames + 1)
+      cond |= self.given_frames(x0, jnp.arange(self.latent_frames)[None] < count[:, None])
+      weights = jnp.broadcast_to(1.0 - _broadcast_mask(cond["frame_mask"], x0.ndim), x0.shape)
     self_cond = jnp.zeros_like(x0)
     if self.model.self_condition:
       first, _ = self._apply(params, x_t, t, cond, unconditional, self_cond, train=True, rng=self_rng)
@@ -242,7 +285,7 @@ class DiffusionTask(second_stage.SecondStage, Task):
   def eval_step(self, state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """Per example: the unweighted MSE to the target at each eval timestep (`loss_t<t>`, noise fixed per row of
     the batch so every evaluation draws the same), with the real condition, and their mean `loss`."""
-    x0 = self.normalize(batch[self.latent_key])
+    x0 = self.normalize(self.pack_latents(batch))
     size, cond, params = x0.shape[0], self.condition(batch), self.eval_params(state)
     outputs = {}
     for bucket, timestep in enumerate(self.eval_timesteps):
@@ -259,9 +302,8 @@ class DiffusionTask(second_stage.SecondStage, Task):
              settings: samplers.DiffusionSampling, batch_size: int | None = None) -> jax.Array:
     """Latents `[B, *latent_shape]` in the tokenizer's units, drawn from N(0, I) noise (jit the caller)."""
     cond = self.condition(conditions) if conditions else {}
-    if self.frame_conditioned and "frames" in conditions:  # given in the tokenizer's units; zeros past them
-      mask = conditions["frame_mask"].astype(jnp.float32)
-      cond |= {"frames": _zero_past_mask(self.normalize(conditions["frames"]), mask), "frame_mask": mask}
+    if self.frame_conditioned and "frames" in conditions:  # given in the tokenizer's units
+      cond |= self.given_frames(self.normalize(conditions["frames"]), conditions["frame_mask"])
     size = batch_size or (next(iter(cond.values())).shape[0] if cond else 1)
     params = self.eval_params(state)
 
@@ -273,8 +315,7 @@ class DiffusionTask(second_stage.SecondStage, Task):
     x_T = jax.random.normal(noise_rng, (size,) + tuple(self.latent_shape), jnp.float32)
     x0 = samplers.sample(model_fn, self.schedule, x_T, loop_rng, settings)
     if "frame_mask" in cond:  # the given frames are returned as given
-      given = cond["frame_mask"].reshape(size, -1, *(1,) * (x0.ndim - 2)) > 0
-      x0 = jnp.where(given, cond["frames"], x0)
+      x0 = jnp.where(_broadcast_mask(cond["frame_mask"], x0.ndim) > 0, cond["frames"], x0)
     return self.denormalize(x0)
 
   # ------------------------------------------------------------------------------------------- protocol
@@ -283,7 +324,7 @@ class DiffusionTask(second_stage.SecondStage, Task):
     conditions = {key: value for key, value in self.example_batch().items() if key != self.latent_key}
     if self.frame_conditioned:
       conditions |= {"frames": jnp.zeros((1,) + tuple(self.latent_shape), jnp.float32),
-                     "frame_mask": jnp.zeros((1, self.latent_shape[0]), jnp.float32)}
+                     "frame_mask": jnp.zeros((1, self.latent_frames), jnp.float32)}
     return conditions
 
   def sample_settings(self, sample_config: Any, guided: bool = True) -> samplers.DiffusionSampling:
@@ -321,12 +362,12 @@ class DiffusionTask(second_stage.SecondStage, Task):
 
   def first_frames_mask(self, rows: int, given: int) -> np.ndarray:
     """`frame_mask` `[rows, T]` with the first `given` latent frames given."""
-    return (np.arange(self.latent_shape[0])[None] < np.full((rows, 1), given)).astype(np.float32)
+    return (np.arange(self.latent_frames)[None] < np.full((rows, 1), given)).astype(np.float32)
 
   def check_given_frames(self, given: int, where: str) -> None:
-    if not 1 <= given < self.latent_shape[0]:
-      raise ConfigError(f"{where}={given}: give between 1 and {self.latent_shape[0] - 1} of the "
-                        f"{self.latent_shape[0]} latent frames.")
+    if not 1 <= given < self.latent_frames:
+      raise ConfigError(f"{where}={given}: give between 1 and {self.latent_frames - 1} of the "
+                        f"{self.latent_frames} latent frames.")
 
   def given_pixel_frames(self, run: RunContext, given: int) -> int:
     """Pixel frames behind the first `given` latent frames of the causal tokenizer (the first frame alone, then
@@ -360,19 +401,20 @@ class DiffusionTask(second_stage.SecondStage, Task):
                           f"{list(tokenizer.task.input_shape[1:3])} (config.sample.given_frames).")
       pixels.append(clip[:, :pixel_frames])
     pixels = np.concatenate(pixels * (num_prompts if len(paths) == 1 else 1))
-    latents = np.asarray(tokenizer.encode(pixels)[self.latent_key])
-    frames = np.zeros((num_prompts,) + tuple(self.latent_shape), np.float32)
-    frames[:, :given] = latents[:, :given]
-    mask = self.first_frames_mask(num_prompts, given)
     shown = np.full((num_prompts,) + tuple(tokenizer.task.input_shape), -1.0, np.float32)  # black after them
     shown[:, :pixel_frames] = pixels
-    return {"frames": frames, "frame_mask": mask}, shown
+    # The causal encoder's latents of the given frames read only those frames, so encoding the whole clip with
+    # black after them poses them (volume or planes alike); `sample` keeps only the given positions.
+    frames = np.asarray(self.pack_latents(tokenizer.encode(shown)), np.float32)
+    return {"frames": frames, "frame_mask": self.first_frames_mask(num_prompts, given)}, shown
 
   def evaluator(self, run: RunContext, state: TrainState) -> "DiffusionPass":
     return DiffusionPass(self, run, state)
 
   def describe(self) -> dict[str, Any]:
-    return {"latents": {self.latent_key: {"shape": list(self.latent_shape), "dtype": "float32"}},
+    arrays = self.layout.arrays if self.layout is not None else ((self.latent_key, self.latent_shape),)
+    return {"latents": {name: {"shape": list(shape), "dtype": "float32"} for name, shape in arrays},
+            "sequence_length": int(self.model.num_patches),
             "condition": str(self.model.conditioning), "prediction": self.prediction,
             "schedule": self.schedule_name, "num_train_steps": self.num_train_steps,
             "latent_scale": np.asarray(self.latent_scale).tolist(), "latent_shift": list(self.latent_shift)}
@@ -399,32 +441,37 @@ class DiffusionPass:
     self._samples.write_samples(directory, step)
 
 
-def _zero_past_mask(frames: jax.Array, mask: jax.Array) -> jax.Array:
-  """Latent frames `[B, T, ...]` with those not given (`mask` `[B, T]` 0) zeroed, as the model sees them."""
-  return frames * mask.reshape(mask.shape + (1,) * (frames.ndim - 2))
+def _broadcast_mask(mask: jax.Array, ndim: int) -> jax.Array:
+  """A model's frame mask (`[B, T]` of a volume, `[B, N]` of packed planes) with trailing axes to broadcast
+  against latents of rank `ndim`."""
+  return mask.reshape(mask.shape + (1,) * (ndim - mask.ndim))
 
 
 # ------------------------------------------------------------------------------------------------------- build
 
 
-def tokenizer_latent_shape(tokenizer_config: Any) -> tuple[int, ...]:
-  """One example's continuous latent shape `(h, w, c)` or `(t, h, w, c)` of the tokenizer experiment."""
+def tokenizer_latents(tokenizer_config: Any) -> tuple[dict[str, tuple[int, ...]], dict[str, np.ndarray] | None]:
+  """The continuous latents of the tokenizer experiment, name → one example's shape (`latents` `(h, w, c)` or
+  `(t, h, w, c)`, or a factorized tokenizer's planes), and for video their latent frame spans (else None)."""
   model = autoencoder.build_tokenizer(tokenizer_config.model)
-  specs = model.latent_specs(autoencoder.input_shape(tokenizer_config.data))
-  if tokenizers.LATENTS not in specs:
+  input_shape = autoencoder.input_shape(tokenizer_config.data)
+  specs = model.latent_specs(input_shape)
+  shapes = {name: tuple(spec.shape) for name, spec in specs.items() if not spec.vocab_size}
+  if not shapes:
     raise ConfigError(f"config.tokenizer: the tokenizer's quantizer {tokenizer_config.model.quantizer.name!r} is "
                       f"discrete (it encodes {sorted(specs)}); a diffusion model needs continuous latents: train "
                       "the tokenizer with config.model.quantizer.name='kl'.")
-  return tuple(specs[tokenizers.LATENTS].shape)
+  return shapes, (model.latent_frame_spans(input_shape) if len(input_shape) == 4 else None)
 
 
 NORMALIZATIONS = ("scale", "channel")
 
 
-def _latent_normalization(config: Any, latent_shape: tuple[int, ...]) -> tuple[Any, tuple[float, ...]]:
+def _latent_normalization(config: Any, shapes: dict[str, tuple[int, ...]]) -> tuple[Any, tuple[float, ...]]:
   """(latent_scale, latent_shift) from `config.diffusion.latent_normalization`: "scale" multiplies by
   `latent_scale`, or (0) by LDM's 1 / std of the written train latents; "channel" standardizes each channel by
-  the train split's own mean and std. Before `--mode=encode` has written the shards: (1, ())."""
+  the train split's own mean and std. Planes share one normalization, pooled over all of them. Before
+  `--mode=encode` has written the shards: (1, ())."""
   process = config.diffusion
   kind = str(process.latent_normalization)
   if kind not in NORMALIZATIONS:
@@ -434,38 +481,67 @@ def _latent_normalization(config: Any, latent_shape: tuple[int, ...]) -> tuple[A
   path = str(config.data.path)
   if not path or not (files.as_path(path) / str(config.data.train_split)).exists():
     return 1.0, ()  # nothing encoded yet (--mode=encode runs with this same config)
-  spec = tokenizers.LatentSpec(tuple(latent_shape), "float32", 0)
+  specs = {name: tokenizers.LatentSpec(tuple(shape), "float32", 0) for name, shape in shapes.items()}
   for split in (config.data.train_split, config.data.eval_split):
-    latent_data.check_split_fits(path, str(split), {tokenizers.LATENTS: spec})
+    latent_data.check_split_fits(path, str(split), specs)
   source = latent_data.LatentSource(path, str(config.data.train_split))
+  names = sorted(shapes)
   if kind == "scale":
-    return source.scale_factor(tokenizers.LATENTS), ()
-  mean, std = source.channel_moments(tokenizers.LATENTS)
+    return source.scale_factor(names), ()
+  mean, std = source.channel_moments(names)
   if not np.all(std > 0):
     raise ConfigError(f"{source.split_dir}: a latent channel has zero variance (std {std.tolist()}); use "
                       "config.diffusion.latent_normalization='scale'.")
   return tuple(float(v) for v in 1.0 / std), tuple(float(v) for v in mean)
 
 
-def build_model(model_config: Any, latent_shape: tuple[int, ...]):
+def reads_planes(model_class: type) -> bool:
+  """Whether a denoiser reads named latent arrays as one token sequence (a `planes` field) rather than one
+  latent array of `input_shape`."""
+  return "planes" in {field.name for field in dataclasses.fields(model_class)}
+
+
+def _model_class(model_config: Any) -> type:
+  if model_config.name not in MODELS:
+    raise ConfigError(f"config.model.name={model_config.name!r}: the diffusion task trains {sorted(MODELS)}.")
+  return MODELS[model_config.name]
+
+
+def latent_geometry(model_config: Any, shapes: dict[str, tuple[int, ...]], spans: dict[str, np.ndarray] | None
+                    ) -> tuple[tuple[int, ...], LatentLayout | None, np.ndarray | None]:
+  """(latent_shape, layout, packed frame spans) the model of `config.model` reads from the tokenizer's latents."""
+  if reads_planes(_model_class(model_config)):
+    layout = LatentLayout.from_shapes(shapes)
+    return layout.packed_shape, layout, (layout.pack_per_position(spans) if spans is not None else None)
+  if set(shapes) != {tokenizers.LATENTS}:
+    raise ConfigError(f"config.model.name={model_config.name!r} denoises one latent array, but the tokenizer "
+                      f"encodes the planes {sorted(shapes)}; use config.model.name='plane_walt' for factorized "
+                      "latents.")
+  return shapes[tokenizers.LATENTS], None, None
+
+
+def build_model(model_config: Any, latent_shape: tuple[int, ...], layout: LatentLayout | None = None):
   kwargs = model_config.to_dict()
-  name = kwargs.pop("name")
-  if name not in MODELS:
-    raise ConfigError(f"config.model.name={name!r}: the diffusion task trains {sorted(MODELS)}.")
+  model_class = _model_class(model_config)
+  del kwargs["name"]
   kwargs["dtype"] = jnp.dtype(kwargs.pop("dtype"))
   kwargs = {key: tuple(value) if isinstance(value, list) else value for key, value in kwargs.items()}
-  model = MODELS[name](input_shape=tuple(latent_shape), **kwargs)
+  if reads_planes(model_class):
+    model = model_class(planes=layout.arrays, **kwargs)
+  else:
+    model = model_class(input_shape=tuple(latent_shape), **kwargs)
   model.validate()
   return model
 
 
 def build(config: Any) -> DiffusionTask:
   """`config.task='diffusion'`: a denoiser over the continuous latents of the frozen tokenizer `config.tokenizer`."""
-  latent_shape = tokenizer_latent_shape(config.tokenizer.experiment)
+  shapes, spans = tokenizer_latents(config.tokenizer.experiment)
+  latent_shape, layout, frame_spans = latent_geometry(config.model, shapes, spans)
   process = config.diffusion
-  scale, shift = _latent_normalization(config, latent_shape)
+  scale, shift = _latent_normalization(config, shapes)
   return DiffusionTask(
-      model=build_model(config.model, latent_shape),
+      model=build_model(config.model, latent_shape, layout),
       optimizer=make_optimizer(config.optimizer, config.total_steps),
       learning_rate=learning_rate_schedule(config.optimizer, config.total_steps), latent_shape=latent_shape,
       schedule_name=str(process.schedule), num_train_steps=int(process.num_steps),
@@ -475,4 +551,4 @@ def build(config: Any) -> DiffusionTask:
       max_given_frames=int(process.max_given_frames), loss_weighting=str(process.loss_weighting),
       min_snr_gamma=float(process.min_snr_gamma), vlb_weight=float(process.vlb_weight),
       eval_buckets=int(process.eval_buckets), ema_decay=config.optimizer.ema_decay,
-      eval_ema=bool(config.eval.protocol.use_ema), tokenizer=config.tokenizer)
+      eval_ema=bool(config.eval.protocol.use_ema), layout=layout, frame_spans=frame_spans, tokenizer=config.tokenizer)

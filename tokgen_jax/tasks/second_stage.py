@@ -59,7 +59,15 @@ class SecondStage:
 
   def decode(self, run: RunContext, drawn: np.ndarray) -> np.ndarray:
     """Pixels of latents drawn by `draw` (or read from the shards), through the frozen tokenizer."""
-    return self.frozen_tokenizer(run).decode({self.latent_key: drawn})
+    return self.frozen_tokenizer(run).decode(self.latent_arrays(drawn))
+
+  def latent_arrays(self, drawn: np.ndarray) -> dict[str, np.ndarray]:
+    """The tokenizer's named latents of what the task draws (a task over several arrays unpacks them)."""
+    return {self.latent_key: drawn}
+
+  def example_latents(self, examples: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
+    """Stored examples' latents as the task draws them, stacked into a batch."""
+    return np.stack([e[self.latent_key] for e in examples])
 
   def prompt_conditions(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
     """The condition batch of prompts: captions through the text encoder (as stored by encode: float16), class
@@ -180,12 +188,12 @@ class SampleEvaluation:
     captions = [source.caption(i) for i in range(len(examples))] if source.has_captions else None
     prompts = (captions if task.conditioning == "text" or "label" not in examples[0]
                else [int(e["label"]) for e in examples])
-    reference = task.decode(self._run, np.stack([e[task.latent_key] for e in examples]))
+    latents = task.example_latents(examples)
+    reference = task.decode(self._run, latents)
     scored = prompts is not None and str(config.tokenize.data.source) in example_data.SHAPES_SOURCES
     results = ({f"reference_{k}": v for k, v in shape_metrics.score_prompts(prompts, reference).items()}
                if scored else {})
     self._columns, self._prompts = [reference], prompts or []
-    latents = np.stack([e[task.latent_key] for e in examples])
     for name, sample_set in task.sample_sets(self._run, protocol, cond, latents).items():
       drawn = task.draw(self._state, sample_set.conditions, task.sample_settings(protocol, sample_set.guided),
                         int(protocol.seed), len(examples))

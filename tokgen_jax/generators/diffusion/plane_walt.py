@@ -63,6 +63,11 @@ class PlaneWALT(nn.Module):
     return self.layout.packed_shape
 
   @property
+  def num_patches(self) -> int:
+    """Tokens the transformer reads: one per plane position (the seed's 672 for four planes of 5×16×16)."""
+    return self.layout.num_tokens
+
+  @property
   def out_channels(self) -> int:
     channels = self.layout.channels
     return 2 * channels if self.learn_sigma else channels
