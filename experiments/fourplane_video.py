@@ -13,8 +13,9 @@ latent frames of 8x8, 8 KL channels; four-plane 2·64 + 2·40 = 208 positions, t
    and the recomposition before its decoder; each eval reports PSNR / SSIM of the held-out clips.
 2. `:local` (`--mode=encode` first) trains the generator on the planes the tokenizer wrote: a 'local' plane
    W.A.L.T. (`plane_walt`: 4 blocks of width 128, attention within each plane alternating with attention across
-   all planes) for four- and tri-plane, the same size W.A.L.T. (`walt`, patch 1, 4x4 spatiotemporal windows) for
-   volumetric latents. Both are text-conditioned on the shapes captions with v-prediction, self-conditioning and
+   all planes) for four- and tri-plane, the same size W.A.L.T. (`walt`, patch 1) for volumetric latents, its
+   spatiotemporal windows spanning the whole latent so that both alternate local attention (a frame, a plane)
+   with global attention (our choice: the seed leaves the windows open). Both are text-conditioned on the shapes captions with v-prediction, self-conditioning and
    the first latent frame given for half the clips (frame prediction, `max_given_frames` 1); each eval scores
    samples with and without CFG and the clips continued from their real first frame (`pred_*`, `pred_psnr`) as
    `experiments/walt_shapes_video.py` does. With four planes the given frame fixes the first spatial plane and
@@ -99,7 +100,8 @@ def tokenizer_config(dataset: str, factorization: str, time_split: int = 1, pool
 
 
 def _denoiser(size: str, factorization: str, window: tuple[int, int], **conditioning) -> ml_collections.ConfigDict:
-  """The same transformer for every latent: the plane W.A.L.T. over planes, W.A.L.T. (patch 1) over a volume."""
+  """The same transformer for every latent: the plane W.A.L.T. over planes, W.A.L.T. (patch 1) over a volume with
+  `window` the whole latent grid (global spatiotemporal blocks, as the plane model's cross-plane blocks)."""
   if factorization == "volumetric":
     return diffusion.walt(size, patch_size=1, window=window, frame_condition=True, **conditioning)
   return diffusion.plane_walt(size, frame_condition=True, **conditioning)
@@ -118,7 +120,7 @@ def generator_config(dataset: str, factorization: str, time_split: int = 1, pool
   config.tokenize = ml_collections.ConfigDict(dict(data=_clips(dataset), batch_size=50 if local else 256,
                                                    shard_size=5_000 if local else 10_000, text_encoder=local))
   if local:
-    config.model = _denoiser("local", factorization, (4, 4), conditioning="text", text_length=TEXT_LENGTH,
+    config.model = _denoiser("local", factorization, (8, 8), conditioning="text", text_length=TEXT_LENGTH,
                              text_dim=384)
     config.diffusion = diffusion.process("linear", 1000, "v", latent_normalization="channel", max_given_frames=1)
     config.optimizer = optimizer.adamw(learning_rate=5e-4, warmup_steps=200, weight_decay=0.0, ema_decay=0.999)
@@ -129,7 +131,7 @@ def generator_config(dataset: str, factorization: str, time_split: int = 1, pool
   else:
     conditioning = (dict(conditioning="class", num_classes=UCF101_CLASSES) if dataset == "ucf101"
                     else dict(conditioning="none"))
-    config.model = _denoiser("214M", factorization, (8, 8), **conditioning)
+    config.model = _denoiser("214M", factorization, (16, 16), **conditioning)
     config.diffusion = diffusion.process("linear", 1000, "v", latent_normalization="channel", max_given_frames=2)
     config.optimizer = optimizer.adamw(learning_rate=1e-4, warmup_steps=5_000, weight_decay=0.0, ema_decay=0.9999)
     protocol = evaluation.diffusion_protocol(f"walt_{dataset}", method="ddim", num_steps=50,

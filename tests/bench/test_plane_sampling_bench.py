@@ -23,3 +23,9 @@ def test_benchmark_times_all_three_latents_against_the_volumetric_one(capsys):
 def test_bad_arguments_are_rejected(argv):
   with pytest.raises(SystemExit):
     plane_sampling.parse_args(argv)
+
+
+def test_the_default_window_is_the_whole_latent():
+  assert plane_sampling.parse_args([]).window == 16
+  assert plane_sampling.parse_args(["--grid", "5,8,8"]).window == 8
+  assert plane_sampling.parse_args(["--window", "8"]).window == 8

@@ -5,7 +5,8 @@ Part I: four 17-frame 128² videos in 0.71 s vs 1.59 s, 2.24×).
 
 At the latent geometry `grid` (5×16×16 for 17×128² clips through MAGVIT-v2's causal VAE) it builds, with the
 same width, depth, heads and AdaLN-LoRA rank: the volumetric W.A.L.T. (`walt.WALT`, patch 1: 1280 tokens,
-whole-frame spatial windows and all-frames × `--window`² spatiotemporal ones) and the plane W.A.L.T. (`plane_walt.PlaneWALT`) over four-plane (672) and
+whole-frame spatial windows and all-frames × `--window`² spatiotemporal ones, by default the whole latent so that
+both models alternate local attention (a frame, a plane) with global attention) and the plane W.A.L.T. (`plane_walt.PlaneWALT`) over four-plane (672) and
 tri-plane (416) tokens. Each draws `batch` class-conditional samples with `--steps` DDIM steps, v-prediction,
 self-conditioning and CFG (which doubles the batch), as one jitted `lax` loop; it also times one training
 forward+backward (the MSE of the prediction). Prints compile times, median seconds of `--repeats` calls, the
@@ -48,9 +49,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--width", type=int, default=128, help="transformer width")
   parser.add_argument("--depth", type=int, default=4, help="blocks (pairs of the two attention kinds)")
   parser.add_argument("--heads", type=int, default=4)
-  parser.add_argument("--window", type=int, default=8,
+  parser.add_argument("--window", type=int, default=0,
                       help="the volumetric model's spatiotemporal window (all frames x window x window positions); "
-                           "8 is the footprint of the 214M W.A.L.T. (4x4 patches of 2)")
+                           "0 (default): the whole latent, so its spatiotemporal blocks are global as the plane "
+                           "model's cross-plane blocks are; 8 is the footprint of the 214M W.A.L.T. (4x4 patches "
+                           "of 2)")
   parser.add_argument("--batch", type=int, default=4, help="videos drawn at once (the seed's 4)")
   parser.add_argument("--steps", type=int, default=10, help="DDIM steps")
   parser.add_argument("--cfg-scale", type=float, default=3.0, help="classifier-free guidance (≠ 1 doubles the batch)")
@@ -62,6 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.error(f"--latents={','.join(args.latents)!r}: choose from {LATENTS}.")
   if min(args.channels, args.width, args.depth, args.heads, args.batch, args.steps, args.repeats) < 1:
     parser.error("--channels, --width, --depth, --heads, --batch, --steps and --repeats must be >= 1.")
+  if args.grid[1] != args.grid[2] and not args.window:
+    parser.error("--window=0 (the whole latent) needs a square grid; give --window.")
+  args.window = args.window or args.grid[1]
   if args.width % args.heads or args.window < 1 or args.grid[1] % args.window or args.grid[2] % args.window:
     parser.error("--width must be divisible by --heads, and the grid's h and w by --window.")
   return args
