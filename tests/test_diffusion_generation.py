@@ -164,3 +164,50 @@ def test_walt_samples_continue_a_given_first_frame(trained_video, tmp_path):
                                            "sample.inputs": str(tmp_path / "first.png")})
   with pytest.raises(ConfigError, match="gives 1 frames of .*2 latent frames need 3 frames"):
     trainer.run(config, str(walt_dir), "sample")
+
+
+PLANE_EXPERIMENT = "experiments/fourplane_video.py"
+
+
+def _plane_config(variant: str, tokenizer_workdir: str = "", **overrides):
+  """fourplane_video.py at toy size: 5 frames of 16² → a 3×8×8 latent, four planes of 64 + 64 + 24 + 24 tokens."""
+  tokenizer = set_fields(load_experiment(f"{PLANE_EXPERIMENT}:tokenizer"), {
+      "model.channels": 8, "model.channel_multipliers": (1, 2), "model.temporal_downsample": (True,),
+      "model.num_groups": 4, "batch_size": 8, "total_steps": 2, "eval_every_steps": 0,
+      "checkpoint_every_steps": 2, "eval.batch_size": 8, "data": _video_data()})
+  if variant == "tokenizer":
+    return tokenizer
+  return set_fields(load_experiment(f"{PLANE_EXPERIMENT}:local"), {
+      "tokenizer.experiment": tokenizer, "tokenizer.workdir": tokenizer_workdir,
+      "tokenize.data": _video_data(), "tokenize.batch_size": 8, "tokenize.shard_size": 16,
+      "model.hidden_size": 32, "model.depth": 2, "model.num_heads": 2, "model.adaln_rank": 8,
+      "batch_size": 8, "total_steps": 2, "log_every_steps": 1, "eval_every_steps": 2, "checkpoint_every_steps": 2,
+      "eval.batch_size": 8, "eval.protocol.num_samples": 4, "eval.protocol.num_steps": 3, "eval.num_grid_images": 2,
+      "sample.num_per_prompt": 2, "sample.num_steps": 3, "data.num_threads": 1, "data.prefetch": 1} | overrides)
+
+
+@pytest.mark.slow
+def test_a_plane_generator_trains_on_encoded_planes_and_continues_a_given_frame(tmp_path):
+  tokenizer_dir, generator_dir = str(tmp_path / "tokenizer"), tmp_path / "planes"
+  trainer.run(_plane_config("tokenizer"), tokenizer_dir, "train")
+  config = _plane_config("local", tokenizer_dir)
+  trainer.run(config, str(generator_dir), "encode")
+  source = latent_data.LatentSource(str(generator_dir / "tokens"), "train")
+  assert {name: list(spec["shape"]) for name, spec in source.specs.items() if name.startswith("latents")} == {
+      "latents_xy0": [8, 8, 8], "latents_xy1": [8, 8, 8], "latents_tw": [3, 8, 8], "latents_th": [3, 8, 8]}
+  task = tasks.build(_plane_config("local", tokenizer_dir, **{"data.path": str(generator_dir / "tokens")}))
+  assert task.latent_shape == (176, 8) and task.describe()["sequence_length"] == 176
+  mean, std = source.channel_moments(sorted(task.layout.names))  # one normalization pooled over the planes
+  np.testing.assert_allclose(task.latent_shift, mean, rtol=1e-6)
+  np.testing.assert_allclose(task.latent_scale, 1.0 / std, rtol=1e-6)
+  trainer.run(config, str(generator_dir), "train")
+  result = json.loads((generator_dir / "eval" / "step_2.json").read_text())
+  for prefix in ("reference", "cfg", "nocfg", "pred"):
+    assert 0.0 <= result[f"{prefix}_color_shape"] <= 1.0
+  assert np.isfinite(result["pred_psnr"])
+  scene = shapes.sample_scene(np.random.default_rng(0), 1, moving=True)
+  iio.imwrite(tmp_path / "first.png", shapes.render(scene, 16, num_frames=5)[0])
+  summary = trainer.run(_plane_config("local", tokenizer_dir, **{
+      "sample.prompts": shapes.caption(scene), "sample.inputs": str(tmp_path / "first.png")}), str(generator_dir),
+      "sample")
+  assert summary["sample_seconds"] > 0 and (generator_dir / "samples" / "prompts_step_2.mp4").is_file()
