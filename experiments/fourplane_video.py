@@ -29,7 +29,11 @@ a v5e-16x16 pod and the generator the 214M W.A.L.T. depth/width with patch 1, so
   tokgen --config=experiments/fourplane_video.py:k600,tokenizer --workdir=gs://BUCKET/fourplane_k600 --mode=summary
   tokgen --config=experiments/fourplane_video.py:k600 --workdir=gs://BUCKET/fourplane_k600_gen --mode=compile
 
-Arguments: `tokenizer` (the first stage; otherwise the generator), `local` (default) | `ucf101` | `k600`, then
+`lavfi` swaps the moving shapes for 9-frame 32x32 clips of the offline ffmpeg renders (no captions, so that
+generator is unconditional and its eval reports `pred_psnr` of the continued clips, not shape scores).
+
+Arguments: `tokenizer` (the first stage; otherwise the generator), `local` (default) | `ucf101` | `k600`, `lavfi`,
+then
 `factorization=...`, `time_split=N` (latent frames in the first spatial plane, default 1: the causal first frame
 alone), `pooling=mean|linear|attention`, `steps=N`, `batch=N`, `tokenizer_workdir=PATH` (default
 /tmp/fourplane/<factorization> locally).
@@ -55,7 +59,9 @@ def _model(size: str, factorization: str, time_split: int, pooling: str) -> ml_c
   return magvit2.factorized(size, factorization, time_split, pooling, quantizer=quantizer)
 
 
-def _clips(dataset: str) -> ml_collections.ConfigDict:
+def _clips(dataset: str, lavfi: bool = False) -> ml_collections.ConfigDict:
+  if lavfi:  # the offline ffmpeg renders: real-looking texture and motion, no captions
+    return data.videos("lavfi", num_frames=9, image_size=32, eval_image_size=32)
   if not dataset:
     return data.shapes(32, num_frames=9, num_shapes=1, train_examples=10_000, eval_examples=200)
   return data.videos("tfds_video", num_frames=17, image_size=128, eval_image_size=128, name=PAPER_DATASETS[dataset],
@@ -75,7 +81,7 @@ def _common(config: ml_collections.ConfigDict, local: bool, steps: int, batch: i
 
 
 def tokenizer_config(dataset: str, factorization: str, time_split: int = 1, pooling: str = "mean", steps: int = 0,
-                     batch: int = 0) -> ml_collections.ConfigDict:
+                     batch: int = 0, lavfi: bool = False) -> ml_collections.ConfigDict:
   """MAGVIT-v2 with an 8-channel KL bottleneck and the factorization; L1 + L2, EMA, a 3D GAN at paper size."""
   local = not dataset
   config = ml_collections.ConfigDict()
@@ -84,7 +90,7 @@ def tokenizer_config(dataset: str, factorization: str, time_split: int = 1, pool
   config.eval_every_steps = 1000 if local else 10_000
   config.model = _model("local" if local else "paper", factorization, time_split, pooling)
   config.loss = losses.autoencoder_loss(l1_weight=1.0, l2_weight=1.0)
-  config.data = _clips(dataset)
+  config.data = _clips(dataset, lavfi)
   if local:
     config.adversarial = gan.adversarial(enabled=False)
   else:
@@ -108,24 +114,27 @@ def _denoiser(size: str, factorization: str, window: tuple[int, int], **conditio
 
 
 def generator_config(dataset: str, factorization: str, time_split: int = 1, pooling: str = "mean", steps: int = 0,
-                     batch: int = 0, tokenizer_workdir: str = "") -> ml_collections.ConfigDict:
+                     batch: int = 0, tokenizer_workdir: str = "", lavfi: bool = False) -> ml_collections.ConfigDict:
   local = not dataset
   config = ml_collections.ConfigDict()
   config.task = "diffusion"
   _common(config, local, steps or (4000 if local else 200_000), batch or (16 if local else 256))
   config.eval_every_steps = 2000 if local else 10_000
   config.tokenizer = ml_collections.ConfigDict(dict(
-      experiment=tokenizer_config(dataset, factorization, time_split, pooling),
+      experiment=tokenizer_config(dataset, factorization, time_split, pooling, lavfi=lavfi),
       workdir=tokenizer_workdir or (f"/tmp/fourplane/{factorization}" if local else ""), checkpoint_step=0))
-  config.tokenize = ml_collections.ConfigDict(dict(data=_clips(dataset), batch_size=50 if local else 256,
-                                                   shard_size=5_000 if local else 10_000, text_encoder=local))
+  captioned = local and not lavfi
+  config.tokenize = ml_collections.ConfigDict(dict(data=_clips(dataset, lavfi), batch_size=50 if local else 256,
+                                                   shard_size=5_000 if local else 10_000, text_encoder=captioned))
   if local:
-    config.model = _denoiser("local", factorization, (8, 8), conditioning="text", text_length=TEXT_LENGTH,
-                             text_dim=384)
+    conditioning = (dict(conditioning="text", text_length=TEXT_LENGTH, text_dim=384) if captioned
+                    else dict(conditioning="none"))
+    config.model = _denoiser("local", factorization, (8, 8), **conditioning)
     config.diffusion = diffusion.process("linear", 1000, "v", latent_normalization="channel", max_given_frames=1)
     config.optimizer = optimizer.adamw(learning_rate=5e-4, warmup_steps=200, weight_decay=0.0, ema_decay=0.999)
-    protocol = evaluation.diffusion_protocol("shapes_video", method="ddim", num_steps=50, cfg_scale=3.0,
-                                             num_samples=50, given_frames=1)
+    protocol = evaluation.diffusion_protocol("shapes_video" if captioned else "lavfi_video", method="ddim",
+                                             num_steps=50, cfg_scale=3.0 if captioned else 1.0, num_samples=50,
+                                             given_frames=1)
     config.eval = evaluation.evaluation(batch_size=50, num_grid_images=8, protocol=protocol)
     config.topology = ""
   else:
@@ -145,12 +154,14 @@ def generator_config(dataset: str, factorization: str, time_split: int = 1, pool
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, tokenizer=False, local=False, ucf101=False, k600=False, factorization="four_plane",
-                  time_split=1, pooling="mean", steps=0, batch=0, tokenizer_workdir="")
+  arg = parse_arg(arg, tokenizer=False, local=False, lavfi=False, ucf101=False, k600=False,
+                  factorization="four_plane", time_split=1, pooling="mean", steps=0, batch=0, tokenizer_workdir="")
   if arg.factorization not in FACTORIZATIONS:
     raise ConfigError(f"fourplane_video.py: factorization={arg.factorization!r}; choose one of {FACTORIZATIONS}.")
   dataset = next((name for name in PAPER_DATASETS if arg[name]), "")
+  if dataset and arg.lavfi:
+    raise ConfigError(f"fourplane_video.py: lavfi clips are the local data; drop lavfi or {dataset}.")
   if arg.tokenizer:
-    return tokenizer_config(dataset, arg.factorization, arg.time_split, arg.pooling, arg.steps, arg.batch)
+    return tokenizer_config(dataset, arg.factorization, arg.time_split, arg.pooling, arg.steps, arg.batch, arg.lavfi)
   return generator_config(dataset, arg.factorization, arg.time_split, arg.pooling, arg.steps, arg.batch,
-                          arg.tokenizer_workdir)
+                          arg.tokenizer_workdir, arg.lavfi)

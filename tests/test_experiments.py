@@ -104,3 +104,16 @@ def test_fourplane_paper_size_generators_read_the_seeds_token_counts(factorizati
   print(f"\nfourplane_video {factorization}: {described['sequence_length']} tokens, {params:,} parameters")
   assert described["sequence_length"] == tokens
   assert 200e6 < params < 230e6
+
+
+def test_fourplane_lavfi_variants_train_on_the_offline_renders():
+  from tokgen_jax import tasks  # pylint: disable=import-outside-toplevel
+  from tokgen_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  tokenizer = load_experiment("experiments/fourplane_video.py:tokenizer,lavfi")
+  assert tokenizer.data.source == "lavfi" and tokenizer.model.factorization == "four_plane"
+  task = tasks.build(load_experiment("experiments/fourplane_video.py:lavfi,factorization=tri_plane"))
+  assert task.conditioning == "none" and task.frame_conditioned and task.latent_frames == 5
+  assert task.layout.names == ("latents_th", "latents_tw", "latents_xy") and task.latent_shape == (144, 8)
+  assert task.sample_settings(load_experiment("experiments/fourplane_video.py:lavfi").eval.protocol).cfg_scale == 1.0
+  with pytest.raises(ConfigError, match="lavfi clips are the local data"):
+    load_experiment("experiments/fourplane_video.py:k600,lavfi")
