@@ -10,7 +10,8 @@
   tokenizer's own reconstruction of the real examples (`reference_*`, the ceiling a generator can reach through
   that tokenizer).
 
-A task mixes in `SecondStage` and provides `latent_key` (the latent array it draws: "tokens" or "latents"),
+A task mixes in `SecondStage` and provides `latent_key` (the latent array it draws: "tokens" or "latents"; a task
+that draws several of the tokenizer's arrays as one overrides `latent_arrays` and `example_latents`),
 `conditioning` / `text_length` / `num_classes`, `sample_settings(sample_config, guided)` (hashable settings with a
 `guided` flag) and the protocol's `sample(state, conditions, rng, settings, batch_size)` → latents in the
 tokenizer's own units, which `draw` compiles once per settings.
