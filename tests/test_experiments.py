@@ -93,6 +93,7 @@ def test_fourplane_paper_size_latents(factorization, positions, planes):
   assert {name: spec["shape"] for name, spec in described["latents"].items()} == planes
 
 
+@pytest.mark.slow  # three 214M abstract builds; PlaneWALT's own test checks the 672 tokens quickly
 @pytest.mark.parametrize("factorization, tokens", [("four_plane", 672), ("tri_plane", 416), ("volumetric", 1280)])
 def test_fourplane_paper_size_generators_read_the_seeds_token_counts(factorization, tokens, tmp_path):
   """Seed 000: the 214M generator reads 672 plane tokens instead of volumetric's 1280 (patch 1), same width and
