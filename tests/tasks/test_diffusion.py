@@ -265,6 +265,7 @@ def plane_model():
   return task, batch, nn.unbox(task.init(jax.random.key(0), batch))
 
 
+@pytest.mark.slow  # a plane model's init and sampler compile; the quick loop stays under 8 minutes
 def test_a_plane_task_reads_the_tokenizers_planes_as_one_sequence(plane_model):
   task, batch, _ = plane_model
   assert task.latent_shape == (16 + 16 + 12 + 12, 2) and task.latent_frames == 3
@@ -277,6 +278,7 @@ def test_a_plane_task_reads_the_tokenizers_planes_as_one_sequence(plane_model):
   assert set(task.describe()["latents"]) == set(task.layout.names)
 
 
+@pytest.mark.slow  # a plane model's init and sampler compile; the quick loop stays under 8 minutes
 def test_frame_prediction_over_planes_keeps_the_tokens_of_the_given_frame(plane_model):
   """With the first latent frame given: all of xy0 and row 0 of tw and th come back as given; xy1 and the other
   rows are drawn, and what the caller passes there never reaches the model."""
