@@ -260,15 +260,7 @@ class DiT(nn.Module):
     if self.depth < 1 or self.mlp_ratio <= 0:
       raise ConfigError(f"{name}: config.model.depth={self.depth} must be >= 1 and config.model.mlp_ratio="
                         f"{self.mlp_ratio} > 0.")
-    if self.conditioning not in CONDITIONINGS:
-      raise ConfigError(f"{name}: config.model.conditioning={self.conditioning!r} is not one of {CONDITIONINGS}.")
-    if self.conditioning == "class" and self.num_classes < 1:
-      raise ConfigError(f"{name}: class conditioning needs config.model.num_classes >= 1 (got {self.num_classes}); "
-                        f"set it to the dataset's class count, or use conditioning='none'.")
-    if self.conditioning == "text" and (self.text_length < 1 or self.text_dim < 1):
-      raise ConfigError(f"{name}: text conditioning needs config.model.text_length >= 1 and config.model.text_dim "
-                        f">= 1 (got {self.text_length}, {self.text_dim}); set them to the text encoder's padded "
-                        f"length and width (384 for all-MiniLM-L6-v2).")
+    validate_conditioning(self, name)
 
   # ------------------------------------------------------------------------------------------ conditioning
 
@@ -352,6 +344,20 @@ def example_arguments(model: DiT, batch: int = 1) -> tuple[jax.Array, jax.Array,
     cond = {"text": jnp.zeros((batch, model.text_length, model.text_dim), jnp.float32),
             "text_mask": jnp.ones((batch, model.text_length), bool)}
   return x, jnp.zeros((batch,), jnp.int32), cond
+
+
+def validate_conditioning(module: nn.Module, name: str) -> None:
+  """The conditioning fields of a diffusion denoiser (DiT, W.A.L.T., plane W.A.L.T.) (`conditioning`, `num_classes`, `text_length`,
+  `text_dim`) agree with each other."""
+  if module.conditioning not in CONDITIONINGS:
+    raise ConfigError(f"{name}: config.model.conditioning={module.conditioning!r} is not one of {CONDITIONINGS}.")
+  if module.conditioning == "class" and module.num_classes < 1:
+    raise ConfigError(f"{name}: class conditioning needs config.model.num_classes >= 1 (got {module.num_classes}); "
+                      f"set it to the dataset's class count, or use conditioning='none'.")
+  if module.conditioning == "text" and (module.text_length < 1 or module.text_dim < 1):
+    raise ConfigError(f"{name}: text conditioning needs config.model.text_length >= 1 and config.model.text_dim "
+                      f">= 1 (got {module.text_length}, {module.text_dim}); set them to the text encoder's padded "
+                      f"length and width (384 for all-MiniLM-L6-v2).")
 
 
 def count_parameters(model: DiT) -> int:

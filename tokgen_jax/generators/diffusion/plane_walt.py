@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 
 from tokgen_jax.errors import ConfigError
-from tokgen_jax.generators.diffusion.dit import FinalLayer, _normal, _zeros
+from tokgen_jax.generators.diffusion.dit import FinalLayer, _normal, _zeros, validate_conditioning
 from tokgen_jax.generators.diffusion.latent_layout import LatentLayout
-from tokgen_jax.generators.diffusion.walt import WALTBlock, condition_vector, denoiser_inputs, validate_conditioning
+from tokgen_jax.generators.diffusion.walt import WALTBlock, condition_vector, denoiser_inputs
 from tokgen_jax.nn.attention import HIDDEN_AXES
 
 Dtype = Any

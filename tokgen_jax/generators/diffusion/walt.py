@@ -36,8 +36,8 @@ import jax.numpy as jnp
 
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.generators.diffusion import dit
-from tokgen_jax.generators.diffusion.dit import (CONDITIONINGS, MLP, NORM_EPS, FinalLayer, TimestepEmbedder,
-                                                 _normal, _xavier_conv, _zeros, example_arguments, unpatchify)
+from tokgen_jax.generators.diffusion.dit import (MLP, NORM_EPS, FinalLayer, TimestepEmbedder, _normal, _xavier_conv,
+                                                 _zeros, example_arguments, unpatchify, validate_conditioning)
 from tokgen_jax.nn.adaln import AdaLNModulation, gate, layer_norm, modulate
 from tokgen_jax.nn.attention import HEAD_AXES, HIDDEN_AXES, CrossAttention, attention_dims, dot_product_attention
 from tokgen_jax.nn.projection import Projection
@@ -360,20 +360,6 @@ def condition_vector(module: nn.Module, t: jax.Array, cond: dict[str, jax.Array]
   elif module.conditioning == "text":
     context, context_mask = dit.DiT._text_context(module, cond, drop)
   return nn.with_logical_constraint(c, ("batch", "embed")), context, context_mask
-
-
-def validate_conditioning(module: nn.Module, name: str) -> None:
-  """The conditioning fields of a W.A.L.T.-style denoiser (`conditioning`, `num_classes`, `text_length`,
-  `text_dim`) agree with each other."""
-  if module.conditioning not in CONDITIONINGS:
-    raise ConfigError(f"{name}: config.model.conditioning={module.conditioning!r} is not one of {CONDITIONINGS}.")
-  if module.conditioning == "class" and module.num_classes < 1:
-    raise ConfigError(f"{name}: class conditioning needs config.model.num_classes >= 1 (got {module.num_classes}); "
-                      f"set it to the dataset's class count (101 for UCF-101), or use conditioning='none'.")
-  if module.conditioning == "text" and (module.text_length < 1 or module.text_dim < 1):
-    raise ConfigError(f"{name}: text conditioning needs config.model.text_length >= 1 and config.model.text_dim "
-                      f">= 1 (got {module.text_length}, {module.text_dim}); set them to the text encoder's padded "
-                      f"length and width (384 for all-MiniLM-L6-v2).")
 
 
 def count_parameters(model: WALT) -> int:
