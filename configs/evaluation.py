@@ -70,6 +70,30 @@ def diffusion_protocol(name: str = "custom", **settings) -> ml_collections.Confi
                    DIFFUSION_PROTOCOLS, settings, "diffusion")
 
 
+# Masked-decoding protocols (NUMERICS.md): MaskGIT decodes ImageNet 256 in 8 steps and 512 in 12 (cosine,
+# choice temperature 4.5, no guidance); MAGVIT-v2's MLM takes 12 steps for images and 24 for video; Muse 16 steps
+# with guidance 10 ramped up ("warm-up").
+MASKED_PROTOCOLS = {
+    "maskgit_fid": dict(num_steps=8, num_samples=50_000),
+    "maskgit_512_fid": dict(num_steps=12, num_samples=50_000),
+    "magvit2_image": dict(num_steps=12, num_samples=50_000),
+    "magvit2_video": dict(num_steps=24, num_samples=10_000),
+    "muse": dict(num_steps=16, cfg_scale=10.0, cfg_ramp=True, num_samples=30_000),
+}
+
+
+def masked_protocol(name: str = "custom", **settings) -> ml_collections.ConfigDict:
+  """A masked-decoding protocol, like `protocol` with the parallel decoder's fields: num_steps, schedule ('cosine'
+  | 'linear' | 'square' | 'arccos'), choice_temperature (MaskGIT's 4.5 on the Gumbel re-masking noise),
+  exit_steps (decode only the first num_steps − exit_steps steps of the schedule: early exit, MarkovGen), and
+  given_frames (a video model's eval also decodes the clips from their first given_frames real latent frames,
+  scored as `pred_*`; 0: none). A named entry of `MASKED_PROTOCOLS` fills its fields first."""
+  return _protocol(name, dict(num_steps=12, schedule="cosine", choice_temperature=4.5, exit_steps=0, cfg_scale=1.0,
+                              cfg_convention="standard", cfg_ramp=False, temperature=1.0, top_k=0, top_p=1.0,
+                              num_samples=0, use_ema=True, seed=0, given_frames=0),
+                   MASKED_PROTOCOLS, settings, "masked")
+
+
 def reconstruction_protocol(use_ema: bool = True) -> ml_collections.ConfigDict:
   """A tokenizer's protocol: held-out reconstructions with the EMA weights (when training kept them) or not."""
   return ml_collections.ConfigDict(dict(name="reconstruction", use_ema=use_ema))

@@ -1,7 +1,7 @@
 """Sharding rules that scale: mesh presets, logical names on every parameter, and sharded steps equal unsharded.
 
-Coverage: every parameter of the conv tokenizers (VQGAN, MAGVIT-v2 with its discriminator), the AR generator and
-DiT (class and text conditioned) is an `nn.Partitioned` box with one logical name per dimension, and under the
+Coverage: every parameter of the conv tokenizers (VQGAN, MAGVIT-v2 with its discriminator), the AR generator, the
+masked generator (Llama and BERT blocks) and DiT (class and text conditioned) is an `nn.Partitioned` box with one logical name per dimension, and under the
 `fsdp` preset on 8 devices every dimension that names an fsdp-mapped axis and divides by 8 is split (ZeRO-3):
 nearly all parameter and optimizer bytes are sharded. Equality: two train steps on 8 devices under the dp, fsdp
 and fsdp_tp presets give the losses and parameters of the same two steps on one device.
@@ -66,6 +66,10 @@ def _generator_experiment(**overrides):
   return set_fields(load_experiment("experiments/ar_shapes.py:local"), overrides)
 
 
+def _masked_experiment(**overrides):
+  return set_fields(load_experiment("experiments/maskgit_shapes.py:local"), overrides)
+
+
 def _dit_experiment(condition: str = "class", **overrides):
   return set_fields(load_experiment(f"experiments/dit_shapes.py:local,condition={condition}"), overrides)
 
@@ -77,6 +81,8 @@ COVERAGE = {
     "ar_scanned": lambda: _generator_experiment(**{"model.scan_layers": True}),
     "dit": lambda: _dit_experiment(),
     "dit_text": lambda: _dit_experiment("text"),
+    "masked": lambda: _masked_experiment(),
+    "masked_bert": lambda: _masked_experiment(**{"model.block": "bert", "model.scan_layers": True}),
 }
 
 
@@ -195,6 +201,17 @@ def _ar_config():
   })
 
 
+def _masked_config():
+  return _masked_experiment(**{
+      "model.conditioning": "class", "model.num_classes": 4, "model.embed_dim": 32, "model.num_layers": 2,
+      "model.num_heads": 4, "model.mlp_dim": 64, "model.dropout_rate": 0.0, "model.cond_dropout_rate": 0.0,
+      "tokenizer.experiment.model.channels": 8, "tokenizer.experiment.model.channel_multipliers": (1, 2, 2),
+      "tokenizer.experiment.model.num_groups": 4, "tokenizer.experiment.model.quantizer.codebook_size": 32,
+      "tokenizer.experiment.model.quantizer.dim": 4,
+      "batch_size": 8, "eval.batch_size": 8, "total_steps": 6, "optimizer.warmup_steps": 0,
+  })
+
+
 def _dit_config():
   return _dit_experiment(**{
       "model.hidden_size": 32, "model.depth": 2, "model.num_heads": 4, "diffusion.cond_dropout_rate": 0.0,
@@ -231,7 +248,7 @@ def _ar_batch():
 
 
 MODELS = {"vqgan": (_vqgan_config, _vqgan_batch), "magvit2": (_magvit2_config, _magvit2_batch),
-          "ar": (_ar_config, _ar_batch), "dit": (_dit_config, _dit_batch)}
+          "ar": (_ar_config, _ar_batch), "dit": (_dit_config, _dit_batch), "masked": (_masked_config, _ar_batch)}
 
 
 def _train(config, devices, batch, initial_state=None):

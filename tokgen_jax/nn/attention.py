@@ -119,6 +119,7 @@ class Attention(nn.Module):
   mask: masks.MaskBuilder = masks.Causal()
   attention_dropout_rate: float = 0.0
   implementation: str | None = None
+  use_bias: bool = False  # Llama has none; BERT-style blocks (MaskGIT) have biases on all four projections
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -129,8 +130,8 @@ class Attention(nn.Module):
     length = x.shape[1]
     if cache is not None:
       _check_cache(cache, length, kv_heads, head_dim)
-    proj = lambda h, name: Projection((h, head_dim), ("embed", "heads", "kv"), dtype=self.dtype,
-                                      param_dtype=self.param_dtype, name=name)
+    proj = lambda h, name: Projection((h, head_dim), ("embed", "heads", "kv"), use_bias=self.use_bias,
+                                      dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     q, k, v = proj(heads, "query")(x), proj(kv_heads, "key")(x), proj(kv_heads, "value")(x)
     q, k, v = (nn.with_logical_constraint(a, HEAD_AXES) for a in (q, k, v))
     if cos is not None:
@@ -148,7 +149,7 @@ class Attention(nn.Module):
       mask = self.mask(offset + jnp.arange(length), key_positions) & (key_positions < cache.index)[None]
     dropout = nn.Dropout(self.attention_dropout_rate) if self.attention_dropout_rate else None
     out = dot_product_attention(q, k, v, mask, dropout, deterministic, self.implementation)
-    out = Projection((x.shape[-1],), ("heads", "kv", "embed"), in_axes=2, dtype=self.dtype,
+    out = Projection((x.shape[-1],), ("heads", "kv", "embed"), in_axes=2, use_bias=self.use_bias, dtype=self.dtype,
                      param_dtype=self.param_dtype, name="out")(out)
     return nn.with_logical_constraint(out, HIDDEN_AXES), cache
 
