@@ -85,10 +85,12 @@ MASKED_PROTOCOLS = {
 def masked_protocol(name: str = "custom", **settings) -> ml_collections.ConfigDict:
   """A masked-decoding protocol, like `protocol` with the parallel decoder's fields: num_steps, schedule ('cosine'
   | 'linear' | 'square' | 'arccos'), choice_temperature (MaskGIT's 4.5 on the Gumbel re-masking noise),
-  exit_steps (decode only the first num_steps − exit_steps steps of the schedule: early exit, MarkovGen), and
+  exit_steps (decode only the first num_steps − exit_steps steps of the schedule: early exit, MarkovGen),
+  final_fill ('draw': the last step keeps its draws; 'mrf': MarkovGen's MRF pass fills what is left), and
   given_frames (a video model's eval also decodes the clips from their first given_frames real latent frames,
   scored as `pred_*`; 0: none). A named entry of `MASKED_PROTOCOLS` fills its fields first."""
-  return _protocol(name, dict(num_steps=12, schedule="cosine", choice_temperature=4.5, exit_steps=0, cfg_scale=1.0,
+  return _protocol(name, dict(num_steps=12, schedule="cosine", choice_temperature=4.5, exit_steps=0,
+                              final_fill="draw", cfg_scale=1.0,
                               cfg_convention="standard", cfg_ramp=False, temperature=1.0, top_k=0, top_p=1.0,
                               num_samples=0, use_ema=True, seed=0, given_frames=0),
                    MASKED_PROTOCOLS, settings, "masked")

@@ -46,7 +46,19 @@ def masked_loss(schedule: str = "cosine", label_smoothing: float = 0.1, tasks: t
                                         given_frames=given_frames))
 
 
-SAMPLING_FIELDS = ("num_steps", "schedule", "choice_temperature", "exit_steps", "cfg_scale", "cfg_convention",
+def markovgen(enabled: bool = True, num_steps: int = 12, exit_steps: int = 4, rank: int = 32, kernel_size: int = 3,
+              iterations: int = 5, start_step: int = 0, cfg_scale: float = 1.0) -> ml_collections.ConfigDict:
+  """MarkovGen's MRF (`config.markovgen`): it replaces the last `exit_steps` of a `num_steps` decoder. The label
+  compatibility has rank `rank`, the spatial kernel is `kernel_size`^2, and mean field runs `iterations` updates
+  (the seed leaves all three open; ours). Its phase starts at `start_step` (0: the run trains only the MRF, on a
+  masked model loaded with `config.init_from`). The frozen model's unary logits are guided at `cfg_scale`, as
+  when sampling."""
+  return ml_collections.ConfigDict(dict(enabled=enabled, num_steps=num_steps, exit_steps=exit_steps, rank=rank,
+                                        kernel_size=kernel_size, iterations=iterations, start_step=start_step,
+                                        cfg_scale=cfg_scale))
+
+
+SAMPLING_FIELDS = ("num_steps", "schedule", "choice_temperature", "exit_steps", "final_fill", "cfg_scale", "cfg_convention",
                    "cfg_ramp", "temperature", "top_k", "seed")
 
 

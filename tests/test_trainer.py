@@ -4,6 +4,7 @@ fails clearly on bad input."""
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -86,6 +87,22 @@ def test_init_from_loads_parameters_and_restarts_the_step(tmp_path, finished_run
     config.total_steps = 1
   trainer.run(config, str(tmp_path), "train")
   assert int(_params(tmp_path, config).step) == 1
+
+
+def test_init_from_restores_the_groups_the_source_has_and_refuses_foreign_ones(finished_run):
+  """A run may add a parameter group to the run it starts from (MarkovGen's MRF over a trained masked model): only
+  the source's groups are read; a source holding a group this model lacks is refused."""
+  source_dir, config, _ = finished_run
+  abstract = run_lib.setup(config, str(source_dir)).abstract_state
+  extra = jax.ShapeDtypeStruct((3,), jnp.float32)
+  grown = abstract.replace(params=abstract.params | {"extra": {"w": extra}},
+                           opt_state=abstract.opt_state | {"extra": {"w": extra}})
+  loaded = checkpoint.restore_params(str(source_dir), grown)
+  assert set(loaded.params) == {"autoencoder"} and set(loaded.opt_state) == {"autoencoder"}
+  jax.tree.map(np.testing.assert_array_equal, loaded.params, _params(source_dir, config).params)
+  shrunk = abstract.replace(params={}, opt_state={}, ema_params={}, model_state={})
+  with pytest.raises(ConfigError, match=r"groups \['autoencoder'\] this model does not have"):
+    checkpoint.restore_params(str(source_dir), shrunk)
 
 
 @pytest.mark.parametrize("overrides,match", [

@@ -241,28 +241,55 @@ def _check_fits(step_dir: epath.Path, abstract_state: Any) -> None:
 # ------------------------------------------------------------------------------------------------- init_from
 
 
-def _latest_state(directory: epath.Path, abstract_state: Any) -> Any | None:
+GROUPED_FIELDS = ("params", "opt_state", "ema_params", "model_state")  # TrainState dicts keyed by parameter group
+
+
+def _latest_state_directory(directory: epath.Path) -> epath.Path | None:
   if not directory.is_dir():
     return None
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
                                   item_names=ITEMS)
   step = manager.latest_step()
-  if step is None:
-    return None
-  return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))).state
+  return None if step is None else directory / str(step) / "state"
+
+
+def _stored_state(path: str) -> epath.Path:
+  """The `state` item of the latest step under `path` (a workdir, its checkpoints/ folder or one step folder)."""
+  root = files.as_path(path)
+  for directory in (root / "checkpoints", root):
+    found = _latest_state_directory(directory)
+    if found is not None:
+      return found
+  if (root / "state").is_dir():
+    return root / "state"
+  raise ConfigError(f"config.init_from={path!r} holds no checkpoint; point it at a workdir, its checkpoints/ "
+                    f"folder or a step folder of a finished run.")
+
+
+def _stored_groups(abstract_state: Any, stored: Any, path: str) -> Any:
+  """`abstract_state` cut to the parameter groups the stored state has (a run may add groups, such as a
+  MarkovGen field trained on a frozen masked model, to the run it starts from)."""
+  groups = set(stored["params"])
+  extra = groups - set(abstract_state.params)
+  if extra:
+    raise ConfigError(f"config.init_from={path!r} holds parameter groups {sorted(extra)} this model does not have "
+                      f"(it has {sorted(abstract_state.params)}); it was trained with another model.")
+  cut = {name: {group: value for group, value in getattr(abstract_state, name).items() if group in stored[name]}
+         for name in GROUPED_FIELDS}
+  return abstract_state.replace(**cut)
 
 
 def restore_params(path: str, abstract_state: Any) -> Any:
-  """The latest state stored under `path` (a workdir, its checkpoints/ folder or one step folder), for init_from."""
-  root = files.as_path(path)
-  for directory in (root / "checkpoints", root):
-    state = _latest_state(directory, abstract_state)
-    if state is not None:
-      return state
-  if (root / "state").is_dir():
-    return ocp.StandardCheckpointer().restore(root / "state", abstract_state)
-  raise ConfigError(f"config.init_from={path!r} holds no checkpoint; point it at a workdir, its checkpoints/ "
-                    f"folder or a step folder of a finished run.")
+  """The latest state stored under `path` (a workdir, its checkpoints/ folder or one step folder), for init_from:
+  a TrainState holding the parameter groups the stored run has (every group of `abstract_state`, or a subset)."""
+  directory = _stored_state(path)
+  checkpointer = ocp.StandardCheckpointer()
+  target = _stored_groups(abstract_state, checkpointer.metadata(directory).item_metadata, path)
+  try:
+    return checkpointer.restore(directory, target)
+  except (ValueError, KeyError) as error:
+    raise ConfigError(f"config.init_from={path!r}: its parameters do not fit this model ({error}). Start from a "
+                      f"run of the same model, or leave init_from empty.") from error
 
 
 def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:

@@ -78,15 +78,16 @@ class _Preemption:
 
 def _initial_state(run_: Run, manager: checkpoint.Manager, train_iter: Any) -> Any:
   """Resume order: the workdir's latest good checkpoint (damaged newer ones are moved aside) → config.init_from
-  (parameters only) → scratch."""
+  (parameters, EMA weights and model state of every group the source run has) → scratch."""
   restored = manager.restore_latest(run_.abstract_state, train_iter)
   if restored is not None:
     logging.info("resuming from %s/%d", manager.directory, restored[1])
     return restored[0]
   state = run_.init_state()
-  if run_.config.init_from:
+  if run_.config.init_from:  # parameters of the groups the source has; a group it lacks keeps its fresh init
     loaded = checkpoint.restore_params(run_.config.init_from, run_.abstract_state)
-    state = state.replace(params=loaded.params, ema_params=loaded.ema_params, model_state=loaded.model_state)
+    state = state.replace(**{name: {**getattr(state, name), **getattr(loaded, name)}
+                             for name in ("params", "ema_params", "model_state")})
   return state
 
 

@@ -1,5 +1,8 @@
 """The masked task: factorized token layout, the masked loss (sum of sub-token losses, label smoothing), task masks
-never masked, eval, and training that learns a label → tokens mapping the decoder then reproduces."""
+never masked, eval, training that learns a label → tokens mapping the decoder then reproduces, and MarkovGen's phase
+(only the MRF trains; the model stays frozen)."""
+
+import dataclasses
 
 import flax.linen as nn
 import jax
@@ -10,6 +13,7 @@ import pytest
 
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.generators import parallel_decoding as pd
+from tokgen_jax.generators.markovgen import MarkovRandomField
 from tokgen_jax.generators.masked import MaskedTransformer
 from tokgen_jax.quantizers import factorize_indices
 from tokgen_jax.tasks import MaskedTask
@@ -106,3 +110,27 @@ def test_the_decoder_reproduces_each_labels_pattern(trained):
   conditions = {"label": batch["label"], "given_tokens": batch["tokens"], "given": given}
   filled = jax.jit(lambda s, c, r: task.sample(s, c, r, settings))(state, conditions, jax.random.key(2))
   np.testing.assert_array_equal(np.asarray(filled)[..., :2], np.asarray(batch["tokens"])[..., :2])
+
+
+def test_markovgen_phase_trains_only_the_mrf_on_the_frozen_model(trained):
+  task, batch, state, _ = trained
+  mrf = MarkovRandomField(vocab_size=16, grid=(4, 4), rank=4, iterations=3)
+  with_mrf = dataclasses.replace(task, markovgen=mrf, markovgen_progress=(0.6, 0.9), markovgen_cfg_scale=1.0)
+  assert [p.name for p in with_mrf.phases()] == ["markovgen"]
+  fresh = jax.jit(lambda key: nn.unbox(with_mrf.init(key, batch)))(jax.random.key(1))
+  mrf_state = fresh.replace(params=fresh.params | {"generator": state.params["generator"]})
+  step = jax.jit(lambda s, b: with_mrf.train_step(s, b, "markovgen"))
+  first = None
+  for _ in range(60):
+    mrf_state, metrics = step(mrf_state, batch)
+    first = first or {k: float(v) for k, v in metrics.items()}
+  assert set(metrics) >= {"loss", "masked_nll", "unary_nll", "masked_accuracy", "mask_ratio"}
+  assert abs(first["loss"] - first["unary_nll"]) < 0.05 * first["unary_nll"]  # c ≈ 0 at init: Q ≈ softmax(u)
+  assert float(metrics["loss"]) < 0.8 * first["loss"]
+  jax.tree.map(np.testing.assert_array_equal, mrf_state.params["generator"], state.params["generator"])
+  settings = pd.MaskedSamplingSettings(num_steps=6, exit_steps=2, final_fill="mrf", temperature=0.5)
+  sampled = jax.jit(lambda s, c, r: with_mrf.sample(s, c, r, settings))(mrf_state, {"label": batch["label"]},
+                                                                        jax.random.key(3))
+  assert sampled.shape == (16, 4, 4) and float(jnp.mean(sampled == batch["tokens"])) > 0.8
+  with pytest.raises(ConfigError, match="needs a MarkovGen MRF"):
+    task.fill(state, settings)

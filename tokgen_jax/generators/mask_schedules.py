@@ -50,14 +50,15 @@ def lowest_ranked(scores: jax.Array, counts: jax.Array) -> jax.Array:
   return ranks < counts[:, None]
 
 
-def random_mask(rng: jax.Array, schedule: str, maskable: jax.Array) -> jax.Array:
-  """A training mask `[B, N]` (True = masked): per example r ~ U(0, 1), then `clip(ceil(γ(r)·n), 1, n)` of its n
-  `maskable` positions, uniformly at random. Positions that are not maskable (a task's given tokens) are never
-  masked. A row with no maskable position gets no mask."""
+def random_mask(rng: jax.Array, schedule: str, maskable: jax.Array,
+                progress: tuple[float, float] = (0.0, 1.0)) -> jax.Array:
+  """A training mask `[B, N]` (True = masked): per example r ~ U(progress) (U(0, 1) by default), then
+  `clip(ceil(γ(r)·n), 1, n)` of its n `maskable` positions, uniformly at random. Positions that are not maskable
+  (a task's given tokens) are never masked. A row with no maskable position gets no mask."""
   ratio_rng, order_rng = jax.random.split(rng)
   batch = maskable.shape[0]
   available = jnp.sum(maskable, axis=-1)
-  ratio = mask_ratio(schedule, jax.random.uniform(ratio_rng, (batch,)))
+  ratio = mask_ratio(schedule, jax.random.uniform(ratio_rng, (batch,), minval=progress[0], maxval=progress[1]))
   counts = jnp.clip(jnp.ceil(ratio * available), 1, available).astype(jnp.int32)
   scores = jnp.where(maskable, jax.random.uniform(order_rng, maskable.shape), 2.0)  # others rank last
   return lowest_ranked(scores, counts) & maskable

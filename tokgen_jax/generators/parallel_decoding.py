@@ -31,6 +31,7 @@ from tokgen_jax.generators.masked import MaskedTransformer
 from tokgen_jax.generators.sampling import filter_logits, guidance_scale
 
 KNOWN_CONFIDENCE = jnp.inf
+FINAL_FILLS = ("draw", "mrf")
 
 # fill(logits [B, N, F, V], drawn [B, N, F], tokens [B, N, F], unknown [B, N], rng) -> tokens [B, N, F]
 Fill = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
@@ -49,10 +50,13 @@ class MaskedSamplingSettings:
   cfg_scale: float = 1.0
   cfg_ramp: bool = False
   exit_steps: int = 0
+  final_fill: str = "draw"  # how the last step completes: "draw" (keep_draws) or "mrf" (MarkovGen's MRF pass)
   greedy: bool = False
 
   def __post_init__(self):
     check_schedule(self.schedule, "sampling schedule")
+    if self.final_fill not in FINAL_FILLS:
+      raise ConfigError(f"masked decoding: final_fill={self.final_fill!r} is not one of {FINAL_FILLS}.")
     if self.num_steps < 1 or not 0 <= self.exit_steps < self.num_steps:
       raise ConfigError(f"masked decoding: num_steps={self.num_steps} must be >= 1 and exit_steps="
                         f"{self.exit_steps} in [0, num_steps) (the steps an early exit or MarkovGen skips).")

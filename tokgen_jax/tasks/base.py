@@ -80,16 +80,17 @@ def apply_gradients(optimizer: optax.GradientTransformation, params: Any, opt_st
 
 def single_group_step(loss_fn: Callable, optimizer: optax.GradientTransformation, learning_rate: optax.Schedule,
                       ema_decay: float, group: str, state: TrainState, batch: Any) -> tuple[TrainState, dict]:
-  """One optimizer step of a task whose parameters are the one `group`: `loss_fn(params, batch, rng) ->
-  (loss, metrics)` with rng = fold_in(state.rng, step), then `apply_gradients`; metrics gain the norms and `lr`."""
+  """One optimizer step of the parameter group `group` (any other group is left as it is): `loss_fn(params, batch,
+  rng) -> (loss, metrics)` with rng = fold_in(state.rng, step), then `apply_gradients`; metrics gain the norms
+  and `lr`."""
   rng = jax.random.fold_in(state.rng, state.step)
   grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params[group], batch, rng)
   update = apply_gradients(optimizer, state.params[group], state.opt_state[group], grads,
                            state.ema_params.get(group), ema_decay)
   metrics = metrics | update.metrics | {"lr": learning_rate(state.step)}
-  ema = {group: update.ema_params} if ema_decay else {}
-  return state.replace(step=state.step + 1, params={group: update.params}, opt_state={group: update.opt_state},
-                       ema_params=ema), metrics
+  ema = state.ema_params | ({group: update.ema_params} if ema_decay else {})
+  return state.replace(step=state.step + 1, params=state.params | {group: update.params},
+                       opt_state=state.opt_state | {group: update.opt_state}, ema_params=ema), metrics
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,16 @@ of the mean) and the share of masked positions predicted exactly. The masks come
 eval draws the same ones. It then runs the shared sample pass (`second_stage.SampleEvaluation`):
 `cfg` / `nocfg`, plus `pred` (clips continued from their first `given_frames` real latent frames) when the
 protocol asks for frame prediction.
+
+MarkovGen (`generators/markovgen.py`): with `config.markovgen.enabled` the state gains the group "markovgen", an
+MRF over the token labels. Phase "markovgen" (from `markovgen.start_step`) trains only the MRF. The masked model
+is frozen (a run started with `config.init_from` at a trained masked run loads it and keeps its fresh MRF). Each
+step masks real tokens as the decoder leaves them at its last kept step (progress drawn around
+(T − k − 1)/T for T = `num_steps`, k = `exit_steps`). The frozen model's guided logits are the unary terms, and
+the loss is the cross entropy of the MRF marginals against the real tokens at the masked positions. Decoding
+with `exit_steps=k, final_fill='mrf'` runs the first T − k steps, and one MRF pass fills what is left
+(argmax of the marginals). An eval whose protocol has `exit_steps` > 0 then scores `cfg` (all T steps),
+`early_exit` (T − k steps, last draws kept) and `markovgen` (T − k steps + the MRF).
 """
 
 import dataclasses
@@ -32,14 +42,16 @@ from tokgen_jax import generators, tokenizers
 from tokgen_jax.data import latents as latent_data
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.generators import mask_schedules, parallel_decoding, task_masks
+from tokgen_jax.generators.markovgen import MarkovRandomField
 from tokgen_jax.generators.masked import MaskedTransformer
 from tokgen_jax.quantizers import factorize_indices, merge_indices
 from tokgen_jax.tasks import second_stage
-from tokgen_jax.tasks.base import RunContext, Task, TrainState, evaluation_params, single_group_step
+from tokgen_jax.tasks.base import Phase, RunContext, Task, TrainState, evaluation_params, single_group_step
 from tokgen_jax.tasks.generator import GeneratorPass, tokenizer_token_shape
 from tokgen_jax.tasks.optimizers import learning_rate_schedule, make_optimizer
 
 GROUP = "generator"
+MRF_GROUP = "markovgen"
 EVAL_MASK_SEED = 0
 
 
@@ -59,12 +71,22 @@ class MaskedTask(second_stage.SecondStage, Task):
   given_frames: int = 1
   ema_decay: float = 0.0
   eval_ema: bool = True
+  markovgen: MarkovRandomField | None = None
+  markovgen_start_step: int = 0
+  markovgen_progress: tuple[float, float] = (0.0, 1.0)
+  markovgen_cfg_scale: float = 1.0
   tokenizer: Any = dataclasses.field(default=None, hash=False, compare=False)
   _loaded: dict = dataclasses.field(default_factory=dict, hash=False, compare=False, repr=False)
 
   input_key = latent_key = tokenizers.TOKENS
 
   def __post_init__(self):
+    if self.markovgen is not None and (self.model.num_factors > 1 or self.markovgen.vocab_size !=
+                                       self.model.vocab_sizes[0] or tuple(self.markovgen.grid) !=
+                                       tuple(self.token_shape)):
+      raise ConfigError(f"config.markovgen: the MRF labels one codebook of {self.model.vocab_sizes} on the grid "
+                        f"{self.token_shape}; it needs one unfactorized vocabulary (factorized_bits=()) and the "
+                        "model's grid.")
     if tuple(self.model.grid) != tuple(self.token_shape):
       raise ConfigError(f"MaskedTask: token_shape={self.token_shape} but the model's grid is {self.model.grid}; "
                         "derive both from the tokenizer (see tasks.masked.build).")
@@ -118,9 +140,20 @@ class MaskedTask(second_stage.SecondStage, Task):
     variables = self.model.init({"params": model_rng, "dropout": model_rng}, tokens,
                                 jnp.zeros(tokens.shape[:2], bool), self.condition(batch))
     params = {GROUP: variables["params"]}
+    if self.markovgen is not None:
+      unary = jnp.zeros(tokens.shape[:2] + (self.markovgen.vocab_size,), jnp.float32)
+      params[MRF_GROUP] = self.markovgen.init(model_rng, unary)["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state={GROUP: self.optimizer.init(params[GROUP])},
+                      opt_state={group: self.optimizer.init(value) for group, value in params.items()},
                       ema_params={GROUP: params[GROUP]} if self.ema_decay else {}, model_state={}, rng=state_rng)
+
+  def phases(self) -> tuple[Phase, ...]:
+    """'train' (the masked model), then 'markovgen' (the MRF on the frozen model) from its start step."""
+    if self.markovgen is None:
+      return (Phase("train", 0),)
+    if self.markovgen_start_step <= 0:
+      return (Phase(MRF_GROUP, 0),)
+    return (Phase("train", 0), Phase(MRF_GROUP, self.markovgen_start_step))
 
   def draw_mask(self, rng: jax.Array, batch: int) -> jax.Array:
     """A training mask `[batch, N]`: a task's given positions stay visible, the schedule masks the rest."""
@@ -152,12 +185,37 @@ class MaskedTask(second_stage.SecondStage, Task):
     weights = masked.astype(jnp.float32)
     count = jnp.maximum(jnp.sum(weights), 1.0)
     loss = jnp.sum(smoothed * weights) / count
-    return loss, {"loss": loss, "masked_nll": jnp.sum(nll * weights) / count,
+    masked_nll = jnp.sum(nll * weights) / count
+    return loss, {"loss": loss, "masked_nll": masked_nll, "unary_nll": masked_nll,
+                  "masked_accuracy": jnp.sum(correct * weights) / count, "mask_ratio": jnp.mean(weights)}
+
+  def _mrf_loss(self, mrf_params: Any, masked_params: Any, batch: dict[str, jax.Array], rng: jax.Array):
+    """MarkovGen's loss: CE of the MRF marginals over the frozen model's late-step logits (the unary terms)."""
+    tokens = self.to_model_tokens(batch["tokens"])
+    maskable = jnp.ones(tokens.shape[:2], bool)
+    masked = mask_schedules.random_mask(rng, self.schedule, maskable, self.markovgen_progress)
+    settings = parallel_decoding.MaskedSamplingSettings(cfg_scale=self.markovgen_cfg_scale)
+    unary = jax.lax.stop_gradient(parallel_decoding.guided_logits(
+        self.model, masked_params, tokens, masked, self.condition(batch), settings, jnp.int32(0)))
+    unary = unary[..., 0, :self.markovgen.vocab_size]
+    q = self.markovgen.apply({"params": mrf_params}, unary, ~masked, tokens[..., 0])
+    labels = tokens[..., 0]
+    weights = masked.astype(jnp.float32)
+    count = jnp.maximum(jnp.sum(weights), 1.0)
+    picked = lambda probs: jnp.take_along_axis(probs, labels[..., None], axis=-1)[..., 0]
+    nll = -jnp.log(jnp.maximum(picked(q), 1e-30))
+    unary_nll = -picked(jax.nn.log_softmax(unary, axis=-1))
+    loss = jnp.sum(nll * weights) / count
+    correct = (jnp.argmax(q, axis=-1) == labels).astype(jnp.float32)
+    return loss, {"loss": loss, "masked_nll": loss, "unary_nll": jnp.sum(unary_nll * weights) / count,
                   "masked_accuracy": jnp.sum(correct * weights) / count, "mask_ratio": jnp.mean(weights)}
 
   def train_step(self, state: TrainState, batch: dict[str, jax.Array],
                  phase: str = "train") -> tuple[TrainState, dict[str, jax.Array]]:
-    del phase  # one phase
+    if phase == MRF_GROUP:
+      masked_params = self.eval_params(state)
+      loss = lambda params, batch_, rng: self._mrf_loss(params, masked_params, batch_, rng)
+      return single_group_step(loss, self.optimizer, self.learning_rate, 0.0, MRF_GROUP, state, batch)
     return single_group_step(self._loss, self.optimizer, self.learning_rate, self.ema_decay, GROUP, state, batch)
 
   # ------------------------------------------------------------------------------------------ eval, sample
@@ -183,13 +241,26 @@ class MaskedTask(second_stage.SecondStage, Task):
     if "given" in cond_batch:
       start, known = self.to_model_tokens(cond_batch["given_tokens"]), cond_batch["given"]
     tokens = parallel_decoding.parallel_decode(self.model, self.eval_params(state), self.condition(cond_batch), rng,
-                                               settings, start, known, batch_size, self.fill(state))
+                                               settings, start, known, batch_size, self.fill(state, settings))
     return self.to_grid(tokens)
 
-  def fill(self, state: TrainState) -> parallel_decoding.Fill:
-    """How the decoder's last step completes the tokens (MarkovGen overrides it with its MRF pass)."""
-    del state
-    return parallel_decoding.keep_draws
+  def fill(self, state: TrainState, settings: parallel_decoding.MaskedSamplingSettings) -> parallel_decoding.Fill:
+    """How the decoder's last step completes the tokens: its draws, or MarkovGen's MRF pass over its logits (the
+    label of highest marginal at every position still unknown)."""
+    if settings.final_fill == "draw":
+      return parallel_decoding.keep_draws
+    if self.markovgen is None:
+      raise ConfigError("sampling final_fill='mrf' needs a MarkovGen MRF (config.markovgen.enabled=True, trained "
+                        "with experiments/markovgen_shapes.py); use final_fill='draw'.")
+    mrf_params = state.params[MRF_GROUP]
+
+    def mrf_fill(logits, drawn, tokens, unknown, rng):
+      del drawn, rng
+      unary = logits[..., 0, :self.markovgen.vocab_size]
+      q = self.markovgen.apply({"params": mrf_params}, unary, ~unknown, tokens[..., 0])
+      return jnp.where(unknown[..., None], jnp.argmax(q, axis=-1)[..., None].astype(jnp.int32), tokens)
+
+    return mrf_fill
 
   def sample_settings(self, sample_config: Any, guided: bool = True) -> parallel_decoding.MaskedSamplingSettings:
     return settings_from_config(sample_config, guided)
@@ -198,7 +269,14 @@ class MaskedTask(second_stage.SecondStage, Task):
                   latents: np.ndarray) -> dict[str, second_stage.SampleSet]:
     """`cfg` / `nocfg`, and with `protocol.given_frames` k > 0 also `pred`: the clips decoded from their first k
     real latent frames (frame prediction), guided as the protocol says."""
-    sets = super().sample_sets(run, protocol, conditions, latents)
+    exit_steps = int(protocol.get("exit_steps", 0))
+    if exit_steps and self.markovgen is not None:  # the full decoder against its early exit with and without the MRF
+      guided = self.sample_settings(protocol).guided
+      sets = {"cfg": second_stage.SampleSet(conditions, guided, overrides=(("exit_steps", 0), ("final_fill", "draw"))),
+              "early_exit": second_stage.SampleSet(conditions, guided, overrides=(("final_fill", "draw"),)),
+              "markovgen": second_stage.SampleSet(conditions, guided, overrides=(("final_fill", "mrf"),))}
+    else:
+      sets = super().sample_sets(run, protocol, conditions, latents)
     given_frames = int(protocol.get("given_frames", 0))
     if not given_frames:
       return sets
@@ -237,7 +315,8 @@ def settings_from_config(sample_config: Any, guided: bool = True) -> parallel_de
       num_steps=int(sample_config.num_steps), schedule=str(sample_config.schedule),
       temperature=float(sample_config.temperature), top_k=int(sample_config.top_k),
       choice_temperature=float(sample_config.choice_temperature), cfg_scale=scale if guided else 1.0,
-      cfg_ramp=bool(sample_config.cfg_ramp), exit_steps=int(sample_config.get("exit_steps", 0)))
+      cfg_ramp=bool(sample_config.cfg_ramp), exit_steps=int(sample_config.get("exit_steps", 0)),
+      final_fill=str(sample_config.get("final_fill", "draw")))
 
 
 # ------------------------------------------------------------------------------------------------------- build
@@ -276,8 +355,28 @@ def build(config: Any) -> MaskedTask:
       latent_data.check_split_fits(str(config.data.path), str(split), {tokenizers.TOKENS: spec})
   loss = config.loss
   return MaskedTask(model=model, optimizer=make_optimizer(config.optimizer, config.total_steps),
+                    **markovgen_fields(config, model),
                     learning_rate=learning_rate_schedule(config.optimizer, config.total_steps),
                     token_shape=tuple(token_shape), codebook_bits=bits, schedule=str(loss.schedule),
                     label_smoothing=float(loss.label_smoothing), tasks=tuple(loss.tasks),
                     given_frames=int(loss.given_frames), ema_decay=config.optimizer.ema_decay,
                     eval_ema=bool(config.eval.protocol.use_ema), tokenizer=config.tokenizer)
+
+
+def markovgen_fields(config: Any, model: MaskedTransformer) -> dict[str, Any]:
+  """The MaskedTask fields of `config.markovgen` (none when it is absent or disabled). Training masks follow the
+  decoder's state at its last kept step: progress in [(T − k − 2)/T, (T − k)/T] around (T − k − 1)/T."""
+  settings = config.get("markovgen")
+  if settings is None or not settings.enabled:
+    return {}
+  steps, exit_steps = int(settings.num_steps), int(settings.exit_steps)
+  if not 1 <= exit_steps < steps:
+    raise ConfigError(f"config.markovgen: exit_steps={exit_steps} must be in [1, num_steps={steps}) (the decoding "
+                      "steps the MRF replaces).")
+  mrf = MarkovRandomField(vocab_size=model.vocab_sizes[0], grid=tuple(model.grid), rank=int(settings.rank),
+                          kernel_size=int(settings.kernel_size), iterations=int(settings.iterations))
+  mrf.validate()
+  last = steps - exit_steps - 1
+  progress = (max(last - 1, 0) / steps, min(last + 1, steps - 1) / steps)
+  return dict(markovgen=mrf, markovgen_start_step=int(settings.start_step), markovgen_progress=progress,
+              markovgen_cfg_scale=float(settings.cfg_scale))

@@ -196,8 +196,9 @@ class SampleEvaluation:
                if scored else {})
     self._columns, self._prompts = [reference], prompts or []
     for name, sample_set in task.sample_sets(self._run, protocol, cond, latents).items():
-      drawn = task.draw(self._state, sample_set.conditions, task.sample_settings(protocol, sample_set.guided),
-                        int(protocol.seed), len(examples))
+      drawn = task.draw(self._state, sample_set.conditions,
+                        task.sample_settings(sample_set.protocol(protocol), sample_set.guided), int(protocol.seed),
+                        len(examples))
       self._columns.append(task.decode(self._run, drawn))
       if scored:
         results |= {f"{name}_{k}": v for k, v in shape_metrics.score_prompts(prompts, self._columns[-1]).items()}
@@ -218,10 +219,21 @@ class SampleEvaluation:
 class SampleSet:
   """One set of eval samples: its condition batch, whether the protocol's guidance applies, and for a prediction
   from given frames the count of leading pixel frames given (the rest are scored by PSNR against the
-  reference)."""
+  reference). `overrides`: (field, value) pairs that set apart this set's decoding from the protocol's."""
   conditions: dict[str, np.ndarray]
   guided: bool
   given_pixel_frames: int = 0
+  overrides: tuple[tuple[str, Any], ...] = ()
+
+  def protocol(self, protocol: Any) -> Any:
+    """The protocol this set decodes under."""
+    if not self.overrides:
+      return protocol
+    changed = protocol.copy_and_resolve_references()
+    with changed.unlocked():
+      for field, value in self.overrides:
+        changed[field] = value
+    return changed
 
 
 def prediction_psnr(predicted: np.ndarray, reference: np.ndarray, given_pixel_frames: int) -> float:
