@@ -118,3 +118,30 @@ def test_fourplane_lavfi_variants_train_on_the_offline_renders():
   assert task.sample_settings(load_experiment("experiments/fourplane_video.py:lavfi").eval.protocol).cfg_scale == 1.0
   with pytest.raises(ConfigError, match="lavfi clips are the local data"):
     load_experiment("experiments/fourplane_video.py:k600,lavfi")
+
+
+@pytest.mark.parametrize("variant, positions", [("ucf101", 1280), ("imagenet256", 256)])
+def test_magvit2_mlm_is_307m_with_factorized_2_18_tokens(variant, positions, tmp_path):
+  """Seed 004: MAGVIT-v2's MLM has 307M parameters over 2^18 LFQ tokens factorized as 2 × 2^9; the unfactorized
+  vocabulary alone would take 268.7M parameters of table and head."""
+  run = run_lib.setup(load_experiment(f"experiments/magvit2_mlm.py:{variant}"), str(tmp_path))
+  params = run_lib.count_params(run.abstract_state)
+  layout = run.task.describe()
+  print(f"\nmagvit2_mlm:{variant}: {params:,} parameters; embeddings {layout['embedding_parameters']:,} factorized, "
+        f"{layout['unfactorized_embedding_parameters']:,} unfactorized")
+  assert run.task.model.vocab_sizes == (512, 512) and run.task.codebook_bits == 18
+  assert run.task.model.num_tokens == positions
+  assert abs(params - 307e6) < 0.01 * 307e6
+  assert layout["unfactorized_embedding_parameters"] == (2**18 + 1) * 1024 + 2**18
+
+
+def test_masked_experiments_build_with_their_protocols(tmp_path):
+  """MaskGIT ImageNet decodes in 8 steps (its FID protocol); the shapes MarkovGen run replaces 4 of 12 steps and
+  starts from the masked run."""
+  maskgit = load_experiment("experiments/maskgit_imagenet.py")
+  assert maskgit.eval.protocol.num_steps == 8 and maskgit.model.block == "bert"
+  markovgen = load_experiment("experiments/markovgen_shapes.py:local")
+  assert markovgen.markovgen.exit_steps == markovgen.eval.protocol.exit_steps == 4
+  assert markovgen.init_from == "/tmp/maskgit_shapes/masked"
+  video = load_experiment("experiments/mlm_video.py:local")
+  assert video.eval.protocol.given_frames == 1 and "frame_prediction" in video.loss.tasks
