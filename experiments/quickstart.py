@@ -23,6 +23,14 @@ evaluating the live instead of the EMA weights (`optimizer.ema_decay=0`: 0.77 / 
 perplexity either. The same checkpoint scored on 176x176
 tiles of the nine training photos uses every code at perplexity 282: whole-photo tiles are dominated by smooth
 regions, so their code histogram stays skewed even where the codebook was fit.
+
+`python -m tokgen_jax.bench.codebook_coverage --config=experiments/quickstart.py:local --workdir=...` on the
+default run (step 1500) shows where the held-out figure comes from. On 64 batches of training crops the codebook
+has usage 1.000, perplexity 923.6 of 1024 and distortion 0.0465. On the held-out tiles it has 0.781 / 215.6 /
+0.0456. A k-means codebook fit to the held-out vectors themselves reaches 0.999 / 907.4 / 0.0167. So the codebook
+is not dead: the two held-out photos fill about a fifth of what the nine training photos use. Training on 64x64
+crops (batch 4, the same pixels per step) raised held-out usage to 0.81 and perplexity to 257, and lowered PSNR to
+23.08 dB.
 """
 
 import ml_collections

@@ -291,13 +291,16 @@ class VectorQuantizer(nn.Module):
   def bits_per_token(self) -> float:
     return math.log2(self.codebook_size)
 
-  def __call__(self, z: jax.Array, train: bool = False) -> tuple[jax.Array, QuantizerOutput]:
+  def lookup_vectors(self, z: jax.Array) -> jax.Array:
+    """z `[..., dim]` in the space codes are looked up in (projected, and l2-normalized with `l2_normalize`)."""
     if z.shape[-1] != self.dim:
       raise ValueError(f"VectorQuantizer: input has {z.shape[-1]} channels, the quantizer has dim {self.dim}.")
     z = z.astype(jnp.float32)
     lookup = self.project_in(z) if self.projected else z
-    if self.l2_normalize:
-      lookup = _l2_normalize(lookup)
+    return _l2_normalize(lookup) if self.l2_normalize else lookup
+
+  def __call__(self, z: jax.Array, train: bool = False) -> tuple[jax.Array, QuantizerOutput]:
+    lookup = self.lookup_vectors(z)
     codes = self.codes()
     vectors = lookup.reshape(-1, self.code_dim)
     flat_indices = nearest_code(vectors, codes, self.chunk_size)
