@@ -55,6 +55,30 @@ def _timed_draw(task, state, conditions, settings, seed: int, repeats: int) -> t
   return drawn, float(np.median(times))
 
 
+def measure(config, workdir: str, per_class: int = 5, repeats: int = 3) -> dict[str, dict[str, float]]:
+  """The three decodings of the trained run of `config` in `workdir`, and one decoder step against one MRF pass."""
+  run = run_lib.setup(config, workdir)
+  task = run.task
+  if task.markovgen is None or task.conditioning != "class":
+    raise ConfigError("masked_decoding: the experiment needs a class-conditional masked model with a MarkovGen MRF "
+                      "(config.markovgen.enabled), e.g. experiments/markovgen_shapes.py.")
+  state, step = run.restore()
+  labels = np.repeat(np.arange(shapes.NUM_CLASSES, dtype=np.int32), per_class)
+  sample_config = config.sample.copy_and_resolve_references()
+  with sample_config.unlocked():
+    sample_config.exit_steps = int(sample_config.exit_steps) or int(config.markovgen.exit_steps)
+  rows = {}
+  for name, overrides in VARIANTS.items():
+    settings = _settings(task, sample_config, **overrides)
+    drawn, seconds = _timed_draw(task, state, {"label": labels}, settings, int(sample_config.seed), repeats)
+    scores = shape_metrics.score_prompts([int(label) for label in labels], task.decode(run, drawn))
+    rows[name] = {"steps": settings.decoded_steps, "seconds_per_image": seconds / len(labels),
+                  "color_shape": scores["color_shape"]}
+  rows |= _component_times(task, state, labels, _settings(task, sample_config, final_fill="mrf"), repeats)
+  _print(rows, step, len(labels))
+  return rows
+
+
 def main(argv=None) -> dict[str, dict[str, float]]:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", required=True, help="a masked experiment with a MarkovGen MRF")
@@ -62,29 +86,7 @@ def main(argv=None) -> dict[str, dict[str, float]]:
   parser.add_argument("--per_class", type=int, default=5, help="samples per shapes-world class")
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args(argv)
-  run = run_lib.setup(load_experiment(args.config), args.workdir)
-  task = run.task
-  if task.markovgen is None or task.conditioning != "class":
-    raise ConfigError(f"masked_decoding: {args.config} needs a class-conditional masked model with a MarkovGen MRF "
-                      "(config.markovgen.enabled).")
-  state, step = run.restore()
-  labels = np.repeat(np.arange(shapes.NUM_CLASSES, dtype=np.int32), args.per_class)
-  conditions = {"label": labels}
-  sample_config = run.config.sample
-  if not int(sample_config.exit_steps):
-    with sample_config.unlocked():
-      sample_config.exit_steps = int(run.config.markovgen.exit_steps)
-  rows = {}
-  with run.context():
-    for name, overrides in VARIANTS.items():
-      settings = _settings(task, sample_config, **overrides)
-      drawn, seconds = _timed_draw(task, state, conditions, settings, int(sample_config.seed), args.repeats)
-      scores = shape_metrics.score_prompts([int(label) for label in labels], task.decode(run, drawn))
-      rows[name] = {"steps": settings.decoded_steps, "seconds_per_image": seconds / len(labels),
-                    "color_shape": scores["color_shape"]}
-    rows |= _component_times(task, state, labels, _settings(task, sample_config, final_fill="mrf"), args.repeats)
-  _print(rows, step, len(labels))
-  return rows
+  return measure(load_experiment(args.config), args.workdir, args.per_class, args.repeats)
 
 
 def _component_times(task, state, labels, settings, repeats: int) -> dict[str, dict[str, float]]:
