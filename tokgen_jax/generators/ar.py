@@ -34,12 +34,12 @@ import numpy as np
 
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.generators import orderings
+from tokgen_jax.generators.conditioning import prefix_embeddings, setup_prefix, validate_conditioning
 from tokgen_jax.nn.attention import KVCache, attention_dims
 from tokgen_jax.nn.projection import Projection
 from tokgen_jax.nn.rope import rope_frequencies
 from tokgen_jax.nn.transformer import LlamaStack, llama_mlp_dim
 
-CONDITIONINGS = ("class", "text", "none")
 ROPE_MODES = ("grid", "sequence")
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
 INVALID_LOGIT = -1e9  # finite, so 0 · logit stays 0 in any downstream arithmetic
@@ -129,14 +129,7 @@ class ARTransformer(nn.Module):
                         f"every layer (t, h, w), so RoPE has one number of axes.")
     if min(self.vocab_sizes) < 2:
       raise ConfigError(f"{name}: vocab_sizes={self.vocab_sizes} must each be at least 2.")
-    if self.conditioning not in CONDITIONINGS:
-      raise ConfigError(f"{name}: conditioning={self.conditioning!r} is not one of {CONDITIONINGS}.")
-    if self.conditioning == "class" and self.num_classes < 1:
-      raise ConfigError(f"{name}: class conditioning needs num_classes >= 1 (got {self.num_classes}).")
-    if self.conditioning == "text" and (self.text_length < 1 or self.text_dim < 1):
-      raise ConfigError(f"{name}: text conditioning needs text_length >= 1 and text_dim >= 1 (got "
-                        f"{self.text_length}, {self.text_dim}); set them to the text encoder's padded length and "
-                        f"width (384 for all-MiniLM-L6-v2).")
+    validate_conditioning(self, name)
     if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
       raise ConfigError(f"{name}: attention_implementation={self.attention_implementation!r} is not one of "
                         f"{ATTENTION_IMPLEMENTATIONS} (jax.nn.dot_product_attention's kernels).")
@@ -168,16 +161,8 @@ class ARTransformer(nn.Module):
     if len(self.vocab_sizes) > 1:
       self.layer_embedding = self.param("layer_embedding", nn.with_logical_partitioning(
           _embedding_init, (None, "embed")), (len(self.vocab_sizes), self.embed_dim), self.param_dtype)
-    if self.conditioning == "class":
-      self.class_embedding = embed(self.num_classes + 1, "class_embedding")  # row num_classes: null class
-    elif self.conditioning == "text":
-      self.text_projection = Projection((self.embed_dim,), (None, "embed"), dtype=self.dtype,
-                                        param_dtype=self.param_dtype, name="text_projection")
-      self.uncond_text = self.param("uncond_text", nn.with_logical_partitioning(_embedding_init, (None, None)),
-                                    (self.text_length, self.text_dim), self.param_dtype)
-      self.text_pad = self.param("text_pad", nn.with_logical_partitioning(_embedding_init, ("embed",)),
-                                 (self.embed_dim,), self.param_dtype)
-    else:
+    setup_prefix(self, _embedding_init)
+    if self.conditioning == "none":
       self.start = self.param("start", nn.with_logical_partitioning(_embedding_init, (None, "embed")),
                               (1, self.embed_dim), self.param_dtype)
     self.stack = self._stack()
@@ -187,19 +172,11 @@ class ARTransformer(nn.Module):
 
   def condition_embeddings(self, cond: dict[str, jax.Array], batch: int, unconditional: jax.Array | None,
                            train: bool) -> jax.Array:
-    """`[B, P, E]`: the condition prefix; dropped to unconditional where `unconditional` or by dropout."""
-    drop = jnp.zeros((batch,), bool) if unconditional is None else unconditional.astype(bool)
-    if train and self.cond_dropout_rate and self.conditioning != "none":
-      drop |= jax.random.bernoulli(self.make_rng("dropout"), self.cond_dropout_rate, (batch,))
-    if self.conditioning == "class":
-      labels = jnp.where(drop, self.num_classes, cond["label"].astype(jnp.int32))
-      return self.class_embedding(labels)[:, None]
-    if self.conditioning == "text":
-      text = jnp.where(drop[:, None, None], self.uncond_text.astype(cond["text"].dtype), cond["text"])
-      real = cond["text_mask"].astype(bool) | drop[:, None]  # the learned unconditional text has no padding
-      projected = self.text_projection(text)
-      return jnp.where(real[..., None], projected, self.text_pad.astype(projected.dtype))
-    return jnp.broadcast_to(self.start.astype(self.dtype), (batch, 1, self.embed_dim))
+    """`[B, P, E]`: the condition prefix (`generators/conditioning.py`), or the learned start token."""
+    prefix = prefix_embeddings(self, cond, batch, unconditional, train)
+    if prefix is None:
+      return jnp.broadcast_to(self.start.astype(self.dtype), (batch, 1, self.embed_dim))
+    return prefix
 
   def _embed_layer(self, tokens: jax.Array, layer: int) -> jax.Array:
     x = self.token_embeddings[layer](tokens)

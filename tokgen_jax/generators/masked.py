@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 
 from tokgen_jax.errors import ConfigError
-from tokgen_jax.generators.ar import CONDITIONINGS, INVALID_LOGIT
+from tokgen_jax.generators.ar import INVALID_LOGIT
+from tokgen_jax.generators.conditioning import prefix_embeddings, setup_prefix, validate_conditioning
 from tokgen_jax.nn import masks
 from tokgen_jax.nn.bert import BertStack, layer_norm
 from tokgen_jax.nn.projection import Projection
@@ -95,13 +96,7 @@ class MaskedTransformer(nn.Module):
       raise ConfigError(f"{name}: grid={self.grid} must be a token grid of at least 2 positions.")
     if self.block not in BLOCKS:
       raise ConfigError(f"{name}: block={self.block!r} is not one of {BLOCKS}.")
-    if self.conditioning not in CONDITIONINGS:
-      raise ConfigError(f"{name}: conditioning={self.conditioning!r} is not one of {CONDITIONINGS}.")
-    if self.conditioning == "class" and self.num_classes < 1:
-      raise ConfigError(f"{name}: class conditioning needs num_classes >= 1 (got {self.num_classes}).")
-    if self.conditioning == "text" and (self.text_length < 1 or self.text_dim < 1):
-      raise ConfigError(f"{name}: text conditioning needs text_length >= 1 and text_dim >= 1 (got "
-                        f"{self.text_length}, {self.text_dim}).")
+    validate_conditioning(self, name)
 
   def setup(self):
     self.validate()
@@ -110,15 +105,7 @@ class MaskedTransformer(nn.Module):
     self.token_embeddings = [embed(v + 1, f"token_embedding_{f}") for f, v in enumerate(self.vocab_sizes)]
     self.positions = self.param("position_embedding", nn.with_logical_partitioning(_embedding_init, (None, "embed")),
                                 (self.prefix_length + self.num_tokens, self.embed_dim), self.param_dtype)
-    if self.conditioning == "class":
-      self.class_embedding = embed(self.num_classes + 1, "class_embedding")  # row num_classes: null class
-    elif self.conditioning == "text":
-      self.text_projection = Projection((self.embed_dim,), (None, "embed"), dtype=self.dtype,
-                                        param_dtype=self.param_dtype, name="text_projection")
-      self.uncond_text = self.param("uncond_text", nn.with_logical_partitioning(_embedding_init, (None, None)),
-                                    (self.text_length, self.text_dim), self.param_dtype)
-      self.text_pad = self.param("text_pad", nn.with_logical_partitioning(_embedding_init, ("embed",)),
-                                 (self.embed_dim,), self.param_dtype)
+    setup_prefix(self, _embedding_init)
     self.embedding_dropout = nn.Dropout(self.dropout_rate)
     if self.block == "bert":
       self.embedding_norm = layer_norm("embedding_norm", self.dtype, self.param_dtype)
@@ -141,18 +128,9 @@ class MaskedTransformer(nn.Module):
 
   def condition_embeddings(self, cond: dict[str, jax.Array], batch: int, unconditional: jax.Array | None,
                            train: bool) -> jax.Array:
-    """`[B, P, E]`: the condition positions, dropped to the null condition where `unconditional` or by dropout."""
-    drop = jnp.zeros((batch,), bool) if unconditional is None else unconditional.astype(bool)
-    if train and self.cond_dropout_rate and self.conditioning != "none":
-      drop |= jax.random.bernoulli(self.make_rng("dropout"), self.cond_dropout_rate, (batch,))
-    if self.conditioning == "class":
-      return self.class_embedding(jnp.where(drop, self.num_classes, cond["label"].astype(jnp.int32)))[:, None]
-    if self.conditioning == "text":
-      text = jnp.where(drop[:, None, None], self.uncond_text.astype(cond["text"].dtype), cond["text"])
-      real = cond["text_mask"].astype(bool) | drop[:, None]  # the learned unconditional text has no padding
-      projected = self.text_projection(text)
-      return jnp.where(real[..., None], projected, self.text_pad.astype(projected.dtype))
-    return jnp.zeros((batch, 0, self.embed_dim), self.dtype)
+    """`[B, P, E]`: the condition positions (`generators/conditioning.py`; none for `conditioning='none'`)."""
+    prefix = prefix_embeddings(self, cond, batch, unconditional, train)
+    return jnp.zeros((batch, 0, self.embed_dim), self.dtype) if prefix is None else prefix
 
   def token_embedding(self, tokens: jax.Array, masked: jax.Array) -> jax.Array:
     """`[B, N, E]`: the sum over sub-tokens of their embeddings, [MASK] (each table's last row) where masked."""

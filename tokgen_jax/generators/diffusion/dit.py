@@ -32,12 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokgen_jax.errors import ConfigError
+from tokgen_jax.generators.conditioning import validate_conditioning
 from tokgen_jax.nn.adaln import AdaLNModulation, gate, layer_norm, modulate
 from tokgen_jax.nn.attention import HEAD_AXES, HIDDEN_AXES, CrossAttention, attention_dims, dot_product_attention
 from tokgen_jax.nn.projection import Projection
 
 DIT_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}  # depth, hidden, heads
-CONDITIONINGS = ("class", "text", "none")
 TIMESTEP_FEATURES = 256  # DiT's frequency_embedding_size
 MAX_PERIOD = 10000.0
 NORM_EPS = 1e-6
@@ -344,20 +344,6 @@ def example_arguments(model: DiT, batch: int = 1) -> tuple[jax.Array, jax.Array,
     cond = {"text": jnp.zeros((batch, model.text_length, model.text_dim), jnp.float32),
             "text_mask": jnp.ones((batch, model.text_length), bool)}
   return x, jnp.zeros((batch,), jnp.int32), cond
-
-
-def validate_conditioning(module: nn.Module, name: str) -> None:
-  """The conditioning fields of a diffusion denoiser (DiT, W.A.L.T., plane W.A.L.T.) (`conditioning`, `num_classes`, `text_length`,
-  `text_dim`) agree with each other."""
-  if module.conditioning not in CONDITIONINGS:
-    raise ConfigError(f"{name}: config.model.conditioning={module.conditioning!r} is not one of {CONDITIONINGS}.")
-  if module.conditioning == "class" and module.num_classes < 1:
-    raise ConfigError(f"{name}: class conditioning needs config.model.num_classes >= 1 (got {module.num_classes}); "
-                      f"set it to the dataset's class count, or use conditioning='none'.")
-  if module.conditioning == "text" and (module.text_length < 1 or module.text_dim < 1):
-    raise ConfigError(f"{name}: text conditioning needs config.model.text_length >= 1 and config.model.text_dim "
-                      f">= 1 (got {module.text_length}, {module.text_dim}); set them to the text encoder's padded "
-                      f"length and width (384 for all-MiniLM-L6-v2).")
 
 
 def count_parameters(model: DiT) -> int:
