@@ -125,8 +125,8 @@ def test_markovgen_phase_trains_only_the_mrf_on_the_frozen_model(trained):
     mrf_state, metrics = step(mrf_state, batch)
     first = first or {k: float(v) for k, v in metrics.items()}
   assert set(metrics) >= {"loss", "masked_nll", "unary_nll", "masked_accuracy", "mask_ratio"}
-  assert abs(first["loss"] - first["unary_nll"]) < 0.05 * first["unary_nll"]  # c ≈ 0 at init: Q ≈ softmax(u)
   assert float(metrics["loss"]) < 0.8 * first["loss"]
+  assert float(metrics["loss"]) < float(metrics["unary_nll"])  # the MRF beats the model's own marginals
   jax.tree.map(np.testing.assert_array_equal, mrf_state.params["generator"], state.params["generator"])
   settings = pd.MaskedSamplingSettings(num_steps=6, exit_steps=2, final_fill="mrf", temperature=0.5)
   sampled = jax.jit(lambda s, c, r: with_mrf.sample(s, c, r, settings))(mrf_state, {"label": batch["label"]},

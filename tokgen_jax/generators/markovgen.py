@@ -54,13 +54,16 @@ class MarkovRandomField(nn.Module):
 
   def setup(self):
     self.validate()
-    init = nn.initializers.normal(stddev=0.01)  # starts near c = 0: the MRF first passes the unary through
+    # Neither factor starts at zero: the kernel's gradient scales with c and c's with the kernel, so a zero start
+    # of either leaves both stuck. The kernel starts as the neighbourhood mean; c as small random entries.
+    init = nn.initializers.normal(stddev=0.1)
     self.compatibility_a = self.param("compatibility_a", nn.with_logical_partitioning(init, ("vocab", None)),
                                       (self.vocab_size, self.rank))
     self.compatibility_b = self.param("compatibility_b", nn.with_logical_partitioning(init, ("vocab", None)),
                                       (self.vocab_size, self.rank))
+    taps = self.kernel_size ** len(self.grid)
     self.spatial_weights = self.param("spatial_kernel", nn.with_logical_partitioning(
-        nn.initializers.zeros_init(), (None,)), (self.kernel_size ** len(self.grid),))
+        nn.initializers.constant(1.0 / (taps - 1)), (None,)), (taps,))
 
   def spatial_kernel(self) -> jax.Array:
     """`s` `[k]*rank`: symmetric under d → −d and zero at the centre."""
