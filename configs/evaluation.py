@@ -86,7 +86,8 @@ def masked_protocol(name: str = "custom", **settings) -> ml_collections.ConfigDi
   """A masked-decoding protocol, like `protocol` with the parallel decoder's fields: num_steps, schedule ('cosine'
   | 'linear' | 'square' | 'arccos'), choice_temperature (MaskGIT's 4.5 on the Gumbel re-masking noise),
   exit_steps (decode only the first num_steps − exit_steps steps of the schedule: early exit, MarkovGen),
-  final_fill ('draw': the last step keeps its draws; 'mrf': MarkovGen's MRF pass fills what is left), and
+  final_fill ('draw': the last step keeps its draws; 'argmax': each position left takes its most likely token;
+  'mrf': MarkovGen's MRF pass fills what is left), and
   given_frames (a video model's eval also decodes the clips from their first given_frames real latent frames,
   scored as `pred_*`; 0: none). A named entry of `MASKED_PROTOCOLS` fills its fields first."""
   return _protocol(name, dict(num_steps=12, schedule="cosine", choice_temperature=4.5, exit_steps=0,

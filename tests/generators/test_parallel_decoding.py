@@ -141,3 +141,11 @@ def test_settings_are_validated():
     pd.MaskedSamplingSettings(schedule="exp")
   with pytest.raises(ConfigError, match="greedy"):
     pd.MaskedSamplingSettings(temperature=0.0)
+
+
+def test_argmax_fill_takes_each_unknown_positions_most_likely_token():
+  logits = jax.random.normal(jax.random.key(0), (2, 5, 1, 7))
+  tokens = jnp.full((2, 5, 1), 9, jnp.int32)
+  unknown = jnp.array([[True, False, True, False, True]] * 2)
+  filled = pd.argmax_fill(logits, tokens, tokens, unknown, jax.random.key(1))
+  np.testing.assert_array_equal(filled, np.where(unknown[..., None], np.argmax(logits, -1), 9))

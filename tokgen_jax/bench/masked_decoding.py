@@ -9,6 +9,8 @@ For every class of the shapes world (`--per_class` samples each), under the run'
 
 - `full`: all `num_steps` steps;
 - `early_exit`: the first `num_steps − exit_steps` steps, the last one's draws kept;
+- `early_exit_argmax`: the same steps, each position left taking its most likely token (the MRF's fill without
+  its pairwise terms);
 - `markovgen`: the same steps, then one MRF pass over the last step's logits fills what is left.
 
 Each is one jitted loop, compiled before it is timed. The script prints the median seconds per image of
@@ -33,7 +35,7 @@ from tokgen_jax.generators import parallel_decoding
 from tokgen_jax.metrics import shapes as shape_metrics
 
 VARIANTS = {"full": dict(exit_steps=0, final_fill="draw"), "early_exit": dict(final_fill="draw"),
-            "markovgen": dict(final_fill="mrf")}
+            "early_exit_argmax": dict(final_fill="argmax"), "markovgen": dict(final_fill="mrf")}
 
 
 def _settings(task, sample_config, **overrides) -> parallel_decoding.MaskedSamplingSettings:
@@ -109,7 +111,7 @@ def _print(rows, step: int, images: int) -> None:
   full = rows["full"]["seconds_per_image"]
   for name in VARIANTS:
     row = rows[name]
-    print(f"{name:<11} {row['steps']:>3} steps  {1000 * row['seconds_per_image']:8.2f} ms/image  "
+    print(f"{name:<17} {row['steps']:>3} steps  {1000 * row['seconds_per_image']:8.2f} ms/image  "
           f"speed-up {full / row['seconds_per_image']:5.2f}x  color_shape {row['color_shape']:.3f}")
   print(f"one decoder step {1000 * rows['decoder_step']['seconds']:.2f} ms, one MRF pass "
         f"{1000 * rows['mrf_pass']['seconds']:.2f} ms (batch of {images})")

@@ -31,7 +31,7 @@ from tokgen_jax.generators.masked import MaskedTransformer
 from tokgen_jax.generators.sampling import filter_logits, guidance_scale
 
 KNOWN_CONFIDENCE = jnp.inf
-FINAL_FILLS = ("draw", "mrf")
+FINAL_FILLS = ("draw", "argmax", "mrf")
 
 # fill(logits [B, N, F, V], drawn [B, N, F], tokens [B, N, F], unknown [B, N], rng) -> tokens [B, N, F]
 Fill = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
@@ -50,7 +50,7 @@ class MaskedSamplingSettings:
   cfg_scale: float = 1.0
   cfg_ramp: bool = False
   exit_steps: int = 0
-  final_fill: str = "draw"  # how the last step completes: "draw" (keep_draws) or "mrf" (MarkovGen's MRF pass)
+  final_fill: str = "draw"  # how the last step completes: "draw" (keep_draws), "argmax" or "mrf" (MarkovGen's MRF)
   greedy: bool = False
 
   def __post_init__(self):
@@ -138,6 +138,13 @@ def keep_draws(logits: jax.Array, drawn: jax.Array, tokens: jax.Array, unknown: 
   """The default `fill`: every unknown position takes its draw of the last step."""
   del logits, rng
   return jnp.where(unknown[..., None], drawn, tokens)
+
+
+def argmax_fill(logits: jax.Array, drawn: jax.Array, tokens: jax.Array, unknown: jax.Array,
+                rng: jax.Array) -> jax.Array:
+  """Every unknown position takes its most likely token under the last step's logits (each on its own)."""
+  del drawn, rng
+  return jnp.where(unknown[..., None], jnp.argmax(logits, axis=-1).astype(jnp.int32), tokens)
 
 
 def _batch_size(cond: dict[str, jax.Array], tokens: jax.Array | None, batch_size: int | None) -> int:

@@ -26,7 +26,8 @@ step masks real tokens as the decoder leaves them at its last kept step (progres
 the loss is the cross entropy of the MRF marginals against the real tokens at the masked positions. Decoding
 with `exit_steps=k, final_fill='mrf'` runs the first T − k steps, and one MRF pass fills what is left
 (argmax of the marginals). An eval whose protocol has `exit_steps` > 0 then scores `cfg` (all T steps),
-`early_exit` (T − k steps, last draws kept) and `markovgen` (T − k steps + the MRF).
+`early_exit` (T − k steps, last draws kept), `early_exit_argmax` (the same with each unknown position's most
+likely token: the MRF's fill without its pairwise terms) and `markovgen` (T − k steps + the MRF).
 """
 
 import dataclasses
@@ -245,10 +246,12 @@ class MaskedTask(second_stage.SecondStage, Task):
     return self.to_grid(tokens)
 
   def fill(self, state: TrainState, settings: parallel_decoding.MaskedSamplingSettings) -> parallel_decoding.Fill:
-    """How the decoder's last step completes the tokens: its draws, or MarkovGen's MRF pass over its logits (the
-    label of highest marginal at every position still unknown)."""
+    """How the decoder's last step completes the tokens: its draws, the argmax of its logits, or MarkovGen's MRF
+    pass over its logits (the label of highest marginal at every position still unknown)."""
     if settings.final_fill == "draw":
       return parallel_decoding.keep_draws
+    if settings.final_fill == "argmax":
+      return parallel_decoding.argmax_fill
     if self.markovgen is None:
       raise ConfigError("sampling final_fill='mrf' needs a MarkovGen MRF (config.markovgen.enabled=True, trained "
                         "with experiments/markovgen_shapes.py); use final_fill='draw'.")
@@ -274,6 +277,7 @@ class MaskedTask(second_stage.SecondStage, Task):
       guided = self.sample_settings(protocol).guided
       sets = {"cfg": second_stage.SampleSet(conditions, guided, overrides=(("exit_steps", 0), ("final_fill", "draw"))),
               "early_exit": second_stage.SampleSet(conditions, guided, overrides=(("final_fill", "draw"),)),
+              "early_exit_argmax": second_stage.SampleSet(conditions, guided, overrides=(("final_fill", "argmax"),)),
               "markovgen": second_stage.SampleSet(conditions, guided, overrides=(("final_fill", "mrf"),))}
     else:
       sets = super().sample_sets(run, protocol, conditions, latents)
