@@ -136,12 +136,12 @@ def test_magvit2_mlm_is_307m_with_factorized_2_18_tokens(variant, positions, tmp
 
 
 def test_masked_experiments_build_with_their_protocols(tmp_path):
-  """MaskGIT ImageNet decodes in 8 steps (its FID protocol); the shapes MarkovGen run replaces 4 of 12 steps and
+  """MaskGIT ImageNet decodes in 8 steps (its FID protocol); the shapes MarkovGen run replaces 5 of 12 steps and
   starts from the masked run."""
   maskgit = load_experiment("experiments/maskgit_imagenet.py")
   assert maskgit.eval.protocol.num_steps == 8 and maskgit.model.block == "bert"
   markovgen = load_experiment("experiments/markovgen_shapes.py:local")
-  assert markovgen.markovgen.exit_steps == markovgen.eval.protocol.exit_steps == 4
+  assert markovgen.markovgen.exit_steps == markovgen.eval.protocol.exit_steps == 5
   assert markovgen.init_from == "/tmp/maskgit_shapes/masked"
   video = load_experiment("experiments/mlm_video.py:local")
   assert video.eval.protocol.given_frames == 1 and "frame_prediction" in video.loss.tasks
