@@ -19,7 +19,8 @@ LABELS = jnp.array([0, 1, 2])
 SETTINGS = pd.MaskedSamplingSettings(num_steps=7, cfg_scale=2.5, cfg_ramp=True)
 
 
-@pytest.fixture(scope="module", params=[(16,), (16, 8)], ids=["plain", "factorized"])
+@pytest.fixture(scope="module", params=[pytest.param((16,), id="plain"),
+                                        pytest.param((16, 8), id="factorized", marks=pytest.mark.slow)])
 def model_and_params(request):
   model = MaskedTransformer(vocab_sizes=request.param, grid=(4, 5), embed_dim=32, num_layers=2, num_heads=4,
                             mlp_dim=64, conditioning="class", num_classes=3, dropout_rate=0.0)

@@ -112,6 +112,7 @@ def test_the_decoder_reproduces_each_labels_pattern(trained):
   np.testing.assert_array_equal(np.asarray(filled)[..., :2], np.asarray(batch["tokens"])[..., :2])
 
 
+@pytest.mark.slow
 def test_markovgen_phase_trains_only_the_mrf_on_the_frozen_model(trained):
   task, batch, state, _ = trained
   mrf = MarkovRandomField(vocab_size=16, grid=(4, 4), rank=4, iterations=3)
