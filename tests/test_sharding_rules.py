@@ -274,8 +274,7 @@ def _train(config, devices, batch, initial_state=None):
 
 
 # MAGVIT-v2 with its GAN is the slowest model to compile and step (about 70 s over its three meshes): slow tier.
-# MAGVIT-v2 with its GAN is the slowest to compile; the masked model's equality runs in the slow tier too, to keep
-# the quick loop under its budget (its coverage test stays quick).
+# The masked model's equality runs there too, to keep the quick loop in its budget (its coverage test stays quick).
 @pytest.fixture(scope="module", params=[pytest.param(name, marks=pytest.mark.slow) if name in ("magvit2", "masked")
                                         else name for name in sorted(MODELS)])
 def baseline(request):
