@@ -31,7 +31,7 @@ def masked(size: str = "local", conditioning: str = "class", num_classes: int = 
       name="masked", embed_dim=embed_dim, num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim, block=block,
       conditioning=conditioning, num_classes=num_classes if conditioning == "class" else 0,
       text_length=text_length if conditioning == "text" else 0, text_dim=text_dim if conditioning == "text" else 0,
-      cond_dropout_rate=0.1, dropout_rate=dropout, attention_dropout_rate=0.0, scan_layers=True,
+      cond_dropout_rate=0.1, dropout_rate=dropout, attention_dropout_rate=0.0, scan_layers=True, remat_policy="none",
       factorized_bits=tuple(factorized_bits), dtype="float32"))
   config.update(overrides)
   return config

@@ -51,7 +51,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.tokenize = ml_collections.ConfigDict(dict(data=tokenize_data, batch_size=256, shard_size=20_000,
                                                    text_encoder=False))
   config.model = masked.masked("magvit", conditioning="class", num_classes=num_classes, block="bert",
-                               factorized_bits=FACTORIZED_BITS, dtype="bfloat16")
+                               factorized_bits=FACTORIZED_BITS, dtype="bfloat16",
+                               remat_policy="full")
   config.loss = masked.masked_loss("cosine", label_smoothing=1e-4, tasks=tasks, given_frames=1)
   config.optimizer = optimizer.adamw(learning_rate=1e-4, warmup_steps=5000, weight_decay=0.045, b1=0.9, b2=0.96)
   config.data = data.tokens()

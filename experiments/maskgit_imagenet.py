@@ -64,7 +64,8 @@ def masked_config(steps: int = 0, batch: int = 0, tokenizer_workdir: str = "",
                                                     checkpoint_step=0))
   config.tokenize = ml_collections.ConfigDict(dict(data=data.imagenet(image_size=IMAGE_SIZE), batch_size=256,
                                                    shard_size=50_000, text_encoder=False))
-  config.model = masked.masked("maskgit", conditioning="class", num_classes=1000, block="bert", dtype="bfloat16")
+  config.model = masked.masked("maskgit", conditioning="class", num_classes=1000, block="bert", dtype="bfloat16",
+                               remat_policy="full")
   config.loss = masked.masked_loss("cosine", label_smoothing=0.1)
   config.optimizer = optimizer.adamw(learning_rate=1e-4, warmup_steps=5000, weight_decay=0.045, b1=0.9, b2=0.96)
   config.data = data.tokens()

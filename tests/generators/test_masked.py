@@ -106,3 +106,16 @@ def test_bad_configs_and_shapes_name_the_fix():
   model = _model()
   with pytest.raises(ConfigError, match=r"must be \[B, 16, 1\]"):
     model.init(jax.random.key(0), jnp.zeros((2, 16), jnp.int32), jnp.zeros((2, 16), bool), {"label": LABELS})
+
+
+@pytest.mark.parametrize("block", ["llama", "bert"])
+def test_remat_changes_neither_logits_nor_gradients(block):
+  model = _model(block)
+  tokens = _tokens(model)
+  masked = jnp.zeros((2, 16), bool).at[:, ::3].set(True)
+  params = nn.unbox(model.init(jax.random.key(0), tokens, masked, {"label": LABELS}))["params"]
+  loss = lambda m, p: jnp.mean(m.apply({"params": p}, tokens, masked, {"label": LABELS}) ** 2)
+  rematted = model.clone(remat_policy="full")
+  np.testing.assert_allclose(loss(rematted, params), loss(model, params), rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               jax.grad(lambda p: loss(rematted, p))(params), jax.grad(lambda p: loss(model, p))(params))

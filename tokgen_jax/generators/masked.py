@@ -65,6 +65,7 @@ class MaskedTransformer(nn.Module):
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   scan_layers: bool = True
+  remat_policy: str = "none"  # "full" recomputes each block in the backward pass (paper sizes on 16 GiB chips)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -111,7 +112,8 @@ class MaskedTransformer(nn.Module):
       self.embedding_norm = layer_norm("embedding_norm", self.dtype, self.param_dtype)
       self.stack = BertStack(self.num_layers, self.num_heads, self.mlp_dim or 4 * self.embed_dim,
                              dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-                             scan_layers=self.scan_layers, dtype=self.dtype, param_dtype=self.param_dtype)
+                             scan_layers=self.scan_layers, remat_policy=self.remat_policy, dtype=self.dtype,
+                             param_dtype=self.param_dtype)
       self.head_transform = Projection((self.embed_dim,), ("embed", None), use_bias=True, dtype=self.dtype,
                                        param_dtype=self.param_dtype, name="head_transform")
       self.head_norm = layer_norm("head_norm", self.dtype, self.param_dtype)
@@ -122,7 +124,7 @@ class MaskedTransformer(nn.Module):
       self.stack = LlamaStack(self.num_layers, self.num_heads, self.mlp_dim or llama_mlp_dim(self.embed_dim),
                               mask=masks.Bidirectional(), dropout_rate=self.dropout_rate,
                               attention_dropout_rate=self.attention_dropout_rate, scan_layers=self.scan_layers,
-                              dtype=self.dtype, param_dtype=self.param_dtype)
+                              remat_policy=self.remat_policy, dtype=self.dtype, param_dtype=self.param_dtype)
       self.heads = [Projection((v,), ("embed", "vocab"), dtype=self.dtype, param_dtype=self.param_dtype,
                                name=f"head_{f}") for f, v in enumerate(self.vocab_sizes)]
 

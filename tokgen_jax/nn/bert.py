@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from tokgen_jax.nn import masks
 from tokgen_jax.nn.attention import HIDDEN_AXES, Attention
 from tokgen_jax.nn.projection import Projection
+from tokgen_jax.nn.transformer import remat_policy as checkpoint_policy
 
 Dtype = Any
 LAYER_NORM_EPS = 1e-12  # MaskGIT / BERT
@@ -54,7 +55,8 @@ class BertBlock(nn.Module):
 
 
 class BertStack(nn.Module):
-  """`num_layers` BertBlocks, scanned (parameters gain a leading "layers" axis) or unrolled (`layers_{i}`)."""
+  """`num_layers` BertBlocks, scanned (parameters gain a leading "layers" axis) or unrolled (`layers_{i}`);
+  `remat_policy` recomputes activations in the backward pass as `LlamaStack`'s does."""
 
   num_layers: int
   num_heads: int
@@ -63,19 +65,23 @@ class BertStack(nn.Module):
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   scan_layers: bool = True
+  remat_policy: str = "none"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    policy = checkpoint_policy(self.remat_policy)
+    block = BertBlock if self.remat_policy == "none" else nn.remat(BertBlock, policy=policy,
+                                                                     prevent_cse=not self.scan_layers)
     kwargs = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, mask=self.mask, dropout_rate=self.dropout_rate,
                   attention_dropout_rate=self.attention_dropout_rate, deterministic=deterministic,
                   dtype=self.dtype, param_dtype=self.param_dtype)
     x = x.astype(self.dtype)
     if self.scan_layers:
-      scanned = nn.scan(BertBlock, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+      scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                         length=self.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
       return scanned(**kwargs, name="layers")(x, None)[0]
     for i in range(self.num_layers):
-      x, _ = BertBlock(**kwargs, name=f"layers_{i}")(x)
+      x, _ = block(**kwargs, name=f"layers_{i}")(x)
     return x
