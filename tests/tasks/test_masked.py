@@ -45,6 +45,21 @@ def test_factorized_tokens_merge_back_and_split_low_bits_first():
   np.testing.assert_array_equal(task.to_grid(model_tokens), tokens)
 
 
+def test_token_layers_become_sub_tokens_of_their_position():
+  """Residual depths `[B, h, w, L]`: each layer is a sub-token of its position, its own table and head."""
+  model = MaskedTransformer(vocab_sizes=(8, 8, 8), grid=(4, 4), conditioning="class", num_classes=4, **SMALL)
+  task = MaskedTask(model=model, optimizer=optax.adam(1e-3), learning_rate=optax.constant_schedule(1e-3),
+                    token_shape=(4, 4, 3), levels=3)
+  tokens = jax.random.randint(jax.random.key(0), (5, 4, 4, 3), 0, 8)
+  model_tokens = task.to_model_tokens(tokens)
+  assert model_tokens.shape == (5, 16, 3)
+  np.testing.assert_array_equal(model_tokens[:, 6], tokens[:, 1, 2])  # position 6 holds cell (1, 2)'s layers
+  np.testing.assert_array_equal(task.to_grid(model_tokens), tokens)
+  with pytest.raises(ConfigError, match="3 level"):
+    MaskedTask(model=model, optimizer=optax.adam(1e-3), learning_rate=optax.constant_schedule(1e-3),
+               token_shape=(4, 4, 2), levels=3)
+
+
 def test_factorized_loss_is_the_sum_of_the_sub_token_losses():
   task = _task((4, 4), bits=4, label_smoothing=0.1)
   tokens = task.to_model_tokens(_batch(16)["tokens"])

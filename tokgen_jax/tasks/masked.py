@@ -3,7 +3,9 @@ sample it with MaskGIT's parallel decoder.
 
 Batches are the generator task's: `tokens` int `[B, *grid]` plus the condition (`label`, or `text` and `text_mask`).
 The model sees the grid in row-major order as `[B, N, F]`. F = 1, or with `factorized_bits` (MAGVIT-v2's MLM:
-2^18 LFQ codes as 2 × 2^9) the F sub-tokens of `quantizers.factorize_indices`.
+2^18 LFQ codes as 2 × 2^9) the F sub-tokens of `quantizers.factorize_indices`, or for a tokenizer with several
+token layers per position (residual depths, `[B, *grid, L]`) F = L, each layer a sub-token with its own table and
+head. A position is masked or given whole, all its sub-tokens together.
 
 Training step (MaskGIT §3.2; MAGVIT §3.2):
 1. per example one of `tasks` (`generators/task_masks.py`) gives part of the grid (`generation` gives nothing);
@@ -58,14 +60,16 @@ EVAL_MASK_SEED = 0
 
 @dataclasses.dataclass(frozen=True)
 class MaskedTask(second_stage.SecondStage, Task):
-  """`token_shape`: one example's token grid. `codebook_bits`: the tokenizer's index bits when its tokens are
-  factorized (0: they are not). `tasks`/`given_frames`: the conditional tasks trained (see module doc)."""
+  """`token_shape`: one example's tokens, the grid or the grid plus a trailing axis of `levels` token layers per
+  position (residual or multi-codebook depths: each layer is a sub-token with its own table and head, coarse
+  first). `codebook_bits`: the tokenizer's index bits when its tokens are factorized (0: they are not). `tasks`/`given_frames`: the conditional tasks trained (see module doc)."""
 
   model: MaskedTransformer
   optimizer: optax.GradientTransformation
   learning_rate: optax.Schedule
   token_shape: tuple[int, ...]
   codebook_bits: int = 0
+  levels: int = 1
   schedule: str = "cosine"
   label_smoothing: float = 0.1
   tasks: tuple[str, ...] = ("generation",)
@@ -84,17 +88,23 @@ class MaskedTask(second_stage.SecondStage, Task):
   def __post_init__(self):
     if self.markovgen is not None and (self.model.num_factors > 1 or self.markovgen.vocab_size !=
                                        self.model.vocab_sizes[0] or tuple(self.markovgen.grid) !=
-                                       tuple(self.token_shape)):
+                                       tuple(self.grid)):
       raise ConfigError(f"config.markovgen: the MRF labels one codebook of {self.model.vocab_sizes} on the grid "
-                        f"{self.token_shape}; it needs one unfactorized vocabulary (factorized_bits=()) and the "
+                        f"{self.grid}; it needs one unfactorized vocabulary (factorized_bits=()) and the "
                         "model's grid.")
-    if tuple(self.model.grid) != tuple(self.token_shape):
-      raise ConfigError(f"MaskedTask: token_shape={self.token_shape} but the model's grid is {self.model.grid}; "
-                        "derive both from the tokenizer (see tasks.masked.build).")
+    expected = tuple(self.model.grid) + ((self.levels,) if self.levels > 1 else ())
+    if tuple(self.token_shape) != expected or (self.levels > 1 and self.model.num_factors != self.levels):
+      raise ConfigError(f"MaskedTask: token_shape={self.token_shape} with {self.levels} level(s) does not fit the "
+                        f"model's grid {self.model.grid} and {self.model.num_factors} sub-token(s); derive both "
+                        "from the tokenizer (see tasks.masked.build).")
     mask_schedules.check_schedule(self.schedule, "config.loss.schedule")
-    task_masks.check_tasks(self.tasks, self.token_shape, self.given_frames)
+    task_masks.check_tasks(self.tasks, self.grid, self.given_frames)
     if not 0.0 <= self.label_smoothing < 1.0:
       raise ConfigError(f"config.loss.label_smoothing={self.label_smoothing} must be in [0, 1).")
+
+  @property
+  def grid(self) -> tuple[int, ...]:
+    return tuple(self.model.grid)
 
   @property
   def conditioning(self) -> str:
@@ -112,6 +122,8 @@ class MaskedTask(second_stage.SecondStage, Task):
 
   def to_model_tokens(self, tokens: jax.Array) -> jax.Array:
     """Grid tokens `[B, *grid]` → `[B, N, F]` (row-major; sub-tokens under factorization)."""
+    if self.levels > 1:
+      return tokens.reshape(tokens.shape[0], -1, self.levels).astype(jnp.int32)
     flat = tokens.reshape(tokens.shape[0], -1).astype(jnp.int32)
     if not self.codebook_bits:
       return flat[..., None]
@@ -119,6 +131,8 @@ class MaskedTask(second_stage.SecondStage, Task):
 
   def to_grid(self, model_tokens: jax.Array) -> jax.Array:
     """The inverse of `to_model_tokens`."""
+    if self.levels > 1:
+      return model_tokens.reshape((model_tokens.shape[0],) + tuple(self.token_shape))
     flat = merge_indices(model_tokens, self.codebook_bits, self.model.num_factors) if self.codebook_bits else \
         model_tokens[..., 0]
     return flat.reshape((flat.shape[0],) + tuple(self.token_shape))
@@ -159,7 +173,7 @@ class MaskedTask(second_stage.SecondStage, Task):
   def draw_mask(self, rng: jax.Array, batch: int) -> jax.Array:
     """A training mask `[batch, N]`: a task's given positions stay visible, the schedule masks the rest."""
     task_rng, mask_rng = jax.random.split(rng)
-    table = task_masks.task_table(self.tasks, self.token_shape, self.given_frames)
+    table = task_masks.task_table(self.tasks, self.grid, self.given_frames)
     given = task_masks.random_given(task_rng, table, batch)
     return mask_schedules.random_mask(mask_rng, self.schedule, ~given)
 
@@ -284,7 +298,7 @@ class MaskedTask(second_stage.SecondStage, Task):
     given_frames = int(protocol.get("given_frames", 0))
     if not given_frames:
       return sets
-    given = task_masks.given_positions("frame_prediction", self.token_shape, given_frames)
+    given = task_masks.given_positions("frame_prediction", self.grid, given_frames)
     guided = self.sample_settings(protocol).guided
     pixel_frames = 1 + (given_frames - 1) * self.frozen_tokenizer(run).task.temporal_factor
     pred = conditions | {"given_tokens": latents, "given": np.broadcast_to(given, (len(latents), given.size))}
@@ -295,7 +309,8 @@ class MaskedTask(second_stage.SecondStage, Task):
 
   def describe(self) -> dict[str, Any]:
     return {"latents": {"tokens": {"shape": list(self.token_shape), "dtype": "int32"}},
-            "sequence_length": int(self.model.num_tokens), "sub_token_vocab_sizes": list(self.model.vocab_sizes),
+            "sequence_length": int(self.model.num_tokens), "levels": int(self.levels),
+            "sub_token_vocab_sizes": list(self.model.vocab_sizes),
             "condition": str(self.model.conditioning), "prefix_length": int(self.model.prefix_length),
             "tasks": list(self.tasks), **self.embedding_parameters()}
 
@@ -326,8 +341,10 @@ def settings_from_config(sample_config: Any, guided: bool = True) -> parallel_de
 # ------------------------------------------------------------------------------------------------------- build
 
 
-def masked_model(config: Any, token_shape: tuple[int, ...], codebook_size: int) -> tuple[MaskedTransformer, int]:
-  """The model of `config.model` over `token_shape`, and the factorized codebook bits (0 without factorization)."""
+def masked_model(config: Any, grid: tuple[int, ...], codebook_size: int,
+                 levels: int = 1) -> tuple[MaskedTransformer, int]:
+  """The model of `config.model` over `grid` (with `levels` token layers per position), and the factorized
+  codebook bits (0 without factorization)."""
   kwargs = config.model.to_dict()
   name, factorized = kwargs.pop("name"), tuple(kwargs.pop("factorized_bits"))
   if name != "masked":
@@ -336,12 +353,12 @@ def masked_model(config: Any, token_shape: tuple[int, ...], codebook_size: int) 
   bits = 0
   if factorized:
     bits = sum(factorized)
-    if 2 ** bits != codebook_size or len(set(factorized)) != 1:
+    if levels > 1 or 2 ** bits != codebook_size or len(set(factorized)) != 1:
       raise ConfigError(f"config.model.factorized_bits={factorized}: the sub-tokens must split the tokenizer's "
                         f"{codebook_size}-code vocabulary into equal parts ({math.log2(codebook_size):g} bits in "
-                        "total, e.g. (9, 9) for 2^18).")
-  vocab_sizes = tuple(2 ** b for b in factorized) if factorized else (codebook_size,)
-  model = MaskedTransformer(vocab_sizes=vocab_sizes, grid=tuple(token_shape), **kwargs)
+                        f"total, e.g. (9, 9) for 2^18), one token layer a position (this tokenizer has {levels}).")
+  vocab_sizes = tuple(2 ** b for b in factorized) if factorized else (codebook_size,) * levels
+  model = MaskedTransformer(vocab_sizes=vocab_sizes, grid=tuple(grid), **kwargs)
   model.validate()
   return model, bits
 
@@ -349,10 +366,8 @@ def masked_model(config: Any, token_shape: tuple[int, ...], codebook_size: int) 
 def build(config: Any) -> MaskedTask:
   """`config.task='masked'`: a masked transformer over the tokens of the frozen tokenizer `config.tokenizer`."""
   token_shape, grid_ndim, codebook_size = tokenizer_token_shape(config.tokenizer.experiment)
-  if len(token_shape) != grid_ndim:
-    raise ConfigError(f"config.tokenizer: its tokens have shape {token_shape}, a grid with {token_shape[-1]} levels "
-                      "per position (residual or multi-codebook); the masked task models one token per position.")
-  model, bits = masked_model(config, token_shape, codebook_size)
+  grid, levels = token_shape[:grid_ndim], (token_shape[grid_ndim] if len(token_shape) > grid_ndim else 1)
+  model, bits = masked_model(config, grid, codebook_size, levels)
   if str(config.data.source) in latent_data.SOURCE_NAMES and str(config.data.path):  # written ones must fit
     spec = tokenizers.LatentSpec(tuple(token_shape), "int32", codebook_size)
     for split in (config.data.train_split, config.data.eval_split):
@@ -361,7 +376,7 @@ def build(config: Any) -> MaskedTask:
   return MaskedTask(model=model, optimizer=make_optimizer(config.optimizer, config.total_steps),
                     **markovgen_fields(config, model),
                     learning_rate=learning_rate_schedule(config.optimizer, config.total_steps),
-                    token_shape=tuple(token_shape), codebook_bits=bits, schedule=str(loss.schedule),
+                    token_shape=tuple(token_shape), codebook_bits=bits, levels=levels, schedule=str(loss.schedule),
                     label_smoothing=float(loss.label_smoothing), tasks=tuple(loss.tasks),
                     given_frames=int(loss.given_frames), ema_decay=config.optimizer.ema_decay,
                     eval_ema=bool(config.eval.protocol.use_ema), tokenizer=config.tokenizer)
