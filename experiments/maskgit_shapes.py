@@ -20,6 +20,11 @@ Four commands on a 2-core CPU:
 4. `--mode=sample` decodes `num_per_prompt` samples per prompt (class names such as 'red circle', ids 0-39 or
    captions) and prints the decoder's time.
 
+Measured on the 2-core CPU: the tokenizer (2400 steps, about 6 minutes) reaches 34.84 dB held-out PSNR with
+every code used. The masked model (3000 steps, about 15 minutes with other jobs running) scores color_shape 0.72
+with CFG and 0.75 without at step 3000 (0.51 / 0.42 at step 1500), against 0.94 for the tokenizer's own
+reconstructions. Its held-out masked-token NLL is 1.715 nats.
+
 Arguments: `tokenizer` | `local` (default), then `condition=class` (default) or `text`, `block=llama` (default) or
 `bert` (MaskGIT's post-LN blocks with the tied head), `steps=N`, `batch=N`, `tokenizer_workdir=PATH`.
 """
