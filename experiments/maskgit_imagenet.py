@@ -9,8 +9,8 @@ ImageNet is read from the user's TFDS build. MaskGIT's recipe (NUMERICS.md): Ada
 decay 0.045, lr 1e-4 with 5000 warmup steps, batch 256, label smoothing 0.1, dropout 0.1; decoding with the
 cosine schedule, choice temperature 4.5 and 8 steps (`maskgit_fid`; `protocol=fid512` is the 12-step ImageNet
 512 one). The tokenizer's codebook (1024 × 256, not normalized) is MaskGIT's; its VQGAN widths are taming's. The
-transformer has 172.5M parameters (the seed's 227M for ImageNet 512 matches neither this count nor its stated
-widths; we follow the widths). `--mode=compile` for v5e:4x4 at batch 256: the train step takes 3.49 of 16 GiB per
+transformer has 172.5M parameters. Seed 004 lists MaskGIT at ImageNet 512 as 227M; the stated widths give 172.5M
+(plus 0.6M positions at 512), so that figure must count more than the transformer. We follow the widths. `--mode=compile` for v5e:4x4 at batch 256: the train step takes 3.49 of 16 GiB per
 chip and 5.93 TFLOP per chip per call; the 8-step sampler takes 0.99 GiB.
 
 Arguments: `tokenizer` or the transformer (default), then `steps=N`, `batch=N`, `tokenizer_workdir=PATH`,
