@@ -14,6 +14,13 @@ text-conditional masked transformer over its tokens that also predicts frames (M
    `pred_*` the clips continued from their real first latent frame (frame prediction), scored by `metrics.shapes`
    (color, shape, motion) with `pred_psnr` over the predicted frames.
 
+Measured on the 2-core CPU with the tokenizer stopped at step 1000 (held-out PSNR 23.22 dB) and the MLM trained
+1500 steps (`:local,steps=1500`), over 50 eval clips at step 1500. Clips predicted from their real first latent
+frame move as prompted in 100% of clips (`pred_motion` 1.00), and their predicted frames reach 31.64 dB
+(`pred_psnr`) against the tokenizer's reconstruction; color and shape together 0.12. Generated from the caption
+alone: motion 1.00 with CFG, color and shape 0.08. The tokenizer's own reconstructions keep color and shape in only
+0.16 of clips (motion 1.00): that is the ceiling here, and this short tokenizer run is the limit.
+
 Arguments: `tokenizer` | `local` (default), then `steps=N`, `batch=N`, `tokenizer_workdir=PATH`.
 """
 
