@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
+from tokgen_jax import guard
+from tokgen_jax.data import files
 from tokgen_jax.writers import MetricWriter, format_progress, write_json_atomic
 
 
@@ -141,3 +143,22 @@ def test_write_json_atomic_failure_keeps_old_file(tmp_path):
     write_json_atomic(path, {"version": object()})
   assert json.loads(path.read_text()) == {"version": 1}
   assert os.listdir(tmp_path) == ["state.json"]
+
+
+def test_upload_puts_every_written_line_in_the_bucket_within_the_interval(gcs_bucket):
+  """Before each checkpoint the trainer uploads its logs whatever the once-a-second interval, so a kill after the
+  checkpoint loses no line of a step the resumed run will not repeat."""
+  workdir = gcs_bucket + "/run"
+  writer, record = MetricWriter(workdir), guard.BatchRecord(workdir, enabled=True)
+  for step in (1, 2):
+    writer.write(step, {"loss": float(step)})
+    record.write(step, {"x": np.full((2,), step)})
+    for mirror in (writer._mirror, record._mirror):  # pylint: disable=protected-access
+      mirror.min_interval_s = 3600.0  # after the first upload, the next lines wait out a long interval
+  stored = lambda name: [json.loads(line)["step"] for line in files.as_path(f"{workdir}/{name}").read_text().splitlines()]
+  assert stored("metrics.jsonl") == [1] and stored("batches.jsonl") == [1]
+  writer.upload()
+  record.upload()
+  assert stored("metrics.jsonl") == [1, 2] and stored("batches.jsonl") == [1, 2]
+  writer.close()
+  record.close()

@@ -136,6 +136,12 @@ class BatchRecord:
     self._file.flush()
     self._mirror.sync()
 
+  def upload(self) -> None:
+    """Upload what is written now (a gs:// workdir), whatever the interval: called before each checkpoint, so no
+    record of a step a resumed run will not repeat is lost to a kill."""
+    if self._mirror is not None:
+      self._mirror.sync(force=True)
+
   def close(self) -> None:
     if self._file is not None:
       self._file.close()

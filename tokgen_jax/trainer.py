@@ -144,6 +144,8 @@ def train(run_: Run) -> dict[str, Any]:
         with timer.paused():
           monitor.screen(pending, last_good)  # never checkpoint a diverged state
           guard.check_state_finite(state, step, last_good())
+          writer.upload()  # the logs of every step up to this one reach a bucket before its checkpoint commits
+          record.upload()
           manager.save(step, state, train_iter, config_json)
       if preempted:
         logging.warning("preemption: saved step %d, exiting", step)

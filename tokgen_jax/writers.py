@@ -135,6 +135,11 @@ class MetricWriter:
     self._tensorboard.flush()
     self._mirror.sync()
 
+  def upload(self) -> None:
+    """Upload the logs written so far (a gs:// workdir), whatever the interval (see `BatchRecord.upload`)."""
+    if self.enabled and self._mirror is not None:
+      self._mirror.sync(force=True)
+
   def close(self) -> None:
     if self._jsonl is not None:
       self._jsonl.close()
