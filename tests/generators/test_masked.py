@@ -108,6 +108,7 @@ def test_bad_configs_and_shapes_name_the_fix():
     model.init(jax.random.key(0), jnp.zeros((2, 16), jnp.int32), jnp.zeros((2, 16), bool), {"label": LABELS})
 
 
+@pytest.mark.slow  # two more compiles of each block kind
 @pytest.mark.parametrize("block", ["llama", "bert"])
 def test_remat_changes_neither_logits_nor_gradients(block):
   model = _model(block)

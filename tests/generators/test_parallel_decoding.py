@@ -77,7 +77,7 @@ def _jitted_step(model, settings):
       model, p, {"label": LABELS}, rng, settings, tokens, unknown, initial, step))
 
 
-@pytest.mark.parametrize("given_share", [0.0, 0.3])
+@pytest.mark.parametrize("given_share", [pytest.param(0.0, marks=pytest.mark.slow), 0.3])
 def test_decoder_equals_the_reference_step_for_step(model_and_params, given_share):
   model, params = model_and_params
   rng = jax.random.key(7)

@@ -106,6 +106,7 @@ def trained():
   return task, batch, state, losses
 
 
+@pytest.mark.slow  # 150 training steps
 def test_training_lowers_the_masked_loss_and_eval_scores_masked_positions(trained):
   task, batch, state, losses = trained
   assert np.mean(losses[-10:]) < 0.2 * np.mean(losses[:5]), (losses[:5], losses[-10:])
@@ -113,6 +114,7 @@ def test_training_lowers_the_masked_loss_and_eval_scores_masked_positions(traine
   assert outputs["nll"].shape == (16,) and float(outputs["token_accuracy"].mean()) > 0.9
 
 
+@pytest.mark.slow  # 150 training steps
 def test_the_decoder_reproduces_each_labels_pattern(trained):
   task, batch, state, _ = trained
   settings = pd.MaskedSamplingSettings(num_steps=4, cfg_scale=2.0, temperature=0.5)
