@@ -121,18 +121,6 @@ class DiffusionTask(second_stage.SecondStage, Task):
     return self._schedule
 
   @property
-  def conditioning(self) -> str:
-    return self.model.conditioning
-
-  @property
-  def text_length(self) -> int:
-    return self.model.text_length
-
-  @property
-  def num_classes(self) -> int:
-    return self.model.num_classes
-
-  @property
   def frame_conditioned(self) -> bool:
     return bool(getattr(self.model, "frame_condition", False))
 

@@ -58,18 +58,6 @@ class GeneratorTask(second_stage.SecondStage, Task):
 
   input_key = latent_key = tokenizers.TOKENS
 
-  @property
-  def conditioning(self) -> str:
-    return self.model.conditioning
-
-  @property
-  def text_length(self) -> int:
-    return self.model.text_length
-
-  @property
-  def num_classes(self) -> int:
-    return self.model.num_classes
-
   def __post_init__(self):
     grid, levels = self.grid_and_levels
     expected = tuple((tuple(grid),) * levels)
@@ -181,9 +169,6 @@ class GeneratorTask(second_stage.SecondStage, Task):
     return self.to_grid(sequence)
 
   # ------------------------------------------------------------------------------------------- protocol
-
-  def example_conditions(self) -> dict[str, jax.Array]:
-    return {key: value for key, value in self.example_batch().items() if key != "tokens"}
 
   def sample_settings(self, sample_config: Any, guided: bool = True) -> sampling.SamplingSettings:
     return settings_from_config(sample_config, guided)

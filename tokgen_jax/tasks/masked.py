@@ -106,18 +106,6 @@ class MaskedTask(second_stage.SecondStage, Task):
   def grid(self) -> tuple[int, ...]:
     return tuple(self.model.grid)
 
-  @property
-  def conditioning(self) -> str:
-    return self.model.conditioning
-
-  @property
-  def text_length(self) -> int:
-    return self.model.text_length
-
-  @property
-  def num_classes(self) -> int:
-    return self.model.num_classes
-
   # ----------------------------------------------------------------------------------------------- layout
 
   def to_model_tokens(self, tokens: jax.Array) -> jax.Array:
@@ -143,9 +131,6 @@ class MaskedTask(second_stage.SecondStage, Task):
   def example_batch(self) -> dict[str, jax.Array]:
     return {"tokens": jnp.zeros((1,) + tuple(self.token_shape), jnp.int32), **second_stage.example_conditions(
         self.model.conditioning, self.model.text_length, self.model.text_dim)}
-
-  def example_conditions(self) -> dict[str, jax.Array]:
-    return {key: value for key, value in self.example_batch().items() if key != "tokens"}
 
   # ------------------------------------------------------------------------------------------------ train
 

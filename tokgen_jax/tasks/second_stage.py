@@ -11,9 +11,9 @@
   that tokenizer).
 
 A task mixes in `SecondStage` and provides `latent_key` (the latent array it draws: "tokens" or "latents"; a task
-that draws several of the tokenizer's arrays as one overrides `latent_arrays` and `example_latents`),
-`conditioning` / `text_length` / `num_classes`, `sample_settings(sample_config, guided)` (hashable settings with a
-`guided` flag) and the protocol's `sample(state, conditions, rng, settings, batch_size)` → latents in the
+that draws several of the tokenizer's arrays as one overrides `latent_arrays` and `example_latents`), a `model`
+with `conditioning` / `text_length` / `num_classes` (read through here), `example_batch`,
+`sample_settings(sample_config, guided)` (hashable settings with a `guided` flag) and the protocol's `sample(state, conditions, rng, settings, batch_size)` → latents in the
 tokenizer's own units, which `draw` compiles once per settings.
 """
 
@@ -45,6 +45,22 @@ class SecondStage:
   (a dict for what is restored once)."""
 
   latent_key: str
+
+  @property
+  def conditioning(self) -> str:
+    return self.model.conditioning
+
+  @property
+  def text_length(self) -> int:
+    return self.model.text_length
+
+  @property
+  def num_classes(self) -> int:
+    return self.model.num_classes
+
+  def example_conditions(self) -> dict[str, Any]:
+    """The example batch without its latents: what `sample` is conditioned on."""
+    return {key: value for key, value in self.example_batch().items() if key != self.latent_key}
 
   def frozen_tokenizer(self, run: RunContext) -> frozen_tokenizer.FrozenTokenizer:
     """The tokenizer of `config.tokenizer`, restored on first use and kept."""
