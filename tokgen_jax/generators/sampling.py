@@ -108,7 +108,7 @@ def choose(logits: jax.Array, rng: jax.Array, index: jax.Array, settings: Sampli
   return jax.random.categorical(jax.random.fold_in(rng, index), logits, axis=-1).astype(jnp.int32)
 
 
-def _guided_inputs(cond: dict[str, jax.Array], batch: int, settings: SamplingSettings):
+def guided_inputs(cond: dict[str, jax.Array], batch: int, settings: SamplingSettings):
   """The model batch: `cond` as is, or conditional rows followed by the same rows marked unconditional."""
   if not settings.guided:
     return cond, jnp.zeros((batch,), bool)
@@ -128,7 +128,7 @@ def sample_with_cache(model: ARTransformer, params: Any, cond: dict[str, jax.Arr
                       settings: SamplingSettings = SamplingSettings(), batch_size: int | None = None) -> jax.Array:
   """`[B, N]` tokens by prefill + one cached decode per token (jit the caller; the loop is `lax.fori_loop`)."""
   batch = _batch_size(cond, batch_size)
-  model_cond, unconditional = _guided_inputs(cond, batch, settings)
+  model_cond, unconditional = guided_inputs(cond, batch, settings)
   rows = unconditional.shape[0]
   variables = {"params": params}
   logits, cache = model.apply(variables, model_cond, unconditional, model.init_cache(rows), method="prefill")
@@ -152,7 +152,7 @@ def sample_without_cache(model: ARTransformer, params: Any, cond: dict[str, jax.
                          settings: SamplingSettings = SamplingSettings(), batch_size: int | None = None) -> jax.Array:
   """The same draw as `sample_with_cache`, recomputing the full causal forward over a padded buffer per token."""
   batch = _batch_size(cond, batch_size)
-  model_cond, unconditional = _guided_inputs(cond, batch, settings)
+  model_cond, unconditional = guided_inputs(cond, batch, settings)
   variables = {"params": params}
   num_tokens = model.num_tokens
 

@@ -40,6 +40,12 @@ class CodebookUsage:
       else:
         np.add.at(counter, ids, counts)
 
+  @property
+  def count(self) -> int:
+    """Tokens counted so far (of the first level)."""
+    return int(sum(self._counts[0].values()) if isinstance(self._counts[0], dict) else self._counts[0].sum()) \
+        if self._counts else 0
+
   def _histograms(self) -> list[np.ndarray]:
     return [np.asarray(list(c.values()) if isinstance(c, dict) else c[c > 0], np.float64) for c in self._counts]
 

@@ -8,6 +8,7 @@
 - `SpatialSelfAttention`: VQGAN's single-head attention over all H·W positions of a feature map.
 """
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -66,8 +67,9 @@ class KVCache:
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
                           dropout: nn.Module | None = None, deterministic: bool = True,
-                          implementation: str | None = None) -> jax.Array:
-  """`softmax(q kᵀ / sqrt(d) + mask) v` (Vaswani et al. 2017, eq. 1) with grouped-query heads (Ainslie et al. 2023).
+                          implementation: str | None = None, scale: float | None = None) -> jax.Array:
+  """`softmax(scale · q kᵀ + mask) v` (Vaswani et al. 2017, eq. 1; scale 1/sqrt(d) unless given) with
+  grouped-query heads (Ainslie et al. 2023).
 
   q `[B, Lq, H, D]`, k/v `[B, Lk, G, D]` with G dividing H: query heads `g·H/G ... (g+1)·H/G - 1` share kv head
   g (Llama's `repeat_kv`). `mask` is `[Lq, Lk]` or `[B, Lq, Lk]` booleans (True = may attend), None for full
@@ -77,11 +79,12 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
   if mask is not None:
     mask = mask[None, None] if mask.ndim == 2 else mask[:, None]
   if dropout is None or deterministic:
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=implementation)
   batch, length, heads, head_dim = q.shape
   kv_heads = k.shape[2]
   grouped = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
-  logits = jnp.einsum("bqkgd,bskd->bkgqs", grouped, k, preferred_element_type=jnp.float32) * head_dim ** -0.5
+  scale = head_dim ** -0.5 if scale is None else scale
+  logits = jnp.einsum("bqkgd,bskd->bkgqs", grouped, k, preferred_element_type=jnp.float32) * scale
   if mask is not None:
     logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
   weights = dropout(jax.nn.softmax(logits, axis=-1), deterministic=False)
@@ -111,6 +114,11 @@ class Attention(nn.Module):
   tokens at positions `[index, index + n)`; returns `(out, cache)`. `cos, sin` (from `rope_frequencies`) are those
   of exactly the tokens in x; None skips RoPE. `mask` (a `nn/masks.py` builder) decides which positions read
   which; cached queries also never read unwritten slots, so a bidirectional prefix must be prefilled in one call.
+
+  `normalized`: VAR's attention (`FoundationVision/VAR`, `SelfAttention(attn_l2_norm=True)`): q and k are
+  l2-normalized per head and the logits are `exp(s_h)·cos(q, k)` with a learnable per-head log-scale s_h ("scale"
+  param, initialised at log 4 and clamped at log 100 in the forward), bounded logits that keep fp16 training
+  stable (VAR#38).
   """
 
   num_heads: int
@@ -120,8 +128,18 @@ class Attention(nn.Module):
   attention_dropout_rate: float = 0.0
   implementation: str | None = None
   use_bias: bool = False  # Llama has none; BERT-style blocks (MaskGIT) have biases on all four projections
+  normalized: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+
+  def _normalize(self, q: jax.Array, k: jax.Array, heads: int) -> tuple[jax.Array, jax.Array]:
+    """VAR's l2-normalized q, k with q scaled by `exp(min(s_h, log 100))` (see the class docstring)."""
+    log_scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.constant(math.log(4.0)),
+                                                                 ("heads",)), (heads,), jnp.float32)
+    scale = jnp.exp(jnp.minimum(log_scale, math.log(100.0)))[:, None]
+    unit = lambda a: a * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(a.astype(jnp.float32)), -1, keepdims=True),
+                                                   1e-12))
+    return (unit(q) * scale).astype(q.dtype), unit(k).astype(k.dtype)
 
   @nn.compact
   def __call__(self, x: jax.Array, cos: jax.Array | None = None, sin: jax.Array | None = None,
@@ -136,6 +154,8 @@ class Attention(nn.Module):
     q, k, v = (nn.with_logical_constraint(a, HEAD_AXES) for a in (q, k, v))
     if cos is not None:
       q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if self.normalized:
+      q, k = self._normalize(q, k, heads)
 
     if cache is None:
       self.mask.check_length(length)
@@ -148,7 +168,8 @@ class Attention(nn.Module):
       key_positions = jnp.arange(cache.max_len)
       mask = self.mask(offset + jnp.arange(length), key_positions) & (key_positions < cache.index)[None]
     dropout = nn.Dropout(self.attention_dropout_rate) if self.attention_dropout_rate else None
-    out = dot_product_attention(q, k, v, mask, dropout, deterministic, self.implementation)
+    out = dot_product_attention(q, k, v, mask, dropout, deterministic, self.implementation,
+                                scale=1.0 if self.normalized else None)
     out = Projection((x.shape[-1],), ("heads", "kv", "embed"), in_axes=2, use_bias=self.use_bias, dtype=self.dtype,
                      param_dtype=self.param_dtype, name="out")(out)
     return nn.with_logical_constraint(out, HIDDEN_AXES), cache

@@ -107,7 +107,12 @@ class MultiScaleResidualQuantizer(nn.Module):
   `β‖sg(f̂_k) - f‖² + ‖f̂_k - sg(f)‖²` (VAR's form: β on the encoder term), and `z_q = f + sg(f̂ - f)`.
 
   Indices are ONE int32 array `[B, num_tokens]`: the s×s maps flattened row-major and concatenated from the
-  coarsest scale (680 tokens for the default scales); `split_scales` undoes it.
+  coarsest scale (680 tokens for the default scales); `split_scales` undoes it. A tokenizer names the maps
+  `tokens_0` (1×1) .. `tokens_{S-1}` (`named_indices`, `indices_from_named`), and writes them so to its latent
+  shards. Training metrics add `codebook_usage_scale_k` and `perplexity_scale_k` of each scale's batch histogram.
+
+  A next-scale generator (VAR, `generators/var.py`) reads the same f̂: `next_scale_inputs` are its teacher-forced
+  inputs and `add_scale` + `downsample` its sampling loop.
   """
 
   codebook_size: int
@@ -152,6 +157,42 @@ class MultiScaleResidualQuantizer(nn.Module):
       start += s * s
     return maps
 
+  @property
+  def scale_names(self) -> tuple[str, ...]:
+    """The named token arrays of the scales, coarse to fine."""
+    return tuple(f"tokens_{k}" for k in range(len(self.scales)))
+
+  @property
+  def scale_lengths(self) -> tuple[int, ...]:
+    return tuple(s * s for s in self.scales)
+
+  def named_indices(self, indices: jax.Array) -> dict[str, jax.Array]:
+    """Flat indices `[B, n]` (n covering a prefix of the scales) as `{tokens_k: [B, s_k, s_k]}`."""
+    return dict(zip(self.scale_names, self.split_scales(indices)))
+
+  def indices_from_named(self, arrays: dict[str, jax.Array]) -> jax.Array:
+    """The inverse of `named_indices`: the maps of a prefix of the scales (coarse first) as flat `[B, n]`."""
+    present = [name for name in self.scale_names if name in arrays]
+    if not present or tuple(present) != self.scale_names[:len(present)] or len(present) != len(arrays):
+      raise ValueError(f"MultiScaleResidualQuantizer: token arrays {sorted(arrays)} are not a coarse-to-fine prefix "
+                       f"of {self.scale_names}; pass the maps of the first k scales by those names.")
+    return jnp.concatenate([arrays[name].reshape(arrays[name].shape[0], -1) for name in present], axis=1)
+
+  def add_scale(self, f_hat: jax.Array, code_map: jax.Array) -> jax.Array:
+    """`f̂ + φ(bicubic(e(r)))`: the reconstruction after one more scale, from that scale's ids `[B, s, s]`."""
+    return f_hat + self._contribution(self.vq.codes_from_indices(code_map))
+
+  def next_scale_inputs(self, indices: jax.Array) -> jax.Array:
+    """VAR's teacher-forced inputs `[B, num_tokens - scales[0]², D]` of full token sequences `[B, num_tokens]`:
+    for k = 1 .. S-1, the reconstruction f̂ of scales < k area-downsampled to scale k, flattened row-major and
+    concatenated (VAR's `idxBl_to_var_input`). Scale 0 has no input (it is the class token)."""
+    f_hat = jnp.zeros((indices.shape[0], self.scales[-1], self.scales[-1], self.dim), jnp.float32)
+    inputs = [jnp.zeros((indices.shape[0], 0, self.dim), jnp.float32)]  # one scale: no inputs
+    for code_map, next_size in zip(self.split_scales(indices)[:-1], self.scales[1:]):
+      f_hat = self.add_scale(f_hat, code_map)
+      inputs.append(downsample(f_hat, next_size, self.resize).reshape(indices.shape[0], -1, self.dim))
+    return jnp.concatenate(inputs, axis=1)
+
   def _contribution(self, code_map: jax.Array) -> jax.Array:
     """φ(bicubic(code_map)) at full resolution: what one scale adds to f̂."""
     size = self.scales[-1]
@@ -163,7 +204,7 @@ class MultiScaleResidualQuantizer(nn.Module):
     """f̂ `[B, H, W, D]` from flat indices `[B, n]`; a prefix of scales gives the coarser reconstruction."""
     f_hat = jnp.zeros((indices.shape[0], self.scales[-1], self.scales[-1], self.dim), jnp.float32)
     for scale_indices in self.split_scales(indices):
-      f_hat = f_hat + self._contribution(self.vq.codes_from_indices(scale_indices))
+      f_hat = self.add_scale(f_hat, scale_indices)
     return f_hat
 
   def __call__(self, z: jax.Array, train: bool = False) -> tuple[jax.Array, QuantizerOutput]:
@@ -174,20 +215,23 @@ class MultiScaleResidualQuantizer(nn.Module):
     f = z.astype(jnp.float32)
     rest = jax.lax.stop_gradient(f)  # only picks codes: no gradient flows through the argmin path
     f_hat = jnp.zeros_like(f)
-    indices, commitment, codebook_loss = [], 0.0, 0.0
-    for s in self.scales:
+    indices, commitment, codebook_loss, per_scale = [], 0.0, 0.0, {}
+    for k, s in enumerate(self.scales):
       down = rest if s == size else downsample(rest, s, self.resize)
       _, out = self.vq(down, train=train)
       h = self._contribution(self.vq.codes_from_indices(out.indices))
       f_hat = f_hat + h
       rest = rest - jax.lax.stop_gradient(h)
       indices.append(out.indices.reshape(z.shape[0], s * s))
+      statistics = codebook_statistics(out.indices, self.codebook_size)
+      per_scale |= {f"codebook_usage_scale_{k}": statistics["codebook_usage"],
+                    f"perplexity_scale_{k}": statistics["perplexity"]}
       commitment = commitment + jnp.mean(jnp.square(jax.lax.stop_gradient(f_hat) - f))
       codebook_loss = codebook_loss + jnp.mean(jnp.square(f_hat - jax.lax.stop_gradient(f)))
     commitment = commitment / len(self.scales)
     codebook_loss = codebook_loss / len(self.scales)
     indices = jnp.concatenate(indices, axis=1)
     metrics = {"codebook_loss": codebook_loss, "commitment": commitment,
-               **codebook_statistics(indices, self.codebook_size)}
+               **codebook_statistics(indices, self.codebook_size), **per_scale}
     z_q = f + jax.lax.stop_gradient(f_hat - f)  # straight-through: d z_q / d z = identity
     return z_q, QuantizerOutput(indices=indices, loss=codebook_loss + self.beta * commitment, metrics=metrics)

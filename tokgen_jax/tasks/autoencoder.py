@@ -27,7 +27,7 @@ from tokgen_jax.data import files, grids
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.losses import reconstruction_loss
 from tokgen_jax.metrics import ms_ssim, psnr, ssim
-from tokgen_jax.quantizers import bits_per_pixel
+from tokgen_jax.quantizers import MultiScaleResidualQuantizer, bits_per_pixel
 from tokgen_jax.tasks import adversarial as adversarial_lib
 from tokgen_jax.tasks import evaluation
 from tokgen_jax.tasks.base import Phase, RunContext, Task, TrainState, apply_gradients, evaluation_params
@@ -182,6 +182,21 @@ class AutoencoderTask(Task):
                "tokens": self._flat_tokens(indices, x.shape)}
     if min(x.shape[-3:-1]) >= MS_SSIM_MIN_SIZE:
       outputs["ms_ssim"] = ms_ssim(to_unit(reconstruction), to_unit(x), data_range=1.0)
+    return outputs | self._prefix_psnrs(state, indices, x)
+
+  def _prefix_psnrs(self, state: TrainState, indices: jax.Array, x: jax.Array) -> dict[str, jax.Array]:
+    """A multi-scale tokenizer's `psnr_prefix_k`: PSNR of the decode of its scales 0..k alone (k < S - 1; the
+    full decode is `psnr`), how much each coarser prefix already reconstructs."""
+    quantizer = self.model.quantizer
+    if not isinstance(quantizer, MultiScaleResidualQuantizer):
+      return {}
+    variables = {"params": self.eval_params(state), **state.model_state[GROUP]}
+    bounds = np.cumsum(quantizer.scale_lengths)
+    outputs = {}
+    for k, end in enumerate(bounds[:-1]):
+      named = dict(zip(quantizer.scale_names, quantizer.split_scales(indices[:, :end])))
+      prefix = jnp.clip(self.model.apply(variables, named, method="decode"), -1.0, 1.0)
+      outputs[f"psnr_prefix_{k}"] = psnr(prefix, x, data_range=2.0)
     return outputs
 
   def _flat_tokens(self, indices: jax.Array, batch_shape: tuple[int, ...]) -> jax.Array:
@@ -206,8 +221,10 @@ class AutoencoderTask(Task):
   def evaluator(self, run: RunContext, state: TrainState) -> "ReconstructionPass":
     del state
     eval_config = run.config.eval
+    quantizer = self.model.quantizer
+    scale_lengths = quantizer.scale_lengths if isinstance(quantizer, MultiScaleResidualQuantizer) else ()
     return ReconstructionPass(self.input_key, evaluation.ReconstructionEvaluator(self.feature_networks(),
-                                                                              self.codebook_size),
+                                                                              self.codebook_size, scale_lengths),
                               int(eval_config.num_grid_images), float(run.config.data.get("fps", 8)))
 
   def modes(self) -> dict[str, Callable[[RunContext], dict[str, Any]]]:

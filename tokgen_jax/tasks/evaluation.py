@@ -81,12 +81,20 @@ def reference_statistics(networks: dict[str, Any], is_video: bool, batches) -> F
 
 
 class ReconstructionEvaluator:
-  """Accumulates one evaluation pass with `feature_networks(...)`; `codebook_size` 0 leaves usage out."""
+  """Accumulates one evaluation pass with `feature_networks(...)`; `codebook_size` 0 leaves usage out.
 
-  def __init__(self, networks: dict[str, Any], codebook_size: int):
+  `scale_lengths` (a multi-scale quantizer's tokens per scale, coarse first) adds per scale k
+  `codebook_usage_scale_k`, `codebook_perplexity_scale_k` and `reachable_usage_scale_k`: distinct codes over the
+  codes the scale could have used, `min(codebook_size, its tokens in the split)` (a 1×1 scale over 500 images
+  reaches at most 500 codes), the figure that shows a coarse scale's collapse (Infinity#80)."""
+
+  def __init__(self, networks: dict[str, Any], codebook_size: int, scale_lengths: tuple[int, ...] = ()):
     self._networks = networks
     # A continuous bottleneck has no tokens; LFQ ids over 31 bits span several int32 words.
-    self._usage = CodebookUsage(codebook_size) if 0 < codebook_size <= _MAX_USAGE_VOCABULARY else None
+    usable = 0 < codebook_size <= _MAX_USAGE_VOCABULARY
+    self._usage = CodebookUsage(codebook_size) if usable else None
+    self._scale_bounds = np.cumsum((0,) + tuple(scale_lengths)) if usable and len(scale_lengths) > 1 else None
+    self._scale_usage = [CodebookUsage(codebook_size) for _ in scale_lengths] if self._scale_bounds is not None else []
     self._sums: dict[str, float] = {}
     self._count = 0
     self._statistics = {name: (FeatureStatistics(), FeatureStatistics()) for name in ("rfid", "rfvd")
@@ -107,6 +115,8 @@ class ReconstructionEvaluator:
     if self._usage is not None and "tokens" in outputs:
       tokens = outputs["tokens"][mask]  # [B, N] ids, or [B, N, L] for L codebook levels
       self._usage.update(tokens.reshape(-1) if tokens.ndim == 2 else tokens.reshape(-1, tokens.shape[-1]))
+      for usage, start, end in zip(self._scale_usage, self._scale_bounds[:-1], self._scale_bounds[1:]):
+        usage.update(tokens[:, start:end].reshape(-1))
     if "lpips" in self._networks:
       self._add("lpips", self._networks["lpips"](jnp.asarray(originals), jnp.asarray(reconstructions)))
     for name, (real, fake) in self._statistics.items():
@@ -122,6 +132,13 @@ class ReconstructionEvaluator:
     results = {name: total / max(self._count, 1) for name, total in self._sums.items()}
     if self._usage is not None:
       results |= self._usage.results()
+    for k, usage in enumerate(self._scale_usage):
+      scale = usage.results()
+      if scale:
+        reachable = min(usage.codebook_size, usage.count)
+        results |= {f"codebook_usage_scale_{k}": scale["codebook_usage"],
+                    f"codebook_perplexity_scale_{k}": scale["codebook_perplexity"],
+                    f"reachable_usage_scale_{k}": scale["codebook_usage"] * usage.codebook_size / reachable}
     for name, (real, fake) in self._statistics.items():
       if real.count < 2:
         logging.warning("eval: %s needs at least 2 examples, got %d; left out", name, real.count)

@@ -4,7 +4,8 @@ A tokenizer is a Flax module over `[B, H, W, 3]` images or `[B, T, H, W, 3]` vid
 
 - `encode(x) -> {name: [B, ...]}`: what a second stage trains on. Discrete bottlenecks give `tokens` (int32 ids,
   a trailing levels dim for multi-codebook quantizers); continuous ones give `latents` (float). Hierarchical,
-  multi-scale and factorized tokenizers name one array per layer, scale or plane (`tokens_0`, `latents_xy`, ...).
+  multi-scale and factorized tokenizers name one array per layer, scale or plane (`tokens_0` .. `tokens_9` for
+  VAR's ten scales, coarse first; `latents_xy`, ...).
 - `decode(latents) -> pixels` from the same dict (the inverse of `encode` up to reconstruction error).
 - `latent_specs(input_shape) -> {name: LatentSpec}`: each array's per-example shape, dtype and vocabulary, from an
   abstract forward (`jax.eval_shape`: free, no parameters).
@@ -27,6 +28,7 @@ import numpy as np
 
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.quantizers.base import QuantizerOutput
+from tokgen_jax.quantizers.multiscale import MultiScaleResidualQuantizer
 from tokgen_jax.quantizers.bits import tokens_per_image
 
 TOKENS = "tokens"
@@ -81,9 +83,16 @@ class Tokenizer(nn.Module, abc.ABC):
 
   def encode(self, x: jax.Array) -> dict[str, jax.Array]:
     z_q, quantized = self.quantize(x, train=False)
-    return {TOKENS: quantized.indices} if self.is_discrete else {LATENTS: z_q}
+    if not self.is_discrete:
+      return {LATENTS: z_q}
+    if isinstance(self.quantizer, MultiScaleResidualQuantizer):  # one array per scale, coarse first
+      return self.quantizer.named_indices(quantized.indices)
+    return {TOKENS: quantized.indices}
 
   def decode(self, latents: dict[str, jax.Array]) -> jax.Array:
+    """Pixels of named latents; a multi-scale tokenizer also decodes a coarse-to-fine prefix of its scales."""
+    if isinstance(self.quantizer, MultiScaleResidualQuantizer):
+      return self.decode_codes(self.quantizer.codes_from_indices(self.quantizer.indices_from_named(latents)))
     if self.is_discrete:
       return self.decode_codes(self.quantizer.codes_from_indices(latents[TOKENS]))
     return self.decode_codes(latents[LATENTS])
