@@ -4,6 +4,7 @@ import pytest
 
 from tokgen_jax import run as run_lib
 from tokgen_jax.config import load_experiment
+from tokgen_jax.errors import ConfigError
 
 
 @pytest.mark.parametrize("size, low, high", [("B", 105e6, 115e6), ("L", 330e6, 355e6)])
@@ -44,7 +45,6 @@ def test_llamagen_protocols_are_its_published_settings():
 def test_var_protocol_converts_to_the_sampler_scale_and_unknown_protocols_fail():
   from tokgen_jax.tasks import generator as generation  # pylint: disable=import-outside-toplevel
   from tokgen_jax.configs import evaluation  # pylint: disable=import-outside-toplevel
-  from tokgen_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   var = evaluation.named_protocol("var_fid")
   settings = generation.settings_from_config(var)
   assert (settings.cfg_scale, settings.cfg_ramp, settings.top_k, settings.top_p) == (2.5, True, 900, 0.96)
@@ -73,7 +73,6 @@ def test_dit_protocols_are_its_published_settings():
   assert (fid.name, fid.method, fid.num_steps, fid.cfg_scale, fid.num_samples) == ("dit_fid", "ddpm", 250, 1.5, 50_000)
   demo = load_experiment("experiments/dit_imagenet.py").sample
   assert (demo.protocol, demo.cfg_scale, demo.cfg_channels) == ("dit_demo", 4.0, 0)
-  from tokgen_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   with pytest.raises(ConfigError, match="choose demo or fid"):
     load_experiment("experiments/dit_imagenet.py:protocol=best")
 
@@ -109,7 +108,6 @@ def test_fourplane_paper_size_generators_read_the_seeds_token_counts(factorizati
 
 def test_fourplane_lavfi_variants_train_on_the_offline_renders():
   from tokgen_jax import tasks  # pylint: disable=import-outside-toplevel
-  from tokgen_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   tokenizer = load_experiment("experiments/fourplane_video.py:tokenizer,lavfi")
   assert tokenizer.data.source == "lavfi" and tokenizer.model.factorization == "four_plane"
   task = tasks.build(load_experiment("experiments/fourplane_video.py:lavfi,factorization=tri_plane"))
@@ -145,3 +143,30 @@ def test_masked_experiments_build_with_their_protocols(tmp_path):
   assert markovgen.init_from == "/tmp/maskgit_shapes/masked"
   video = load_experiment("experiments/mlm_video.py:local")
   assert video.eval.protocol.given_frames == 1 and "frame_prediction" in video.loss.tasks
+
+
+# VAR's own layer-for-layer counts (VAR: q and v biases, none on k): the paper rounds d24's 1.033B to 1.0B.
+@pytest.mark.parametrize("depth, expected", [(16, 310_283_520), (20, 600_917_136), (24, 1_033_399_360),
+                                             (30, 2_010_020_356)])
+def test_var_imagenet_depths_have_vars_parameter_counts(depth, expected, tmp_path):
+  """VAR-d16 / d20 / d24 / d30: 310M / 600M / 1.0B / 2.0B over 680 tokens in 10 scales, 4096 codes of 32."""
+  run = run_lib.setup(load_experiment(f"experiments/var_imagenet.py:depth={depth}"), str(tmp_path))
+  params = run_lib.count_params(run.abstract_state)
+  print(f"\nvar_imagenet:depth={depth}: {params:,} parameters")
+  assert params == expected
+  layout = run.task.describe()
+  assert layout["sequence_length"] == 680 and layout["steps_per_sample"] == 10 and layout["vocab_size"] == 4096
+  assert run.config.eval.protocol.name == "var_fid" and run.task.sample_settings(run.config.eval.protocol).cfg_scale == 2.5
+
+
+def test_var_shapes_variants_build():
+  tokenizer = load_experiment("experiments/var_shapes.py:tokenizer")
+  assert tokenizer.model.quantizer.name == "msrq" and tuple(tokenizer.model.quantizer.scales)[-1] == 8
+  finest = load_experiment("experiments/var_shapes.py:tokenizer,scales=finest")
+  assert tuple(finest.model.quantizer.scales) == (8,)
+  raster = load_experiment("experiments/var_shapes.py:raster")
+  local = load_experiment("experiments/var_shapes.py:local")
+  assert raster.model.embed_dim == local.model.embed_dim and raster.model.num_layers == local.model.num_layers
+  assert local.task == "var" and raster.task == "generator" and local.eval.protocol.cfg_ramp
+  with pytest.raises(ConfigError, match="scales='coarse'"):
+    load_experiment("experiments/var_shapes.py:tokenizer,scales=coarse")

@@ -1,7 +1,8 @@
 """Sharding rules that scale: mesh presets, logical names on every parameter, and sharded steps equal unsharded.
 
 Coverage: every parameter of the conv tokenizers (VQGAN, MAGVIT-v2 with its discriminator), the AR generator, the
-masked generator (Llama and BERT blocks) and DiT (class and text conditioned) is an `nn.Partitioned` box with one logical name per dimension, and under the
+masked generator (Llama and BERT blocks), VAR and DiT (class and text conditioned) is an `nn.Partitioned` box with one
+logical name per dimension, and under the
 `fsdp` preset on 8 devices every dimension that names an fsdp-mapped axis and divides by 8 is split (ZeRO-3):
 nearly all parameter and optimizer bytes are sharded. Equality: two train steps on 8 devices under the dp, fsdp
 and fsdp_tp presets give the losses and parameters of the same two steps on one device.
@@ -70,6 +71,10 @@ def _masked_experiment(**overrides):
   return set_fields(load_experiment("experiments/maskgit_shapes.py:local"), overrides)
 
 
+def _var_experiment(**overrides):
+  return set_fields(load_experiment("experiments/var_shapes.py:local"), overrides)
+
+
 def _dit_experiment(condition: str = "class", **overrides):
   return set_fields(load_experiment(f"experiments/dit_shapes.py:local,condition={condition}"), overrides)
 
@@ -83,6 +88,7 @@ COVERAGE = {
     "dit_text": lambda: _dit_experiment("text"),
     "masked": lambda: _masked_experiment(),
     "masked_bert": lambda: _masked_experiment(**{"model.block": "bert", "model.scan_layers": True}),
+    "var": lambda: _var_experiment(),
 }
 
 
@@ -212,6 +218,16 @@ def _masked_config():
   })
 
 
+def _var_config():
+  return _var_experiment(**{
+      "model.num_classes": 4, "model.embed_dim": 32, "model.num_layers": 2, "model.num_heads": 4,
+      "model.cond_dropout_rate": 0.0, "tokenizer.experiment.model.channels": 8,
+      "tokenizer.experiment.model.channel_multipliers": (1, 2, 2), "tokenizer.experiment.model.num_groups": 4,
+      "tokenizer.experiment.model.quantizer.codebook_size": 32, "tokenizer.experiment.model.quantizer.dim": 4,
+      "batch_size": 8, "eval.batch_size": 8, "total_steps": 6, "optimizer.warmup_steps": 0,
+  })
+
+
 def _dit_config():
   return _dit_experiment(**{
       "model.hidden_size": 32, "model.depth": 2, "model.num_heads": 4, "diffusion.cond_dropout_rate": 0.0,
@@ -247,8 +263,18 @@ def _ar_batch():
   return {"tokens": patterns[labels].astype(np.int32), "label": labels.astype(np.int32)}
 
 
+def _var_batch():
+  """Per-scale token maps (VAR's 1..8 progression of the 8x8 latent) that depend on the label."""
+  rng = np.random.default_rng(0)
+  labels = np.arange(8) % 4
+  maps = {f"tokens_{k}": rng.integers(0, 32, size=(4, s, s))[labels].astype(np.int32)
+          for k, s in enumerate((1, 2, 3, 4, 5, 6, 8))}
+  return maps | {"label": labels.astype(np.int32)}
+
+
 MODELS = {"vqgan": (_vqgan_config, _vqgan_batch), "magvit2": (_magvit2_config, _magvit2_batch),
-          "ar": (_ar_config, _ar_batch), "dit": (_dit_config, _dit_batch), "masked": (_masked_config, _ar_batch)}
+          "ar": (_ar_config, _ar_batch), "dit": (_dit_config, _dit_batch), "masked": (_masked_config, _ar_batch),
+          "var": (_var_config, _var_batch)}
 
 
 def _train(config, devices, batch, initial_state=None):
@@ -274,8 +300,10 @@ def _train(config, devices, batch, initial_state=None):
 
 
 # MAGVIT-v2 with its GAN is the slowest model to compile and step (about 70 s over its three meshes): slow tier.
-# The masked model's equality runs there too, to keep the quick loop in its budget (its coverage test stays quick).
-@pytest.fixture(scope="module", params=[pytest.param(name, marks=pytest.mark.slow) if name in ("magvit2", "masked")
+# The masked and VAR models' equalities run there too, to keep the quick loop in its budget (their coverage tests
+# stay quick).
+@pytest.fixture(scope="module", params=[pytest.param(name, marks=pytest.mark.slow)
+                                        if name in ("magvit2", "masked", "var")
                                         else name for name in sorted(MODELS)])
 def baseline(request):
   """One single-device run per model, shared by its three sharded comparisons."""

@@ -78,7 +78,8 @@ class _Preemption:
 
 def _initial_state(run_: Run, manager: checkpoint.Manager, train_iter: Any) -> Any:
   """Resume order: the workdir's latest good checkpoint (damaged newer ones are moved aside) → config.init_from
-  (parameters, EMA weights and model state of every group the source run has) → scratch."""
+  (parameters, EMA weights and model state of every group the source run has) → scratch. A fresh state then
+  goes through the task's `prepare`."""
   restored = manager.restore_latest(run_.abstract_state, train_iter)
   if restored is not None:
     logging.info("resuming from %s/%d", manager.directory, restored[1])
@@ -88,7 +89,7 @@ def _initial_state(run_: Run, manager: checkpoint.Manager, train_iter: Any) -> A
     loaded = checkpoint.restore_params(run_.config.init_from, run_.abstract_state)
     state = state.replace(**{name: {**getattr(state, name), **getattr(loaded, name)}
                              for name in ("params", "ema_params", "model_state")})
-  return state
+  return run_.task.prepare(run_, state)
 
 
 def _last_good(manager: checkpoint.Manager) -> str:

@@ -22,11 +22,11 @@ CODES, VAE_DIM, BATCH = 16, 4, 2
 def setup():
   quantizer = MultiScaleResidualQuantizer(CODES, VAE_DIM, scales=SCALES)
   z = jax.random.normal(jax.random.key(1), (BATCH, 4, 4, VAE_DIM))
-  quantizer_params = quantizer.init(jax.random.key(2), z)["params"]
-  z_q, out = quantizer.apply({"params": quantizer_params}, z)
+  quantizer_params = quantizer.init(jax.random.key(2), z)
+  z_q, out = quantizer.apply(quantizer_params, z)
   model = VARTransformer(SCALES, CODES, VAE_DIM, embed_dim=32, num_layers=2, num_heads=4, num_classes=5,
                          drop_path_rate=0.1)
-  inputs = quantizer.apply({"params": quantizer_params}, out.indices, method="next_scale_inputs")
+  inputs = quantizer.apply(quantizer_params, out.indices, method="next_scale_inputs")
   cond = {"label": jnp.asarray([1, 4])}
   params = nn.unbox(jax.jit(lambda key: model.init({"params": key, "dropout": key}, inputs, cond))(
       jax.random.key(0))["params"])
@@ -47,12 +47,12 @@ def test_teacher_forced_inputs_are_the_quantizers_cumulative_reconstruction_area
   assert inputs.shape == (BATCH, 30 - 1, VAE_DIM)
   bounds = np.cumsum([s * s for s in SCALES])
   for k, side in enumerate(SCALES[1:], start=1):
-    f_hat = quantizer.apply({"params": quantizer_params}, indices[:, :bounds[k - 1]], method="codes_from_indices")
+    f_hat = quantizer.apply(quantizer_params, indices[:, :bounds[k - 1]], method="codes_from_indices")
     weights = area_weights(4, side)
     expected = np.einsum("ih,bhwd,jw->bijd", weights, np.asarray(f_hat), weights).reshape(BATCH, -1, VAE_DIM)
     np.testing.assert_allclose(inputs[:, bounds[k - 1] - 1:bounds[k] - 1], expected, rtol=1e-5, atol=1e-5)
   # and the reconstruction of all scales is the quantizer's own output in the forward pass
-  full = quantizer.apply({"params": quantizer_params}, indices, method="codes_from_indices")
+  full = quantizer.apply(quantizer_params, indices, method="codes_from_indices")
   np.testing.assert_allclose(full, z_q, rtol=1e-5, atol=1e-5)
 
 
@@ -81,7 +81,7 @@ def _reference_draw(model, params, quantizer, quantizer_params, cond, cfg: float
   bounds = model.scale_bounds()
   tokens = jnp.zeros((BATCH, model.num_tokens), jnp.int32)
   for k in range(model.num_scales):
-    inputs = quantizer.apply({"params": quantizer_params}, tokens, method="next_scale_inputs")
+    inputs = quantizer.apply(quantizer_params, tokens, method="next_scale_inputs")
     c = model.apply({"params": params}, inputs, cond)[:, bounds[k]:bounds[k + 1]]
     u = model.apply({"params": params}, inputs, cond, jnp.ones((BATCH,), bool))[:, bounds[k]:bounds[k + 1]]
     t = cfg * k / (model.num_scales - 1)

@@ -68,7 +68,8 @@ class VARBlock(nn.Module):
     drop_path = nn.Dropout(self.drop_path_rate, broadcast_dims=(1, 2))
     x = nn.with_logical_constraint(x, HIDDEN_AXES)
     shift1, scale1, gate1, shift2, scale2, gate2 = AdaLNModulation(6, name="modulation", **kw)(c)
-    h, cache = Attention(self.num_heads, mask=self.mask, use_bias=True, normalized=self.normalized_attention,
+    h, cache = Attention(self.num_heads, mask=self.mask, use_bias=True, key_bias=False,
+                         normalized=self.normalized_attention,
                          implementation=self.attention_implementation, name="attention", **kw)(
                              modulate(layer_norm(x, NORM_EPS), shift1, scale1), cache=cache)
     x = x + drop_path(gate(h, gate1), deterministic=deterministic)

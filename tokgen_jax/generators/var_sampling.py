@@ -26,12 +26,13 @@ from tokgen_jax.quantizers.multiscale import MultiScaleResidualQuantizer, downsa
 
 
 def sample_scales(model: VARTransformer, params: Any, quantizer: MultiScaleResidualQuantizer,
-                  quantizer_params: Any, cond: dict[str, jax.Array], rng: jax.Array,
+                  quantizer_variables: Any, cond: dict[str, jax.Array], rng: jax.Array,
                   settings: SamplingSettings = SamplingSettings()) -> jax.Array:
-  """`[B, L]` tokens drawn in `len(model.scales)` cached steps (jit the caller)."""
+  """`[B, L]` tokens drawn in `len(model.scales)` cached steps (jit the caller); `quantizer_variables` are the
+  tokenizer's quantizer's (`params`, and `quantizer_stats` when it restarts codes)."""
   batch = cond["label"].shape[0]
   model_cond, unconditional = guided_inputs(cond, batch, settings)
-  model_vars, quantizer_vars = {"params": params}, {"params": quantizer_params}
+  model_vars = {"params": params}
   caches = model.init_cache(unconditional.shape[0])
   size = model.scales[-1]
   f_hat = jnp.zeros((batch, size, size, model.vae_dim), jnp.float32)
@@ -41,7 +42,7 @@ def sample_scales(model: VARTransformer, params: Any, quantizer: MultiScaleResid
     tokens = choose(logits, rng, jnp.int32(k), settings, model.num_scales)  # [B, s_k²]
     drawn.append(tokens)
     if k + 1 < model.num_scales:
-      f_hat = quantizer.apply(quantizer_vars, f_hat, tokens.reshape(batch, side, side), method="add_scale")
+      f_hat = quantizer.apply(quantizer_variables, f_hat, tokens.reshape(batch, side, side), method="add_scale")
       inputs = downsample(f_hat, model.scales[k + 1], quantizer.resize).reshape(batch, -1, model.vae_dim)
       inputs = jnp.concatenate([inputs, inputs]) if settings.guided else inputs
   return jnp.concatenate(drawn, axis=1)

@@ -128,6 +128,7 @@ class Attention(nn.Module):
   attention_dropout_rate: float = 0.0
   implementation: str | None = None
   use_bias: bool = False  # Llama has none; BERT-style blocks (MaskGIT) have biases on all four projections
+  key_bias: bool = True  # with use_bias; VAR has none on the keys (q and v biases only)
   normalized: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -148,9 +149,10 @@ class Attention(nn.Module):
     length = x.shape[1]
     if cache is not None:
       _check_cache(cache, length, kv_heads, head_dim)
-    proj = lambda h, name: Projection((h, head_dim), ("embed", "heads", "kv"), use_bias=self.use_bias,
-                                      dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-    q, k, v = proj(heads, "query")(x), proj(kv_heads, "key")(x), proj(kv_heads, "value")(x)
+    proj = lambda h, name, bias=True: Projection((h, head_dim), ("embed", "heads", "kv"),
+                                                 use_bias=self.use_bias and bias, dtype=self.dtype,
+                                                 param_dtype=self.param_dtype, name=name)
+    q, k, v = proj(heads, "query")(x), proj(kv_heads, "key", self.key_bias)(x), proj(kv_heads, "value")(x)
     q, k, v = (nn.with_logical_constraint(a, HEAD_AXES) for a in (q, k, v))
     if cos is not None:
       q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)

@@ -98,6 +98,15 @@ def upsample(x: jax.Array, size: int, resize: str = "exact") -> jax.Array:
   return jax.image.resize(x, x.shape[:1] + (size, size) + x.shape[3:], "bicubic")
 
 
+def _balanced(vectors: list[jax.Array], indices: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """Every scale's lookup vectors `[n_k, D]` and codes `[n_k]`, each cycled to the finest scale's count, then
+  concatenated: restarts and the k-means start draw as often from the 1×1 scale as from the finest, so the coarse
+  scales keep codes of their own (pooled as they come, a 1×1 scale gives 1 of Σ s² vectors)."""
+  count = max(v.shape[0] for v in vectors)
+  rows = lambda a: a[jnp.arange(count) % a.shape[0]]
+  return jnp.concatenate([rows(v) for v in vectors]), jnp.concatenate([rows(i) for i in indices])
+
+
 class MultiScaleResidualQuantizer(nn.Module):
   """VAR's residual quantizer on `z [B, H, W, D]` with `H = W = scales[-1]`, one codebook shared by all scales.
 
@@ -122,6 +131,12 @@ class MultiScaleResidualQuantizer(nn.Module):
   phi_mix: float = 0.5
   phi_kernel: int = 3
   resize: str = "exact"
+  # Keeping codes alive (`VectorQuantizer`'s options; 0 = off): restarts from the step's residual vectors of all
+  # scales in equal shares (`_balanced`), and a k-means start on them. Without them the coarse scales collapse
+  # (Infinity#80).
+  restart_after_steps: int = 0
+  restart_below_usage: float = 0.0
+  kmeans_init_iterations: int = 0
 
   def setup(self):
     if self.resize not in RESIZES:
@@ -130,7 +145,10 @@ class MultiScaleResidualQuantizer(nn.Module):
     scales = tuple(self.scales)
     if not scales or any(s < 1 for s in scales) or list(scales) != sorted(set(scales)):
       raise ValueError(f"MultiScaleResidualQuantizer: scales={scales} must be positive and strictly increasing.")
-    self.vq = VectorQuantizer(self.codebook_size, self.dim, commitment_weight=self.beta)
+    self.vq = VectorQuantizer(self.codebook_size, self.dim, commitment_weight=self.beta,
+                              restart_after_steps=self.restart_after_steps,
+                              restart_below_usage=self.restart_below_usage,
+                              kmeans_init_iterations=self.kmeans_init_iterations)
     self.phi = Conv(self.dim, (self.phi_kernel, self.phi_kernel))
 
   @property
@@ -215,10 +233,12 @@ class MultiScaleResidualQuantizer(nn.Module):
     f = z.astype(jnp.float32)
     rest = jax.lax.stop_gradient(f)  # only picks codes: no gradient flows through the argmin path
     f_hat = jnp.zeros_like(f)
-    indices, commitment, codebook_loss, per_scale = [], 0.0, 0.0, {}
+    indices, commitment, codebook_loss, per_scale, looked_up, chosen = [], 0.0, 0.0, {}, [], []
     for k, s in enumerate(self.scales):
       down = rest if s == size else downsample(rest, s, self.resize)
-      _, out = self.vq(down, train=train)
+      _, out = self.vq(down, train=False)  # the codes of this step; the state update follows once, below
+      looked_up.append(down.reshape(-1, self.dim))
+      chosen.append(out.indices.reshape(-1))
       h = self._contribution(self.vq.codes_from_indices(out.indices))
       f_hat = f_hat + h
       rest = rest - jax.lax.stop_gradient(h)
@@ -233,5 +253,7 @@ class MultiScaleResidualQuantizer(nn.Module):
     indices = jnp.concatenate(indices, axis=1)
     metrics = {"codebook_loss": codebook_loss, "commitment": commitment,
                **codebook_statistics(indices, self.codebook_size), **per_scale}
+    if train:
+      metrics |= self.vq.update_statistics(*_balanced(looked_up, chosen))
     z_q = f + jax.lax.stop_gradient(f_hat - f)  # straight-through: d z_q / d z = identity
     return z_q, QuantizerOutput(indices=indices, loss=codebook_loss + self.beta * commitment, metrics=metrics)

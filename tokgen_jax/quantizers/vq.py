@@ -318,15 +318,23 @@ class VectorQuantizer(nn.Module):
       metrics |= {"sample_entropy": sample_entropy, "codebook_entropy": batch_entropy}
       loss = loss + self.entropy_weight * (sample_entropy - batch_entropy)
     metrics |= codebook_statistics(indices, self.codebook_size)
-    counts = jnp.bincount(flat_indices, length=self.codebook_size)
-    if self.restarts:
-      metrics["dead_codes"] = jnp.sum(self._dead(counts)[0]).astype(jnp.float32)
-    if train and self.is_mutable_collection(STATS) and not self.is_initializing():
-      self._update_state(jax.lax.stop_gradient(vectors), flat_indices, counts)
+    if train:
+      metrics |= self.update_statistics(vectors, flat_indices)
     z_q = lookup + jax.lax.stop_gradient(quantized - lookup)  # straight-through: d z_q / d lookup = identity
     if self.projected:
       z_q = self.project_out(z_q)
     return z_q, QuantizerOutput(indices=indices, loss=loss, metrics=metrics)
+
+  def update_statistics(self, vectors: jax.Array, indices: jax.Array) -> dict[str, jax.Array]:
+    """One training step's state update (EMA, restarts, k-means start) from lookup vectors `[N, code_dim]` and
+    their codes `[N]`, when "quantizer_stats" is mutable and not initializing; `{"dead_codes": ...}` with
+    restarts. `__call__(train=True)` runs it on its batch; a quantizer that looks up several times per step (VAR's
+    scales, `multiscale.py`) looks up with train=False and runs it once on all its vectors."""
+    counts = jnp.bincount(indices, length=self.codebook_size)
+    metrics = {"dead_codes": jnp.sum(self._dead(counts)[0]).astype(jnp.float32)} if self.restarts else {}
+    if self.is_mutable_collection(STATS) and not self.is_initializing():
+      self._update_state(jax.lax.stop_gradient(vectors), indices, counts)
+    return metrics
 
   def _update_state(self, vectors: jax.Array, indices: jax.Array, counts: jax.Array):
     """One training step of EMA statistics and dead-code restarts, from this batch's assignments."""

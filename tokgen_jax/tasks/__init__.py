@@ -7,7 +7,7 @@
 from typing import Any, Callable
 
 from tokgen_jax.errors import ConfigError
-from tokgen_jax.tasks import autoencoder, diffusion, generator, masked
+from tokgen_jax.tasks import autoencoder, diffusion, generator, masked, var
 from tokgen_jax.tasks.adversarial import AdversarialTraining
 from tokgen_jax.tasks.autoencoder import AutoencoderTask, build_tokenizer, input_shape
 from tokgen_jax.tasks.base import Evaluator, Phase, RunContext, Task, TrainState, active_phase, phase_step
@@ -15,9 +15,11 @@ from tokgen_jax.tasks.evaluation import ReconstructionEvaluator, feature_network
 from tokgen_jax.tasks.diffusion import DiffusionTask
 from tokgen_jax.tasks.generator import GeneratorTask, tokenizer_token_shape
 from tokgen_jax.tasks.masked import MaskedTask
+from tokgen_jax.tasks.var import NextScaleTask
 
 REGISTRY: dict[str, Callable[[Any], Task]] = {"autoencoder": autoencoder.build, "generator": generator.build,
-                                             "diffusion": diffusion.build, "masked": masked.build}
+                                             "diffusion": diffusion.build, "masked": masked.build,
+                                             "var": var.build}
 
 
 def register(name: str, build_fn: Callable[[Any], Task]) -> None:
@@ -41,6 +43,6 @@ def build(config: Any) -> Task:
 
 
 __all__ = ["Task", "TrainState", "Phase", "Evaluator", "RunContext", "active_phase", "phase_step", "REGISTRY",
-           "register", "build", "AutoencoderTask", "GeneratorTask", "DiffusionTask", "MaskedTask", "AdversarialTraining", "build_tokenizer",
+           "register", "build", "AutoencoderTask", "GeneratorTask", "DiffusionTask", "MaskedTask", "NextScaleTask", "AdversarialTraining", "build_tokenizer",
            "input_shape", "tokenizer_token_shape", "ReconstructionEvaluator", "feature_networks",
            "reference_statistics"]

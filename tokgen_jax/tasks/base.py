@@ -3,6 +3,7 @@
 The trainer, `aot` and `bench` see a task only through `Task`:
 
   example_batch() / init(rng, batch)          abstract and real initialization
+  prepare(run, state)                         a fresh state before step 0: what it reads from other runs
   phases()                                    step variants by step number, each compiled once
   train_step(state, batch, phase)             one optimizer step of that phase
   eval_step(state, batch)                     per-example outputs on device
@@ -171,6 +172,12 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
     """A fresh state; parameters may be `nn.Partitioned` boxes carrying logical axis names."""
+
+  def prepare(self, run: "RunContext", state: TrainState) -> TrainState:
+    """A fresh state (from scratch or `config.init_from`, never a resumed one) before its first step, with what
+    it needs from other runs: a next-scale generator copies in its tokenizer's quantizer. Default: unchanged."""
+    del run
+    return state
 
   def phases(self) -> tuple[Phase, ...]:
     return (Phase("train", 0),)

@@ -44,7 +44,8 @@ GROUP = "generator"
 @dataclasses.dataclass(frozen=True)
 class GeneratorTask(second_stage.SecondStage, Task):
   """`token_shape`: one example's tokens without batch, `grid` or `grid + (levels,)` (see module doc).
-  `tokenizer`: `config.tokenizer` (experiment, workdir, checkpoint_step), loaded once on first use."""
+  `tokenizer`: `config.tokenizer` (experiment, workdir, checkpoint_step), loaded once on first use.
+  `latent_key`: the tokenizer's token array (`tokens`; a one-scale multi-scale tokenizer names it `tokens_0`)."""
 
   model: ARTransformer
   optimizer: optax.GradientTransformation
@@ -53,10 +54,13 @@ class GeneratorTask(second_stage.SecondStage, Task):
   layer_weights: tuple[float, ...] = ()
   ema_decay: float = 0.0
   eval_ema: bool = True  # eval and sampling read the EMA weights (when kept): the protocol's use_ema
+  latent_key: str = tokenizers.TOKENS
   tokenizer: Any = dataclasses.field(default=None, hash=False, compare=False)
   _loaded: dict = dataclasses.field(default_factory=dict, hash=False, compare=False, repr=False)
 
-  input_key = latent_key = tokenizers.TOKENS
+  @property
+  def input_key(self) -> str:
+    return self.latent_key
 
   def __post_init__(self):
     grid, levels = self.grid_and_levels
@@ -102,14 +106,14 @@ class GeneratorTask(second_stage.SecondStage, Task):
     return second_stage.condition_of(batch, self.model.conditioning, self.model.text_length)
 
   def example_batch(self) -> dict[str, jax.Array]:
-    return {"tokens": jnp.zeros((1,) + tuple(self.token_shape), jnp.int32), **second_stage.example_conditions(
+    return {self.latent_key: jnp.zeros((1,) + tuple(self.token_shape), jnp.int32), **second_stage.example_conditions(
         self.model.conditioning, self.model.text_length, self.model.text_dim)}
 
   # ------------------------------------------------------------------------------------------------ train
 
   def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
     model_rng, state_rng = jax.random.split(rng)
-    variables = self.model.init({"params": model_rng, "dropout": model_rng}, self.to_sequence(batch["tokens"]),
+    variables = self.model.init({"params": model_rng, "dropout": model_rng}, self.to_sequence(batch[self.latent_key]),
                                 self.condition(batch))
     params = {GROUP: variables["params"]}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -133,7 +137,7 @@ class GeneratorTask(second_stage.SecondStage, Task):
     return per_layer @ weights / weights.sum()
 
   def _loss(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array):
-    sequence = self.to_sequence(batch["tokens"]).astype(jnp.int32)
+    sequence = self.to_sequence(batch[self.latent_key]).astype(jnp.int32)
     logits = self.model.apply({"params": params}, sequence, self.condition(batch), train=True,
                               rngs={"dropout": rng})
     nll, correct = self._token_losses(logits, sequence)
@@ -156,7 +160,7 @@ class GeneratorTask(second_stage.SecondStage, Task):
 
   def eval_step(self, state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """Per example: `nll` (weighted nats per token, conditional) and teacher-forced `token_accuracy`."""
-    sequence = self.to_sequence(batch["tokens"]).astype(jnp.int32)
+    sequence = self.to_sequence(batch[self.latent_key]).astype(jnp.int32)
     logits = self.model.apply({"params": self.eval_params(state)}, sequence, self.condition(batch))
     nll, correct = self._token_losses(logits, sequence)
     return {"nll": self._weighted(self._per_layer_mean(nll)), "token_accuracy": correct.mean(-1)}
@@ -178,7 +182,7 @@ class GeneratorTask(second_stage.SecondStage, Task):
 
   def describe(self) -> dict[str, Any]:
     """The token layout the model sees: shape per example, layers, sequence lengths, vocabularies, prefix."""
-    return {"latents": {"tokens": {"shape": list(self.token_shape), "dtype": "int32"}},
+    return {"latents": {self.latent_key: {"shape": list(self.token_shape), "dtype": "int32"}},
             "sequence_length": int(self.model.num_tokens), "layer_lengths": list(self.model.layer_lengths),
             "vocab_sizes": list(self.model.vocab_sizes), "condition": str(self.model.conditioning),
             "prefix_length": int(self.model.prefix_length)}
@@ -198,19 +202,21 @@ class GeneratorPass:
   """The generator's `Evaluator`: teacher-forced NLL / perplexity / token accuracy over the eval tokens, then the
   shared sample pass (`second_stage.SampleEvaluation`)."""
 
-  def __init__(self, task: GeneratorTask, run: RunContext, state: TrainState):
+  def __init__(self, task: second_stage.SecondStage, run: RunContext, state: TrainState):
     self._samples = second_stage.SampleEvaluation(task, run, state)
-    self._sums, self._count = {"nll": 0.0, "token_accuracy": 0.0}, 0
+    self._sums, self._count = {}, 0
 
   def update(self, outputs: dict[str, np.ndarray], batch: dict[str, np.ndarray], mask: np.ndarray) -> None:
+    """Sums every per-example output of `eval_step` (`nll`, `token_accuracy` and any the task adds)."""
     del batch
-    for name in self._sums:
-      self._sums[name] += float(np.sum(outputs[name][mask], dtype=np.float64))
+    for name, values in outputs.items():
+      self._sums[name] = self._sums.get(name, 0.0) + float(np.sum(values[mask], dtype=np.float64))
     self._count += int(mask.sum())
 
   def results(self) -> dict[str, float]:
     results = {name: total / max(self._count, 1) for name, total in self._sums.items()}
-    results["perplexity"] = float(np.exp(results["nll"]))
+    if "nll" in results:
+      results["perplexity"] = float(np.exp(results["nll"]))
     return results | self._samples.results()
 
   def write_samples(self, directory: epath.Path, step: int) -> None:
@@ -224,20 +230,34 @@ def tokenizer_token_shape(tokenizer_config: Any) -> tuple[tuple[int, ...], int, 
   """`(token_shape, grid_ndim, codebook_size)` of one example of the tokenizer experiment `tokenizer_config`:
   the grid `(h, w)` or `(t, h, w)` (its rank is `grid_ndim`), plus a trailing levels dim for multi-codebook
   quantizers; from the tokenizer's abstract `latent_specs`."""
+  name, spec, grid_ndim = tokenizer_token_array(tokenizer_config)
+  del name
+  return tuple(spec.shape), grid_ndim, spec.vocab_size
+
+
+def tokenizer_token_array(tokenizer_config: Any) -> tuple[str, Any, int]:
+  """`(name, LatentSpec, grid_ndim)` of the one token array an AR generator models: `tokens`, or the only
+  discrete array of the tokenizer (a one-scale multi-scale tokenizer's `tokens_0`)."""
   model = autoencoder.build_tokenizer(tokenizer_config.model)
   shape = autoencoder.input_shape(tokenizer_config.data)
   specs = model.latent_specs(shape)
-  if tokenizers.TOKENS not in specs:
+  discrete = {name: spec for name, spec in specs.items() if spec.is_discrete}
+  if not discrete:
     raise ConfigError(f"config.tokenizer: the tokenizer's quantizer {tokenizer_config.model.quantizer.name!r} is "
                       f"continuous (it encodes {sorted(specs)}); an AR generator needs discrete tokens (vq, lfq, "
                       "fsq, rvq).")
-  spec = specs[tokenizers.TOKENS]
-  return tuple(spec.shape), len(shape) - 1, spec.vocab_size
+  if tokenizers.TOKENS not in discrete and len(discrete) > 1:
+    raise ConfigError(f"config.tokenizer: the tokenizer writes {len(discrete)} token arrays {sorted(discrete)} (one "
+                      "per scale); the AR generator models one. Train next-scale prediction on them "
+                      "(config.task='var'), or give the tokenizer a single scale.")
+  name = tokenizers.TOKENS if tokenizers.TOKENS in discrete else next(iter(discrete))
+  return name, discrete[name], len(shape) - 1
 
 
 def build(config: Any) -> GeneratorTask:
   """`config.task='generator'`: an AR transformer over the tokens of the frozen tokenizer `config.tokenizer`."""
-  token_shape, grid_ndim, codebook_size = tokenizer_token_shape(config.tokenizer.experiment)
+  token_key, spec, grid_ndim = tokenizer_token_array(config.tokenizer.experiment)
+  token_shape, codebook_size = tuple(spec.shape), spec.vocab_size
   kwargs = config.model.to_dict()
   if kwargs.pop("name") != "ar":
     raise ConfigError(f"config.model.name={config.model.name!r}: the generator task trains 'ar' models.")
@@ -246,11 +266,10 @@ def build(config: Any) -> GeneratorTask:
   model = ARTransformer(vocab_sizes=(codebook_size,) * levels, layer_grids=(tuple(grid),) * levels, **kwargs)
   model.validate()
   if str(config.data.source) in latent_data.SOURCE_NAMES and str(config.data.path):  # written ones must fit
-    spec = tokenizers.LatentSpec(tuple(token_shape), "int32", codebook_size)
     for split in (config.data.train_split, config.data.eval_split):
-      latent_data.check_split_fits(str(config.data.path), str(split), {tokenizers.TOKENS: spec})
+      latent_data.check_split_fits(str(config.data.path), str(split), {token_key: spec})
   return GeneratorTask(model=model, optimizer=make_optimizer(config.optimizer, config.total_steps),
                        learning_rate=learning_rate_schedule(config.optimizer, config.total_steps),
                        token_shape=token_shape, layer_weights=tuple(config.loss.layer_weights),
                        ema_decay=config.optimizer.ema_decay, eval_ema=bool(config.eval.protocol.use_ema),
-                       tokenizer=config.tokenizer)
+                       latent_key=token_key, tokenizer=config.tokenizer)
