@@ -76,6 +76,15 @@ def test_logits_of_a_scale_ignore_the_inputs_of_finer_scales(setup):
   assert not np.allclose(changed[:, 14:], full[:, 14:])
 
 
+def _feedback(quantizer, variables):
+  return lambda f_hat, k, code_map: quantizer.apply(variables, f_hat, code_map, k, method="advance")
+
+
+def _draw(model, params, quantizer, quantizer_params, cond, key, settings):
+  return sample_scales(model, params, cond, key, _feedback(quantizer, quantizer_params),
+                       quantizer.empty_reconstruction(BATCH), settings)
+
+
 def _reference_draw(model, params, quantizer, quantizer_params, cond, cfg: float):
   """Greedy next-scale decoding by full recomputation and VAR's own guidance formula `(1 + t)·c − t·u`."""
   bounds = model.scale_bounds()
@@ -94,17 +103,17 @@ def test_greedy_scale_sampler_equals_full_recompute_with_vars_cfg_ramp(setup, cf
   quantizer, quantizer_params, _, _, model, params, _, cond = setup
   settings = sampling.SamplingSettings(cfg_scale=sampling.guidance_scale_from(cfg, "var"), cfg_ramp=True,
                                        greedy=True)
-  drawn = jax.jit(lambda p, q: sample_scales(model, p, quantizer, q, cond, jax.random.key(0), settings))(
+  drawn = jax.jit(lambda p, q: _draw(model, p, quantizer, q, cond, jax.random.key(0), settings))(
       params, quantizer_params)
   np.testing.assert_array_equal(drawn, _reference_draw(model, params, quantizer, quantizer_params, cond, cfg))
 
 
 def test_top_k_one_sampling_is_greedy(setup):
   quantizer, quantizer_params, _, _, model, params, _, cond = setup
-  greedy = sample_scales(model, params, quantizer, quantizer_params, cond, jax.random.key(0),
-                         sampling.SamplingSettings(greedy=True))
-  top1 = sample_scales(model, params, quantizer, quantizer_params, cond, jax.random.key(3),
-                       sampling.SamplingSettings(top_k=1, top_p=0.96))
+  greedy = _draw(model, params, quantizer, quantizer_params, cond, jax.random.key(0),
+                 sampling.SamplingSettings(greedy=True))
+  top1 = _draw(model, params, quantizer, quantizer_params, cond, jax.random.key(3),
+               sampling.SamplingSettings(top_k=1, top_p=0.96))
   np.testing.assert_array_equal(greedy, top1)
 
 

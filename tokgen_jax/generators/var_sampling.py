@@ -8,41 +8,40 @@ For each scale k (a Python loop: every scale has its own shape, so the jitted pr
    scales: VAR's `t = cfg·k/(S − 1)`, `(1 + t)·c − t·u` with s = 1 + cfg (`sampling.guidance_scale_from(cfg,
    "var")`: VAR's FID setting cfg 1.5 is s = 2.5 with the ramp); then temperature, top-k, top-p and a draw per
    token (`sampling.choose`, the AR sampler's);
-3. the drawn map enters the quantizer's reconstruction, `f̂ += φ(bicubic(e(r_k)))` (`add_scale`), and
-   `area(f̂, s_{k+1})` is scale k+1's input, exactly what training fed (`next_scale_inputs`).
+3. `feedback(state, k, token_map)` turns the drawn map into scale k+1's inputs. For VAR it is the tokenizer's
+   quantizer (`MultiScaleResidualQuantizer.advance`, bound by the task): `f̂ += φ(bicubic(e(r_k)))` and
+   `area(f̂, s_{k+1})`, exactly what training fed (`next_scale_inputs`); the state is f̂.
 
 Returns the token ids `[B, L]`, scales concatenated coarse first; the tokenizer decodes them through the same
 f̂ (`MultiScaleResidualQuantizer.codes_from_indices`).
 """
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
 from tokgen_jax.generators.sampling import SamplingSettings, choose, guided_inputs
 from tokgen_jax.generators.var import VARTransformer
-from tokgen_jax.quantizers.multiscale import MultiScaleResidualQuantizer, downsample
+
+# (state, scale k, drawn map [B, s_k, s_k]) -> (state, scale k+1's inputs [B, s_{k+1}², D_vae])
+Feedback = Callable[[Any, int, jax.Array], tuple[Any, jax.Array]]
 
 
-def sample_scales(model: VARTransformer, params: Any, quantizer: MultiScaleResidualQuantizer,
-                  quantizer_variables: Any, cond: dict[str, jax.Array], rng: jax.Array,
+def sample_scales(model: VARTransformer, params: Any, cond: dict[str, jax.Array], rng: jax.Array,
+                  feedback: Feedback, feedback_state: Any,
                   settings: SamplingSettings = SamplingSettings()) -> jax.Array:
-  """`[B, L]` tokens drawn in `len(model.scales)` cached steps (jit the caller); `quantizer_variables` are the
-  tokenizer's quantizer's (`params`, and `quantizer_stats` when it restarts codes)."""
+  """`[B, L]` tokens drawn in `len(model.scales)` cached steps (jit the caller); `feedback` and its first state
+  (the tokenizer's empty f̂) make each scale's inputs from the maps drawn so far."""
   batch = cond["label"].shape[0]
   model_cond, unconditional = guided_inputs(cond, batch, settings)
-  model_vars = {"params": params}
   caches = model.init_cache(unconditional.shape[0])
-  size = model.scales[-1]
-  f_hat = jnp.zeros((batch, size, size, model.vae_dim), jnp.float32)
-  inputs, drawn = None, []
+  state, inputs, drawn = feedback_state, None, []
   for k, side in enumerate(model.scales):
-    logits, caches = model.apply(model_vars, k, inputs, model_cond, unconditional, caches, method="step")
+    logits, caches = model.apply({"params": params}, k, inputs, model_cond, unconditional, caches, method="step")
     tokens = choose(logits, rng, jnp.int32(k), settings, model.num_scales)  # [B, s_k²]
     drawn.append(tokens)
     if k + 1 < model.num_scales:
-      f_hat = quantizer.apply(quantizer_variables, f_hat, tokens.reshape(batch, side, side), method="add_scale")
-      inputs = downsample(f_hat, model.scales[k + 1], quantizer.resize).reshape(batch, -1, model.vae_dim)
+      state, inputs = feedback(state, k, tokens.reshape(batch, side, side))
       inputs = jnp.concatenate([inputs, inputs]) if settings.guided else inputs
   return jnp.concatenate(drawn, axis=1)

@@ -121,7 +121,7 @@ class MultiScaleResidualQuantizer(nn.Module):
   shards. Training metrics add `codebook_usage_scale_k` and `perplexity_scale_k` of each scale's batch histogram.
 
   A next-scale generator (VAR, `generators/var.py`) reads the same f̂: `next_scale_inputs` are its teacher-forced
-  inputs and `add_scale` + `downsample` its sampling loop.
+  inputs and `advance` is one step of its sampling loop.
   """
 
   codebook_size: int
@@ -204,12 +204,23 @@ class MultiScaleResidualQuantizer(nn.Module):
     """VAR's teacher-forced inputs `[B, num_tokens - scales[0]², D]` of full token sequences `[B, num_tokens]`:
     for k = 1 .. S-1, the reconstruction f̂ of scales < k area-downsampled to scale k, flattened row-major and
     concatenated (VAR's `idxBl_to_var_input`). Scale 0 has no input (it is the class token)."""
-    f_hat = jnp.zeros((indices.shape[0], self.scales[-1], self.scales[-1], self.dim), jnp.float32)
+    f_hat = self.empty_reconstruction(indices.shape[0])
     inputs = [jnp.zeros((indices.shape[0], 0, self.dim), jnp.float32)]  # one scale: no inputs
-    for code_map, next_size in zip(self.split_scales(indices)[:-1], self.scales[1:]):
-      f_hat = self.add_scale(f_hat, code_map)
-      inputs.append(downsample(f_hat, next_size, self.resize).reshape(indices.shape[0], -1, self.dim))
+    for k, code_map in enumerate(self.split_scales(indices)[:-1]):
+      f_hat, next_inputs = self.advance(f_hat, code_map, k)
+      inputs.append(next_inputs)
     return jnp.concatenate(inputs, axis=1)
+
+  def empty_reconstruction(self, batch: int) -> jax.Array:
+    """f̂ before any scale: zeros `[B, H, W, D]`."""
+    return jnp.zeros((batch, self.scales[-1], self.scales[-1], self.dim), jnp.float32)
+
+  def advance(self, f_hat: jax.Array, code_map: jax.Array, scale: int) -> tuple[jax.Array, jax.Array]:
+    """One step of next-scale generation: f̂ with scale `scale`'s ids `[B, s, s]` added, and the next scale's
+    inputs `area(f̂, s_{scale+1})` as `[B, s_{scale+1}², D]` (VAR's `get_next_autoregressive_input`)."""
+    f_hat = self.add_scale(f_hat, code_map)
+    next_size = self.scales[scale + 1]
+    return f_hat, downsample(f_hat, next_size, self.resize).reshape(f_hat.shape[0], next_size * next_size, self.dim)
 
   def _contribution(self, code_map: jax.Array) -> jax.Array:
     """φ(bicubic(code_map)) at full resolution: what one scale adds to f̂."""

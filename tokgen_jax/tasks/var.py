@@ -158,8 +158,14 @@ class NextScaleTask(second_stage.SecondStage, Task):
              settings: sampling.SamplingSettings, batch_size: int | None = None) -> jax.Array:
     """Token sequences `[B, L]` drawn scale by scale (jit the caller)."""
     del batch_size  # class-conditional: the labels give it
-    return sample_scales(self.model, self.eval_params(state), self.quantizer, state.model_state[QUANTIZER],
-                         self.condition(cond_batch), rng, settings)
+    cond = self.condition(cond_batch)
+    return sample_scales(self.model, self.eval_params(state), cond, rng, self.feedback(state),
+                         self.quantizer.empty_reconstruction(cond["label"].shape[0]), settings)
+
+  def feedback(self, state: TrainState):
+    """The sampler's feedback: the frozen quantizer's `advance` (f̂ and the next scale's inputs)."""
+    variables = state.model_state[QUANTIZER]
+    return lambda f_hat, k, code_map: self.quantizer.apply(variables, f_hat, code_map, k, method="advance")
 
   # ------------------------------------------------------------------------------------------- protocol
 
