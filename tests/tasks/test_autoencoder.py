@@ -92,3 +92,22 @@ def test_perceptual_loss_is_off_with_a_logged_reason_without_weights(caplog):
   task = tasks.build(tiny_config(**{"loss.perceptual_weight": 1.0}))
   assert task.perceptual_params is None
   assert "LPIPS perceptual loss is off" in caplog.text
+
+
+def test_multi_scale_eval_scores_each_prefix_of_scales_and_encodes_one_array_per_scale(photo_batch):
+  """`psnr_prefix_k` is the PSNR of decoding scales 0..k alone; the full decode is `psnr`."""
+  from tokgen_jax import tasks
+  from tokgen_jax.metrics import psnr
+  config = tiny_config("experiments/quickstart.py:quantizer=msrq", QUANTIZER_OVERRIDES["msrq"])
+  task = tasks.build(config)
+  state = jax.jit(task.init)(jax.random.key(0), task.example_batch())
+  x = photo_batch["image"][:2]
+  outputs = jax.jit(task.eval_step)(state, {"image": x})
+  assert {"psnr_prefix_0", "psnr_prefix_1", "psnr_prefix_2"} <= set(outputs) and "psnr_prefix_3" not in outputs
+  latents = jax.jit(task.encode)(state, x)
+  assert {name: a.shape for name, a in latents.items()} == {
+      "tokens_0": (2, 1, 1), "tokens_1": (2, 2, 2), "tokens_2": (2, 4, 4), "tokens_3": (2, 8, 8)}
+  prefix = {name: latents[name] for name in ("tokens_0", "tokens_1")}
+  np.testing.assert_allclose(outputs["psnr_prefix_1"], psnr(task.decode(state, prefix), x, data_range=2.0),
+                             rtol=1e-4)
+  np.testing.assert_allclose(outputs["psnr"], psnr(task.decode(state, latents), x, data_range=2.0), rtol=1e-4)

@@ -96,3 +96,19 @@ def test_codebook_usage_counts_distinct_ids_over_all_batches_and_levels():
   levels = ReconstructionEvaluator({}, codebook_size=4)
   levels.update(blank(1) | {"tokens": np.array([[[0, 1], [1, 1], [2, 1]]])}, np.zeros((1, 1)), np.ones(1, bool))
   assert levels.results()["codebook_usage"] == (3 / 4 + 1 / 4) / 2
+
+
+def test_usage_per_scale_counts_each_scales_tokens_against_the_codes_it_could_reach():
+  """Scales (1, 2) of a 16-code book: 1 + 4 tokens per example. Over 3 examples the 1x1 scale could reach 3 codes."""
+  from tokgen_jax.tasks import ReconstructionEvaluator
+  blank = lambda n: {"reconstruction": np.zeros((n, 1)), "psnr": np.zeros(n)}
+  evaluator = ReconstructionEvaluator({}, codebook_size=16, scale_lengths=(1, 4))
+  tokens = np.array([[5, 0, 1, 2, 3], [5, 0, 1, 2, 3], [6, 4, 4, 4, 4]])
+  evaluator.update(blank(3) | {"tokens": tokens}, np.zeros((3, 1)), np.ones(3, bool))
+  results = evaluator.results()
+  assert results["codebook_usage_scale_0"] == 2 / 16 and results["reachable_usage_scale_0"] == 2 / 3
+  assert results["codebook_usage_scale_1"] == 5 / 16 and results["reachable_usage_scale_1"] == 5 / 12
+  np.testing.assert_allclose(results["codebook_perplexity_scale_0"], np.exp(-(2 / 3) * np.log(2 / 3) - np.log(1 / 3) / 3))
+  single = ReconstructionEvaluator({}, codebook_size=16, scale_lengths=(4,))  # one scale: no per-scale figures
+  single.update(blank(3) | {"tokens": tokens[:, 1:]}, np.zeros((3, 1)), np.ones(3, bool))
+  assert "codebook_usage_scale_0" not in single.results() and single.results()["codebook_usage"] == 5 / 16

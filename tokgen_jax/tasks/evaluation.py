@@ -115,8 +115,9 @@ class ReconstructionEvaluator:
     if self._usage is not None and "tokens" in outputs:
       tokens = outputs["tokens"][mask]  # [B, N] ids, or [B, N, L] for L codebook levels
       self._usage.update(tokens.reshape(-1) if tokens.ndim == 2 else tokens.reshape(-1, tokens.shape[-1]))
-      for usage, start, end in zip(self._scale_usage, self._scale_bounds[:-1], self._scale_bounds[1:]):
-        usage.update(tokens[:, start:end].reshape(-1))
+      if self._scale_bounds is not None:
+        for usage, start, end in zip(self._scale_usage, self._scale_bounds[:-1], self._scale_bounds[1:]):
+          usage.update(tokens[:, start:end].reshape(-1))
     if "lpips" in self._networks:
       self._add("lpips", self._networks["lpips"](jnp.asarray(originals), jnp.asarray(reconstructions)))
     for name, (real, fake) in self._statistics.items():
