@@ -94,6 +94,7 @@ def test_perceptual_loss_is_off_with_a_logged_reason_without_weights(caplog):
   assert "LPIPS perceptual loss is off" in caplog.text
 
 
+@pytest.mark.slow  # compiles a tokenizer's eval step (one decode per prefix of scales)
 def test_multi_scale_eval_scores_each_prefix_of_scales_and_encodes_one_array_per_scale(photo_batch):
   """`psnr_prefix_k` is the PSNR of decoding scales 0..k alone; the full decode is `psnr`."""
   from tokgen_jax import tasks

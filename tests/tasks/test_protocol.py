@@ -3,7 +3,8 @@ through the trainer's train, eval, summary and sample modes with nothing above `
 
 The task learns the mean color of the training crops (one parameter per channel) with a warm-up phase that
 trains at a tenth of the step, evaluates the per-example squared error, and samples images of its mean plus
-noise. Its figures have closed forms, which the test checks.
+noise; `prepare` starts a fresh run from a color it would read from another run. Its figures have closed forms,
+which the test checks.
 """
 
 import dataclasses
@@ -22,6 +23,7 @@ from tokgen_jax.data import grids
 from tokgen_jax.tasks.base import Phase, Task, TrainState, apply_gradients
 
 GROUP = "mean"
+PREPARED_COLOR = (0.5, -0.25, 0.0)  # what `prepare` puts in a fresh state
 
 
 class _MeanError:
@@ -59,6 +61,11 @@ class MeanColorTask(Task):
     params = {GROUP: {"color": jnp.zeros((3,), jnp.float32)}}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state={GROUP: self.optimizer.init(params[GROUP])}, ema_params={}, model_state={}, rng=rng)
+
+  def prepare(self, run, state):
+    del run
+    color = jax.device_put(jnp.asarray(PREPARED_COLOR, jnp.float32), state.params[GROUP]["color"].sharding)
+    return state.replace(params={GROUP: {"color": color}})
 
   def phases(self):
     return (Phase("warmup", 0), Phase("main", self.warmup_steps))
@@ -121,7 +128,7 @@ def _training_batches(config) -> list[np.ndarray]:
 
 def test_train_runs_both_phases_and_reaches_the_closed_form(trained):
   config, workdir, summary = trained
-  color = np.zeros(3)
+  color = np.asarray(PREPARED_COLOR)  # the fresh state went through `prepare`
   # SGD on the mean over 3 channels: c += lr·scale·2/3·(x̄ - c)
   for step, images in enumerate(_training_batches(config)):
     scale = 0.1 if step < 2 else 1.0

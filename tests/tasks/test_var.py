@@ -38,6 +38,12 @@ def _batch(size=8):
 
 
 @pytest.fixture(scope="module")
+def fresh():
+  task = _task()
+  return task, _batch(), nn.unbox(task.init(jax.random.key(0), task.example_batch()))
+
+
+@pytest.fixture(scope="module")
 def trained():
   task = _task()
   batch = _batch()
@@ -64,8 +70,8 @@ def test_sequence_is_the_scales_coarse_first_and_round_trips():
   np.testing.assert_array_equal(task.example_latents(examples), sequence)
 
 
-def test_loss_weights_sum_to_one_and_the_loss_is_the_mean_token_cross_entropy(trained):
-  task, batch, state, _ = trained
+def test_loss_weights_sum_to_one_and_the_loss_is_the_mean_token_cross_entropy(fresh):
+  task, batch, state = fresh
   weights = task.token_weights()
   np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-6)
   np.testing.assert_allclose(weights, 1.0 / 21)
@@ -77,6 +83,7 @@ def test_loss_weights_sum_to_one_and_the_loss_is_the_mean_token_cross_entropy(tr
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
 
+@pytest.mark.slow  # 120 train steps
 def test_training_lowers_the_loss_and_the_sampler_draws_the_learned_maps(trained):
   task, batch, state, losses = trained
   assert losses[-1] < 0.2 * losses[0], losses[::10]
@@ -85,8 +92,8 @@ def test_training_lowers_the_loss_and_the_sampler_draws_the_learned_maps(trained
   np.testing.assert_array_equal(drawn, task.sequence(batch))
 
 
-def test_eval_reports_nll_and_accuracy_per_scale(trained):
-  task, batch, state, _ = trained
+def test_eval_reports_nll_and_accuracy_per_scale(fresh):
+  task, batch, state = fresh
   outputs = task.eval_step(state, batch)
   assert {"nll", "token_accuracy", "nll_scale_0", "nll_scale_2", "token_accuracy_scale_1"} <= set(outputs)
   assert outputs["nll"].shape == (8,)
@@ -94,6 +101,7 @@ def test_eval_reports_nll_and_accuracy_per_scale(trained):
   np.testing.assert_allclose(outputs["nll"], per_scale @ np.asarray([1, 4, 16]) / 21, rtol=1e-5)
 
 
+@pytest.mark.slow  # 120 train steps
 def test_the_frozen_quantizer_is_not_trained(trained):
   task, _, state, _ = trained
   initial = nn.unbox(task.init(jax.random.key(0), task.example_batch()))
