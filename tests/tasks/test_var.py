@@ -124,6 +124,8 @@ def test_prepare_copies_the_tokenizers_quantizer_variables():
   _tokenizer_with(task, source)
   prepared = task.prepare(None, state)
   jax.tree.map(np.testing.assert_array_equal, prepared.model_state[QUANTIZER], source)
+  jax.tree.map(lambda a: a.delete(), prepared.model_state[QUANTIZER])  # as the donating train step does
+  assert np.isfinite(np.asarray(source["params"]["vq"]["codebook"])).all()  # the tokenizer's own buffers live on
   other = _task(tokenizer=types.SimpleNamespace(workdir="/tmp/other_tokenizer"))
   _tokenizer_with(other, {"params": {"vq": {"codebook": jnp.zeros((CODES + 1, 4))}}})
   with pytest.raises(ConfigError, match="other_tokenizer.*do not match"):

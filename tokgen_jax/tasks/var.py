@@ -110,7 +110,8 @@ class NextScaleTask(second_stage.SecondStage, Task):
       raise ConfigError(f"config.tokenizer.workdir={self.tokenizer.workdir!r}: its quantizer's variables do not "
                         f"match config.tokenizer.experiment's model.quantizer ({self.quantizer.codebook_size} codes "
                         f"of {self.quantizer.dim}, scales {tuple(self.quantizer.scales)}); point both at one run.")
-    placed = jax.device_put(source, jax.tree.map(lambda a: a.sharding, current))
+    # Copies: the train step donates the state, and the frozen tokenizer keeps decoding with its own buffers.
+    placed = jax.tree.map(lambda a, c: jax.device_put(jnp.array(a, copy=True), c.sharding), source, current)
     return state.replace(model_state=state.model_state | {QUANTIZER: placed})
 
   def teacher_inputs(self, quantizer_variables: Any, sequence: jax.Array) -> jax.Array:
