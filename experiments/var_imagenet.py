@@ -33,6 +33,9 @@ IMAGE_SIZE = 256
 IMAGENET_TRAIN = 1_281_167
 # The v5e topology `--mode=compile` checks each depth on (batch 768; see the README's VAR section for its figures).
 TOPOLOGIES = {16: "v5e:4x4", 20: "v5e:4x8", 24: "v5e:8x8", 30: "v5e:8x8"}
+# d16's replicated state (3.5 GiB per chip) fits data parallelism; from d20 on the state is sharded (ZeRO-3): d30
+# replicated needs 27.5 GiB of temporaries per v5e chip.
+FSDP_FROM_DEPTH = 20
 
 
 def tokenizer_config(steps: int = 0, batch: int = 0) -> ml_collections.ConfigDict:
@@ -83,7 +86,7 @@ def generator_config(depth: int = 16, steps: int = 0, batch: int = 0,
   config.model = var.var(depth, num_classes=1000, dtype="bfloat16", remat_policy="full")
   config.optimizer = var.var_optimizer(config.batch_size)
   config.data = data.tokens()
-  config.mesh = mesh.mesh()
+  config.mesh = mesh.preset("fsdp") if depth >= FSDP_FROM_DEPTH else mesh.mesh()
   config.topology = TOPOLOGIES[depth]
   protocol = evaluation.named_protocol("var_fid")
   config.eval = evaluation.evaluation(batch_size=256, num_grid_images=16, protocol=protocol)
