@@ -56,6 +56,7 @@ def test_teacher_forced_inputs_are_the_quantizers_cumulative_reconstruction_area
   np.testing.assert_allclose(full, z_q, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # one compile per scale step (the quick loop's budget)
 def test_cached_scale_steps_equal_the_full_forward(setup):
   _, _, _, _, model, params, inputs, cond = setup
   full = model.apply({"params": params}, inputs, cond)
@@ -98,7 +99,7 @@ def _reference_draw(model, params, quantizer, quantizer_params, cond, cfg: float
   return tokens
 
 
-@pytest.mark.parametrize("cfg", [0.0, 1.5])
+@pytest.mark.parametrize("cfg", [pytest.param(0.0, marks=pytest.mark.slow), 1.5])
 def test_greedy_scale_sampler_equals_full_recompute_with_vars_cfg_ramp(setup, cfg):
   quantizer, quantizer_params, _, _, model, params, _, cond = setup
   settings = sampling.SamplingSettings(cfg_scale=sampling.guidance_scale_from(cfg, "var"), cfg_ramp=True,
