@@ -194,8 +194,8 @@ class AutoencoderTask(Task):
     bounds = np.cumsum(quantizer.scale_lengths)
     outputs = {}
     for k, end in enumerate(bounds[:-1]):
-      named = dict(zip(quantizer.scale_names, quantizer.split_scales(indices[:, :end])))
-      prefix = jnp.clip(self.model.apply(variables, named, method="decode"), -1.0, 1.0)
+      prefix = jnp.clip(self.model.apply(variables, quantizer.named_indices(indices[:, :end]), method="decode"),
+                        -1.0, 1.0)
       outputs[f"psnr_prefix_{k}"] = psnr(prefix, x, data_range=2.0)
     return outputs
 
