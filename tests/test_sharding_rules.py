@@ -314,7 +314,9 @@ def baseline(request):
   return request.param, batch, losses, params, initial_state
 
 
-@pytest.mark.parametrize("preset", EQUALITY_PRESETS)
+# fsdp alone is the fsdp_tp layout without its model axis: slow tier, to keep the quick loop in its budget.
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p == "fsdp" else p
+                                    for p in EQUALITY_PRESETS])
 def test_sharded_steps_equal_single_device(baseline, preset):
   name, batch, single_losses, single_params, initial_state = baseline
   config = MODELS[name][0]()

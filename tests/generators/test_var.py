@@ -109,6 +109,7 @@ def test_greedy_scale_sampler_equals_full_recompute_with_vars_cfg_ramp(setup, cf
   np.testing.assert_array_equal(drawn, _reference_draw(model, params, quantizer, quantizer_params, cond, cfg))
 
 
+@pytest.mark.slow  # two more sampler compiles (~17 s): slow tier, for the quick loop's budget
 def test_top_k_one_sampling_is_greedy(setup):
   quantizer, quantizer_params, _, _, model, params, _, cond = setup
   greedy = _draw(model, params, quantizer, quantizer_params, cond, jax.random.key(0),

@@ -153,3 +153,48 @@ def test_torch_resize_equals_torch_interpolate(scale):
   np.testing.assert_allclose(multiscale.upsample(jnp.asarray(small), 16, "torch"), up, atol=1e-5)
   if 16 % scale:  # the exact default really differs there: the option is needed to reproduce VAR
     assert np.abs(np.asarray(multiscale.upsample(jnp.asarray(small), 16)) - up).max() > 1e-2
+
+
+STANDARDIZED = MultiScaleResidualQuantizer(K, DIM, scales=SCALES, standardize_scales=True)
+
+
+@jax.jit
+def _standardized_step(variables, z):
+  """One training forward from unmeasured scale statistics: outputs and the measured statistics."""
+  out, state = STANDARDIZED.apply(variables, z, train=True, mutable=["quantizer_stats"])
+  return out, state["quantizer_stats"]
+
+
+@pytest.fixture(scope="module")
+def standardized_variables():
+  keys = jax.random.split(jax.random.key(1), 2)
+  variables = _variables(jax.random.normal(keys[0], (K, DIM)), 0.3 * jax.random.normal(keys[1], (3, 3, DIM, DIM)),
+                         np.zeros(DIM))
+  return variables | {"quantizer_stats": {"scale_mean": jnp.zeros((len(SCALES), DIM)),
+                                          "scale_std": jnp.zeros(len(SCALES))}}
+
+
+def test_standardized_first_step_measures_each_scale_and_eval_reuses_it(standardized_variables):
+  z = 3.0 + 2.0 * jax.random.normal(jax.random.key(2), (4, 8, 8, DIM))
+  (z_q, out), stats = _standardized_step(standardized_variables, z)
+  image_means = np.asarray(z).mean(axis=(1, 2))  # the 1×1 scale looks up each image's mean
+  np.testing.assert_allclose(stats["scale_mean"][0], image_means.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(stats["scale_std"][0], np.sqrt(np.mean((image_means - image_means.mean(0)) ** 2)),
+                             rtol=1e-5)
+  assert np.all(np.asarray(stats["scale_std"]) > 0)
+  measured = standardized_variables | {"quantizer_stats": stats}
+  _, eval_out = STANDARDIZED.apply(measured, z)  # eval looks up with the stored statistics: the same codes
+  np.testing.assert_array_equal(eval_out.indices, out.indices)
+  rebuilt = STANDARDIZED.apply(measured, out.indices, method=STANDARDIZED.codes_from_indices)
+  np.testing.assert_allclose(rebuilt, z_q, atol=1e-4)  # add_scale applies the same μ + σ·e
+
+
+def test_standardized_codes_do_not_depend_on_the_latent_scale(standardized_variables):
+  """With φ bias-free, scaling z by a scales every scale's residual, mean and spread alike: the same codes. The
+  plain lookup has no such invariance (its codes sit at one fixed spread)."""
+  z = jax.random.normal(jax.random.key(3), (4, 8, 8, DIM))
+  indices = [_standardized_step(standardized_variables, a * z)[0][1].indices for a in (1.0, 7.0)]
+  np.testing.assert_array_equal(indices[0], indices[1])
+  plain = {k: v for k, v in standardized_variables.items() if k != "quantizer_stats"}
+  plain_indices = [QUANTIZER.apply(plain, a * z)[1].indices for a in (1.0, 7.0)]
+  assert np.mean(np.asarray(plain_indices[0]) != np.asarray(plain_indices[1])) > 0.1

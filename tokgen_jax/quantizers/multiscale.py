@@ -21,7 +21,7 @@ import numpy as np
 
 from tokgen_jax.nn.conv import Conv
 from tokgen_jax.quantizers.base import QuantizerOutput, codebook_statistics
-from tokgen_jax.quantizers.vq import VectorQuantizer
+from tokgen_jax.quantizers.vq import STATS, VectorQuantizer
 
 
 def area_weights(in_size: int, out_size: int) -> np.ndarray:
@@ -114,6 +114,7 @@ class MultiScaleResidualQuantizer(nn.Module):
   `f̂ += h`, `f -= h`, with `φ(h) = (1-phi_mix)·h + phi_mix·conv(h)`. VAR keeps a few φ convs shared across
   neighbouring scales; here ONE conv is shared by every scale. The loss is the mean over scales of
   `β‖sg(f̂_k) - f‖² + ‖f̂_k - sg(f)‖²` (VAR's form: β on the encoder term), and `z_q = f + sg(f̂ - f)`.
+  With `standardize_scales` (ours) each scale looks up `(r_s - μ_s) / σ_s` and adds `φ(bicubic(μ_s + σ_s·e))`.
 
   Indices are ONE int32 array `[B, num_tokens]`: the s×s maps flattened row-major and concatenated from the
   coarsest scale (680 tokens for the default scales); `split_scales` undoes it. A tokenizer names the maps
@@ -137,6 +138,12 @@ class MultiScaleResidualQuantizer(nn.Module):
   restart_after_steps: int = 0
   restart_below_usage: float = 0.0
   kmeans_init_iterations: int = 0
+  # Per-scale standardized lookup (ours; VAR has none): scale k looks codes up for `(r_k - μ_k) / σ_k` and adds
+  # `φ(bicubic(μ_k + σ_k·e))`, with μ_k `[D]` and σ_k running means of that scale's lookup vectors (see
+  # `_standardizer`). The shared codebook then sees every scale at one spread, so the 1×1 map's large global
+  # means do not fall into a few outlying codes while the small fine residuals crowd the rest.
+  standardize_scales: bool = False
+  standardize_decay: float = 0.99
 
   def setup(self):
     if self.resize not in RESIZES:
@@ -150,6 +157,13 @@ class MultiScaleResidualQuantizer(nn.Module):
                               restart_below_usage=self.restart_below_usage,
                               kmeans_init_iterations=self.kmeans_init_iterations)
     self.phi = Conv(self.dim, (self.phi_kernel, self.phi_kernel))
+    if self.standardize_scales:
+      if not 0.0 <= self.standardize_decay < 1.0:
+        raise ValueError(f"MultiScaleResidualQuantizer: standardize_decay={self.standardize_decay} must be in "
+                         "[0, 1); set config.model.quantizer.standardize_decay.")
+      # σ = 0 marks a scale not yet measured: its first training step sets μ, σ from the batch outright.
+      self.scale_mean = self.variable(STATS, "scale_mean", lambda: jnp.zeros((len(scales), self.dim), jnp.float32))
+      self.scale_std = self.variable(STATS, "scale_std", lambda: jnp.zeros((len(scales),), jnp.float32))
 
   @property
   def num_tokens(self) -> int:
@@ -198,7 +212,26 @@ class MultiScaleResidualQuantizer(nn.Module):
 
   def add_scale(self, f_hat: jax.Array, code_map: jax.Array) -> jax.Array:
     """`f̂ + φ(bicubic(e(r)))`: the reconstruction after one more scale, from that scale's ids `[B, s, s]`."""
-    return f_hat + self._contribution(self.vq.codes_from_indices(code_map))
+    mean, std = self._standardizer(tuple(self.scales).index(code_map.shape[1]))
+    return f_hat + self._contribution(mean + std * self.vq.codes_from_indices(code_map))
+
+  def _standardizer(self, scale: int, vectors: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(μ, σ) of scale `scale`'s lookup, `(0, 1)` without `standardize_scales`. Given that scale's lookup vectors
+    `[N, D]` in a training step (the state mutable, not initializing), the running values move towards their batch
+    mean and RMS deviation from it first, and that step looks up with the moved values, so training and eval
+    standardize alike (to within one step's EMA update)."""
+    if not self.standardize_scales:
+      return jnp.zeros((self.dim,), jnp.float32), jnp.ones((), jnp.float32)
+    mean, std = self.scale_mean.value[scale], self.scale_std.value[scale]
+    if vectors is not None and self.is_mutable_collection(STATS) and not self.is_initializing():
+      vectors = jax.lax.stop_gradient(vectors)
+      batch_mean = jnp.mean(vectors, axis=0)
+      batch_std = jnp.sqrt(jnp.mean(jnp.square(vectors - batch_mean)))
+      keep = jnp.where(std > 0, self.standardize_decay, 0.0)
+      mean, std = keep * mean + (1 - keep) * batch_mean, keep * std + (1 - keep) * batch_std
+      self.scale_mean.value = self.scale_mean.value.at[scale].set(mean)
+      self.scale_std.value = self.scale_std.value.at[scale].set(std)
+    return mean, jnp.where(std > 0, std, 1.0)
 
   def next_scale_inputs(self, indices: jax.Array) -> jax.Array:
     """VAR's teacher-forced inputs `[B, num_tokens - scales[0]², D]` of full token sequences `[B, num_tokens]`:
@@ -247,10 +280,11 @@ class MultiScaleResidualQuantizer(nn.Module):
     indices, commitment, codebook_loss, per_scale, looked_up, chosen = [], 0.0, 0.0, {}, [], []
     for k, s in enumerate(self.scales):
       down = rest if s == size else downsample(rest, s, self.resize)
-      _, out = self.vq(down, train=False)  # the codes of this step; the state update follows once, below
-      looked_up.append(down.reshape(-1, self.dim))
+      mean, std = self._standardizer(k, down.reshape(-1, self.dim) if train else None)
+      _, out = self.vq((down - mean) / std, train=False)  # this step's codes; the state update follows, below
+      looked_up.append(((down - mean) / std).reshape(-1, self.dim))
       chosen.append(out.indices.reshape(-1))
-      h = self._contribution(self.vq.codes_from_indices(out.indices))
+      h = self._contribution(mean + std * self.vq.codes_from_indices(out.indices))
       f_hat = f_hat + h
       rest = rest - jax.lax.stop_gradient(h)
       indices.append(out.indices.reshape(z.shape[0], s * s))
@@ -264,7 +298,7 @@ class MultiScaleResidualQuantizer(nn.Module):
     indices = jnp.concatenate(indices, axis=1)
     metrics = {"codebook_loss": codebook_loss, "commitment": commitment,
                **codebook_statistics(indices, self.codebook_size), **per_scale}
-    if train:
+    if train and self.vq.writes_codes:
       metrics |= self.vq.update_statistics(*_balanced(looked_up, chosen))
     z_q = f + jax.lax.stop_gradient(f_hat - f)  # straight-through: d z_q / d z = identity
     return z_q, QuantizerOutput(indices=indices, loss=codebook_loss + self.beta * commitment, metrics=metrics)
