@@ -73,8 +73,11 @@ def tokenizer_config(scales: str = "all", steps: int = 0, batch: int = 0) -> ml_
   config.task = "autoencoder"
   _common(config, steps or 2400, batch or 16)
   config.eval_every_steps = 1200
+  # Code keeping (ours; VAR's quantizer has none): idle-code restarts, restarts of codes used below half the mean
+  # rate, a k-means start, and each scale looked up standardized, which lifts the coarse scales' usage.
   config.model = vqgan.vqgan("local", quantizer=quantizers.msrq(
-      codebook_size=512, dim=8, scales=SCALE_SETS[scales], restart_after_steps=20, kmeans_init_iterations=10))
+      codebook_size=512, dim=8, scales=SCALE_SETS[scales], restart_after_steps=20, restart_below_usage=0.5,
+      kmeans_init_iterations=10, standardize_scales=True))
   config.loss = losses.autoencoder_loss(l1_weight=1.0, l2_weight=1.0)
   config.adversarial = gan.adversarial(enabled=False)
   config.optimizer = optimizer.adamw(learning_rate=1e-3, warmup_steps=100, weight_decay=0.0, ema_decay=0.995)

@@ -32,8 +32,9 @@ def model_and_params(request):
 
 
 @functools.lru_cache(maxsize=None)
-def _sampler(model, settings, cached):
-  fn = sampling.sample_with_cache if cached else sampling.sample_without_cache
+def _sampler(model, settings, cached, cache_buckets=None):
+  fn = (functools.partial(sampling.sample_with_cache, cache_buckets=cache_buckets) if cached else
+        sampling.sample_without_cache)
   return jax.jit(lambda params, cond, key: fn(model, params, cond, key, settings))
 
 
@@ -60,6 +61,43 @@ def test_samples_are_deterministic_per_key_and_inside_each_layer_vocabulary(mode
   assert np.any(first != other)
   coarse, fine = np.split(first, [model.layer_lengths[0]], axis=1)
   assert coarse.max() < 12 and fine.max() < 6 and first.min() >= 0
+
+
+def test_cache_buckets_do_not_change_the_draw(model_and_params):
+  """One decode loop over the full cache, or several over a growing one: the same tokens for the same key."""
+  model, params, cond = model_and_params
+  settings = SamplingSettings(temperature=1.3, top_k=5, top_p=0.9, cfg_scale=2.0)
+  draws = [np.asarray(_sampler(model, settings, True, buckets)(params, cond, jax.random.key(3)))
+           for buckets in (1, 3, 4, 50)]
+  for other in draws[1:]:
+    np.testing.assert_array_equal(other, draws[0])
+
+
+def test_decode_segments_tile_the_steps_with_just_enough_cache():
+  segments = sampling.decode_segments(255, prefix_length=1, buckets=4)
+  assert [(first, end) for first, end, _ in segments] == [(0, 64), (64, 128), (128, 191), (191, 255)]
+  assert [length for _, _, length in segments] == [65, 129, 192, 256]  # the last is the full cache_length
+  assert sampling.decode_segments(3, prefix_length=2, buckets=8) == [(0, 1, 3), (1, 2, 4), (2, 3, 5)]
+  assert sampling.decode_segments(0, prefix_length=1, buckets=4) == []
+  assert len(sampling.decode_segments(255, prefix_length=1)) == 4  # default: one per 64 positions, at most 4
+  assert len(sampling.decode_segments(100, prefix_length=1)) == 1 == len(sampling.decode_segments(20, 1))
+  with pytest.raises(ConfigError, match="cache_buckets=0"):
+    sampling.decode_segments(10, prefix_length=1, buckets=0)
+
+
+def test_top_k_top_p_draws_follow_the_renormalized_tempered_softmax():
+  """Drawn among the k survivors only: frequencies are the tempered softmax renormalized over the kept set."""
+  probs = np.asarray([0.4, 0.25, 0.2, 0.1, 0.05])
+  logits = jnp.tile(jnp.log(jnp.asarray(probs))[jnp.asarray([3, 0, 4, 2, 1])], (40_000, 1))  # shuffled columns
+  draws = lambda settings: np.bincount(np.asarray(sampling.choose(logits, jax.random.key(0), jnp.int32(0), settings,
+                                                                  1)), minlength=5) / logits.shape[0]
+  tempered = probs ** 0.5
+  top3 = np.zeros(5)
+  top3[[1, 4, 3]] = tempered[:3] / tempered[:3].sum()  # columns holding 0.4, 0.25, 0.2
+  np.testing.assert_allclose(draws(SamplingSettings(temperature=2.0, top_k=3)), top3, atol=0.01)
+  top2 = np.zeros(5)  # at T = 1 the top-3 masses are .47, .29, .24: top_p=0.6 keeps two
+  top2[[1, 4]] = probs[:2] / probs[:2].sum()
+  np.testing.assert_allclose(draws(SamplingSettings(top_k=3, top_p=0.6)), top2, atol=0.01)
 
 
 def test_top_k_keeps_exactly_k_tokens():

@@ -13,7 +13,7 @@ from tokgen_jax.errors import ConfigError
 from tokgen_jax.nn import masks
 from tokgen_jax.nn.attention import Attention, KVCache
 from tokgen_jax.nn.rope import rope_frequencies
-from tokgen_jax.nn.transformer import LlamaStack, RMSNorm, SwiGLU, llama_mlp_dim
+from tokgen_jax.nn.transformer import LlamaStack, RMSNorm, SwiGLU, llama_mlp_dim, unstack_layers
 
 EMBED, HEADS, KV_HEADS, MLP, LAYERS, VOCAB = 32, 4, 2, 48, 2, 16
 GRID = (2, 5)  # 10 tokens with 2D RoPE positions
@@ -66,7 +66,8 @@ def _full_logits(model, variables, data):
 
 
 def _unstack(params):
-  """Scanned params `{"layers": stacked}` as unrolled `{"layers_i": slice i}` (same values, same tree per layer)."""
+  """Scanned params `{"layers": stacked}` as unrolled `{"layers_i": slice i}`, written out independently of
+  `unstack_layers` (which a test below checks against it)."""
   params = dict(params)
   stacked = params.pop("layers")
   return params | {f"layers_{i}": jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(LAYERS)}
@@ -75,6 +76,15 @@ def _unstack(params):
 def _as_unrolled(variables):
   params = nn.unbox(variables)["params"]
   return {"params": params | {"stack": _unstack(params["stack"])}}
+
+
+def test_unstack_layers_gives_the_unrolled_layout(scanned):
+  _, variables = scanned
+  stack = nn.unbox(variables)["params"]["stack"]
+  jax.tree.map(np.testing.assert_array_equal, unstack_layers(stack, LAYERS), _unstack(stack))
+  assert set(unstack_layers(stack, LAYERS)) == {"final_norm", *(f"layers_{i}" for i in range(LAYERS))}
+  with pytest.raises(ConfigError, match="'layers' entry"):
+    unstack_layers(unstack_layers(stack, LAYERS), LAYERS)
 
 
 def test_every_param_carries_logical_axis_names(scanned, data):
@@ -111,14 +121,16 @@ def test_changing_a_later_token_leaves_earlier_outputs_bit_identical(scanned, da
 def _decode(model, variables, data, prefill):
   """Logits of a prefill of `prefill` tokens, then one token a step, through the KV cache."""
   tokens, positions = data
-  cache = LlamaStack(LAYERS, HEADS, MLP, num_kv_heads=KV_HEADS).init_cache(tokens.shape[0], LENGTH + 2, EMBED)
+  cache = LlamaStack(LAYERS, HEADS, MLP, num_kv_heads=KV_HEADS, scan_layers=model.scan_layers).init_cache(
+      tokens.shape[0], LENGTH + 2, EMBED)
   step = jax.jit(model.apply)
   logits, cache = step(variables, tokens[:, :prefill], positions[:prefill], cache)
   outputs = [logits]
   for i in range(prefill, LENGTH):
     logits, cache = step(variables, tokens[:, i:i + 1], positions[i:i + 1], cache)
     outputs.append(logits)
-  np.testing.assert_array_equal(cache.index, LENGTH)
+  for layer_cache in (cache if isinstance(cache, tuple) else (cache,)):
+    np.testing.assert_array_equal(layer_cache.index, LENGTH)
   return np.concatenate(outputs, axis=1)
 
 
@@ -137,10 +149,15 @@ def test_cached_decoding_with_a_bidirectional_prefix_and_unrolled_layers(scanned
                              atol=1e-5)
 
 
-def test_cache_layout_and_error():
+def test_cache_layout_and_error(scanned, data):
   cache = LlamaStack(LAYERS, HEADS, MLP, num_kv_heads=KV_HEADS).init_cache(2, 12, EMBED)
   assert isinstance(cache, KVCache)
-  assert cache.k.shape == (LAYERS, 2, 12, KV_HEADS, HEAD_DIM) and cache.index.shape == (LAYERS,)
+  assert cache.k.shape == (LAYERS, 2, KV_HEADS, 12, HEAD_DIM) and cache.index.shape == (LAYERS,)
+  per_layer = LlamaStack(LAYERS, HEADS, MLP, num_kv_heads=KV_HEADS, scan_layers=False).init_cache(2, 12, EMBED)
+  assert len(per_layer) == LAYERS and all(c.k.shape == (2, KV_HEADS, 12, HEAD_DIM) for c in per_layer)
+  assert per_layer[0].k is not per_layer[0].v  # distinct buffers, so a donated cache can be updated in place
+  with pytest.raises(ConfigError, match="tuple of 2 per-layer KVCaches"):
+    TinyLM(scan_layers=False).apply(_as_unrolled(scanned[1]), data[0][:, :1], data[1][:1], cache)
   layer = Attention(HEADS, KV_HEADS)
   x = jnp.zeros((2, 13, EMBED))
   with pytest.raises(ConfigError, match="13 new tokens do not fit a KV cache of max_len=12"):

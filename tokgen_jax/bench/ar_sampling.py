@@ -1,14 +1,27 @@
-"""Benchmark: tokens/s of AR sampling with the KV cache against full recomputation of the sequence per token.
+"""Benchmark: tokens/s of AR sampling with the KV cache, against full recomputation, a PyTorch peer and the floor.
 
     python -m tokgen_jax.bench.ar_sampling --grid 16,16 --batch 8 --size local
+    python -m tokgen_jax.bench.ar_sampling --size B --vocab 16384 --batch 8 --no-uncached --peer
 
-Both samplers draw the same `grid` tokens (256 for 16x16) after a class prefix, as one jitted `lax` loop each
-(`generators.sampling.sample_with_cache` / `sample_without_cache`), with classifier-free guidance off or on.
-Prints the device, compile times, the median wall time of `--repeats` draws, tokens/s (batch x tokens / time)
-and the cached/uncached speed-up.
+Each sampler draws the same `grid` tokens (256 for 16x16) after a class prefix with top-k 100, as one jitted
+`lax` loop (`generators.sampling.sample_with_cache` / `sample_without_cache`); CFG (`--cfg-scale` ≠ 1) doubles
+the rows. `--peer` times HF transformers' `LlamaForCausalLM.generate(use_cache=True, do_sample=True, top_k=100)`
+of the same dimensions (width, layers, heads, kv heads, SwiGLU width, vocabulary; float32, random weights, one
+prompt token per row, the same number of rows as ours incl. CFG's doubling), its timed draws interleaved with
+ours so both see the same machine state. Prints the device, compile times, the median of `--repeats` draws after
+one warm-up, tokens/s (batch x tokens / time), the cached/uncached and cached/peer ratios, and two floors:
+
+- bandwidth: every decode step reads all parameters once, so `tokens x parameter bytes / read bandwidth`, the
+  bandwidth measured here by a jitted sum over a buffer of the parameters' size;
+- compute: `tokens x 2 x parameters x rows / matmul rate`, the rate measured by a jitted square float32 matmul.
+
+The floor is the larger of the two (a step cannot beat either), per draw.
 """
 
 import argparse
+import functools
+import time
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -16,6 +29,11 @@ import jax.numpy as jnp
 from tokgen_jax.bench import compile_and_time
 from tokgen_jax.configs import ar as ar_configs
 from tokgen_jax.generators import ARTransformer, SamplingSettings, sample_with_cache, sample_without_cache
+from tokgen_jax.generators.sampling import decode_segments
+from tokgen_jax.nn.transformer import llama_mlp_dim
+
+TOP_K = 100
+NUM_CLASSES = 10
 
 
 def _parse_grid(text: str) -> tuple[int, ...]:
@@ -37,35 +55,132 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance (≠ 1 doubles the batch)")
   parser.add_argument("--repeats", type=int, default=3, help="timed draws after one warm-up draw")
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--cache-buckets", type=int, default=None,
+                      help="decode loops over a growing cache (default: sampling.default_cache_buckets)")
+  parser.add_argument("--uncached", action=argparse.BooleanOptionalAction, default=True,
+                      help="also time full recomputation per token (quadratic; skip it at GPT-B size)")
+  parser.add_argument("--peer", action="store_true", help="also time HF transformers' Llama of the same dimensions")
   args = parser.parse_args(argv)
-  if args.batch < 1 or args.repeats < 1 or args.vocab < 2:
-    parser.error("--batch and --repeats must be ≥ 1 and --vocab ≥ 2.")
+  buckets = 1 if args.cache_buckets is None else args.cache_buckets
+  if min(args.batch, args.repeats, buckets) < 1 or args.vocab < 2:
+    parser.error("--batch, --repeats and --cache-buckets must be ≥ 1 and --vocab ≥ 2.")
+  if args.peer and args.dtype != "float32":
+    parser.error("--peer compares float32 on the CPU; drop --dtype or --peer.")
   return args
 
 
-def _model(args: argparse.Namespace) -> ARTransformer:
+def _dims(args: argparse.Namespace) -> dict[str, int]:
   embed_dim, num_layers, num_heads, num_kv_heads = ar_configs.SIZES[args.size]
-  return ARTransformer(vocab_sizes=(args.vocab,), layer_grids=(args.grid,), embed_dim=embed_dim,
-                       num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv_heads, conditioning="class",
-                       num_classes=10, dtype=jnp.dtype(args.dtype))
+  return dict(embed_dim=embed_dim, num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv_heads,
+              mlp_dim=llama_mlp_dim(embed_dim))
+
+
+def _model(args: argparse.Namespace) -> ARTransformer:
+  return ARTransformer(vocab_sizes=(args.vocab,), layer_grids=(args.grid,), conditioning="class",
+                       num_classes=NUM_CLASSES, dtype=jnp.dtype(args.dtype), **_dims(args))
+
+
+def _timed(fn, repeats: int) -> float:
+  """Median wall time of `repeats` calls of `fn` (which blocks until its result is ready)."""
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return sorted(times)[len(times) // 2]
+
+
+def read_bandwidth(num_bytes: int) -> float:
+  """Bytes/s of a jitted float32 sum over a buffer of `num_bytes` (each byte read once)."""
+  buffer = jnp.ones((max(num_bytes // 4, 1),), jnp.float32)
+  total = jax.jit(jnp.sum)
+  jax.block_until_ready(total(buffer))
+  return buffer.size * 4 / _timed(lambda: jax.block_until_ready(total(buffer)), 5)
+
+
+def matmul_rate(size: int = 2048) -> float:
+  """FLOP/s of a jitted float32 `[size, size] @ [size, size]` matmul."""
+  a = jnp.ones((size, size), jnp.float32)
+  product = jax.jit(jnp.matmul)
+  jax.block_until_ready(product(a, a))
+  return 2 * size ** 3 / _timed(lambda: jax.block_until_ready(product(a, a)), 5)
+
+
+def floors(num_params: int, param_bytes: int, rows: int, num_tokens: int) -> dict[str, float]:
+  """Seconds per draw below which no sampler of this model can go here (see the module docstring)."""
+  bandwidth, rate = read_bandwidth(param_bytes), matmul_rate()
+  result = {"read_gb_per_s": bandwidth / 1e9, "matmul_gflop_per_s": rate / 1e9,
+            "bandwidth_floor_s": num_tokens * param_bytes / bandwidth,
+            "compute_floor_s": num_tokens * 2 * num_params * rows / rate}
+  return result | {"floor_s": max(result["bandwidth_floor_s"], result["compute_floor_s"])}
+
+
+def _peer(args: argparse.Namespace, labels, num_tokens: int):
+  """A `draw()` of HF transformers' Llama with this benchmark's dimensions, and its parameter count."""
+  import torch
+  import transformers
+
+  dims = _dims(args)
+  config = transformers.LlamaConfig(
+      vocab_size=args.vocab, hidden_size=dims["embed_dim"], intermediate_size=dims["mlp_dim"],
+      num_hidden_layers=dims["num_layers"], num_attention_heads=dims["num_heads"],
+      num_key_value_heads=dims["num_kv_heads"], max_position_embeddings=num_tokens + 1, rms_norm_eps=1e-5)
+  torch.manual_seed(0)
+  model = transformers.LlamaForCausalLM(config).eval()
+  prompt = torch.as_tensor(labels.tolist(), dtype=torch.long)[:, None] % args.vocab
+
+  def draw():
+    with torch.inference_mode():
+      return model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=num_tokens,
+                            min_new_tokens=num_tokens, do_sample=True, top_k=TOP_K, use_cache=True,
+                            pad_token_id=0)
+
+  return draw, sum(p.numel() for p in model.parameters())
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
   model = _model(args)
-  cond = {"label": jnp.arange(args.batch, dtype=jnp.int32) % 10}
+  cond = {"label": jnp.arange(args.batch, dtype=jnp.int32) % NUM_CLASSES}
   params = jax.jit(lambda key: nn.unbox(model.init(key, jnp.zeros((1, model.num_tokens), jnp.int32),
                                                    {"label": cond["label"][:1]})["params"]))(jax.random.key(0))
-  settings = SamplingSettings(cfg_scale=args.cfg_scale, top_k=100)
+  settings = SamplingSettings(cfg_scale=args.cfg_scale, top_k=TOP_K)
+  rows = args.batch * (2 if settings.guided else 1)
   key = jax.random.key(1)
-  result = {"tokens": model.num_tokens, "params": sum(p.size for p in jax.tree.leaves(params))}
-  for name, sampler in (("cached", sample_with_cache), ("uncached", sample_without_cache)):
+  leaves = jax.tree.leaves(params)
+  result = {"tokens": model.num_tokens, "rows": rows, "params": sum(p.size for p in leaves)}
+  cached = functools.partial(sample_with_cache, cache_buckets=args.cache_buckets)
+  samplers = {"cached": cached} | ({"uncached": sample_without_cache} if args.uncached else {})
+  for name, sampler in samplers.items():
     timing = compile_and_time(lambda p, c, k, s=sampler: s(model, p, c, k, settings), params, cond, key,
                               repeats=args.repeats)
     result[f"{name}_compile_s"] = timing["compile_s"]
     result[f"{name}_s"] = timing["median_s"]
-    result[f"{name}_tokens_per_s"] = args.batch * model.num_tokens / timing["median_s"]
-  result["speedup"] = result["uncached_s"] / result["cached_s"]
+  if args.uncached:
+    result["speedup"] = result["uncached_s"] / result["cached_s"]
+  if args.peer:
+    result |= _race_peer(args, model, params, cond, key, settings, rows)
+  for name in ("cached", "uncached", "peer"):
+    if f"{name}_s" in result:
+      result[f"{name}_tokens_per_s"] = args.batch * model.num_tokens / result[f"{name}_s"]
+  result |= floors(result["params"], sum(p.nbytes for p in leaves), rows, model.num_tokens)
+  result["floor_ratio"] = result["cached_s"] / result["floor_s"]
   return result
+
+
+def _race_peer(args, model, params, cond, key, settings, rows) -> dict[str, float]:
+  """Times ours and the peer in alternation (ours, peer, ours, peer, ...) after a warm-up of each."""
+  ours = jax.jit(lambda p, c, k: sample_with_cache(model, p, c, k, settings, cache_buckets=args.cache_buckets))
+  labels = jnp.concatenate([cond["label"]] * (rows // args.batch))
+  peer_draw, peer_params = _peer(args, labels, model.num_tokens)
+  jax.block_until_ready(ours(params, cond, key))
+  peer_draw()
+  ours_times, peer_times = [], []
+  for _ in range(args.repeats):
+    ours_times.append(_timed(lambda: jax.block_until_ready(ours(params, cond, key)), 1))
+    peer_times.append(_timed(peer_draw, 1))
+  median = lambda times: sorted(times)[len(times) // 2]
+  return {"cached_s": median(ours_times), "peer_s": median(peer_times), "peer_params": peer_params,
+          "peer_ratio": median(peer_times) / median(ours_times)}
 
 
 def main(argv=None) -> dict[str, float]:
@@ -73,11 +188,22 @@ def main(argv=None) -> dict[str, float]:
   result = run(args)
   device = jax.devices()[0]
   print(f"AR sampling size={args.size} params={result['params']:,} tokens={result['tokens']} batch={args.batch} "
-        f"cfg={args.cfg_scale} dtype={args.dtype} device={device.platform}:{device.device_kind}")
+        f"rows={result['rows']} vocab={args.vocab} cfg={args.cfg_scale} top_k={TOP_K} dtype={args.dtype} "
+        f"cache_buckets={len(decode_segments(result['tokens'] - 1, 1, args.cache_buckets))} "
+        f"device={device.platform}:{device.device_kind}")
   for name in ("cached", "uncached"):
-    print(f"{name:>8}: compile {result[f'{name}_compile_s']:.1f} s, {result[f'{name}_s']:.3f} s per draw, "
-          f"{result[f'{name}_tokens_per_s']:.1f} tokens/s")
-  print(f"KV-cache speed-up: {result['speedup']:.1f}x")
+    if f"{name}_s" in result:
+      print(f"{name:>8}: compile {result[f'{name}_compile_s']:.1f} s, {result[f'{name}_s']:.3f} s per draw, "
+            f"{result[f'{name}_tokens_per_s']:.1f} tokens/s")
+  if "speedup" in result:
+    print(f"KV-cache speed-up: {result['speedup']:.1f}x")
+  if "peer_s" in result:
+    print(f"    peer: HF transformers LlamaForCausalLM.generate (params={result['peer_params']:,}), "
+          f"{result['peer_s']:.3f} s per draw, {result['peer_tokens_per_s']:.1f} tokens/s; "
+          f"cached/peer speed: {result['peer_ratio']:.2f}x")
+  print(f"   floor: {result['floor_s']:.3f} s per draw (bandwidth {result['bandwidth_floor_s']:.3f} s at "
+        f"{result['read_gb_per_s']:.1f} GB/s read, compute {result['compute_floor_s']:.3f} s at "
+        f"{result['matmul_gflop_per_s']:.0f} GFLOP/s); cached is {result['floor_ratio']:.2f}x the floor")
   return result
 
 

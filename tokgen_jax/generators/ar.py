@@ -38,7 +38,7 @@ from tokgen_jax.generators.conditioning import prefix_embeddings, setup_prefix, 
 from tokgen_jax.nn.attention import KVCache, attention_dims
 from tokgen_jax.nn.projection import Projection
 from tokgen_jax.nn.rope import rope_frequencies
-from tokgen_jax.nn.transformer import LlamaStack, llama_mlp_dim
+from tokgen_jax.nn.transformer import LlamaStack, llama_mlp_dim, unstack_layers
 
 ROPE_MODES = ("grid", "sequence")
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
@@ -147,9 +147,18 @@ class ARTransformer(nn.Module):
                       attention_implementation=self.attention_implementation, remat_policy=self.remat_policy,
                       scan_layers=self.scan_layers, dtype=self.dtype, param_dtype=self.param_dtype, **parent)
 
-  def init_cache(self, batch: int) -> KVCache:
-    """An empty KV cache for `batch` sequences (callable on the unbound module)."""
-    return self._stack(parent=None).init_cache(batch, self.cache_length, self.embed_dim)
+  def init_cache(self, batch: int, length: int | None = None) -> KVCache | tuple[KVCache, ...]:
+    """An empty KV cache for `batch` sequences of `length` positions (default `cache_length`, all a draw writes;
+    callable on the unbound module; see `LlamaStack.init_cache`)."""
+    return self._stack(parent=None).init_cache(batch, length or self.cache_length, self.embed_dim)
+
+  def unrolled(self, params: Any) -> tuple["ARTransformer", Any]:
+    """This model with unrolled layers and `params` converted to that layout (as is when already unrolled).
+    The cached sampler decodes this way: a scanned stack slices each layer's weights and cache out of the
+    stacked arrays at every step, which doubles a GPT-B decode step on the CPU (`bench/ar_sampling.py`)."""
+    if not self.scan_layers:
+      return self, params
+    return self.clone(scan_layers=False), {**params, "stack": unstack_layers(params["stack"], self.num_layers)}
 
   def setup(self):
     self.validate()
@@ -238,15 +247,16 @@ class ARTransformer(nn.Module):
     return self._sequence_logits(hidden[:, self.prefix_length - 1:])
 
   def prefill(self, cond: dict[str, jax.Array], unconditional: jax.Array | None,
-              cache: KVCache) -> tuple[jax.Array, KVCache]:
+              cache: KVCache | tuple[KVCache, ...]) -> tuple[jax.Array, KVCache | tuple[KVCache, ...]]:
     """Run the condition prefix into an empty cache; returns the logits of x_0 `[B, V_max]` and the cache."""
-    batch = cache.k.shape[1]
+    batch = (cache[0] if isinstance(cache, tuple) else cache).batch
     x = self.condition_embeddings(cond, batch, unconditional, train=False).astype(self.dtype)
     cos, sin = self._rope(0, self.prefix_length)
     hidden, cache = self.stack(x, cos, sin, cache)
     return self._next_logits(hidden, jnp.int32(0)), cache
 
-  def decode(self, token: jax.Array, index: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+  def decode(self, token: jax.Array, index: jax.Array,
+             cache: KVCache | tuple[KVCache, ...]) -> tuple[jax.Array, KVCache | tuple[KVCache, ...]]:
     """Feed visual token `index` (`[B]` ids) at position P + index; returns the logits of token index + 1."""
     layer_ids = jnp.asarray(self.token_layer_ids())
     x = self._embed_one(token, layer_ids[index]).astype(self.dtype)

@@ -28,6 +28,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.generators.ar import ARTransformer
@@ -104,8 +105,16 @@ def choose(logits: jax.Array, rng: jax.Array, index: jax.Array, settings: Sampli
     logits = uncond + guidance_scale(settings, index, num_tokens) * (cond - uncond)
   if settings.greedy:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  logits = filter_logits(logits / settings.temperature, settings.top_k, settings.top_p)
-  return jax.random.categorical(jax.random.fold_in(rng, index), logits, axis=-1).astype(jnp.int32)
+  key = jax.random.fold_in(rng, index)
+  if settings.top_k and settings.top_k < logits.shape[-1]:
+    # The draw is over the k survivors only: the same distribution as a draw over all V logits with the rest at
+    # -inf, from k instead of V random numbers (at V = 16384 the Gumbel noise cost more than a GPT-B decode step).
+    top_logits, top_ids = jax.lax.top_k(logits / settings.temperature, settings.top_k)
+    top_logits = filter_logits(top_logits, 0, settings.top_p)
+    pick = jax.random.categorical(key, top_logits, axis=-1)
+    return jnp.take_along_axis(top_ids, pick[..., None], axis=-1)[..., 0].astype(jnp.int32)
+  logits = filter_logits(logits / settings.temperature, 0, settings.top_p)
+  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
 def guided_inputs(cond: dict[str, jax.Array], batch: int, settings: SamplingSettings):
@@ -124,15 +133,45 @@ def _batch_size(cond: dict[str, jax.Array], batch_size: int | None) -> int:
   return batch_size
 
 
+CACHE_BUCKET_POSITIONS = 64  # default: one decode loop per this many cache positions ...
+MAX_CACHE_BUCKETS = 4  # ... and at most this many (each loop compiles its own decode step)
+
+
+def default_cache_buckets(cache_length: int) -> int:
+  return max(1, min(MAX_CACHE_BUCKETS, cache_length // CACHE_BUCKET_POSITIONS))
+
+
+def decode_segments(num_steps: int, prefix_length: int, buckets: int | None = None) -> list[tuple[int, int, int]]:
+  """`(first, end, cache_length)` of each decode loop: the steps feeding visual tokens `[first, end)` run against a
+  cache of `prefix_length + end` positions, so a step's attention reads at most a `buckets`-th of the sequence
+  more than is filled, instead of the whole cache (at GPT-B size and 256 tokens, attention over the full cache
+  is a third of a CPU decode step). `buckets=None`: `default_cache_buckets` of the full cache."""
+  buckets = default_cache_buckets(prefix_length + num_steps) if buckets is None else buckets
+  if buckets < 1:
+    raise ConfigError(f"sampling cache_buckets={buckets} must be >= 1 (1 = one loop over the full-length cache).")
+  bounds = np.linspace(0, num_steps, min(buckets, max(num_steps, 1)) + 1).round().astype(int)
+  return [(int(a), int(b), prefix_length + int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def _grown(cache: Any, length: int) -> Any:
+  return tuple(c.grown(length) for c in cache) if isinstance(cache, tuple) else cache.grown(length)
+
+
 def sample_with_cache(model: ARTransformer, params: Any, cond: dict[str, jax.Array], rng: jax.Array,
-                      settings: SamplingSettings = SamplingSettings(), batch_size: int | None = None) -> jax.Array:
-  """`[B, N]` tokens by prefill + one cached decode per token (jit the caller; the loop is `lax.fori_loop`)."""
+                      settings: SamplingSettings = SamplingSettings(), batch_size: int | None = None,
+                      cache_buckets: int | None = None) -> jax.Array:
+  """`[B, N]` tokens by prefill + one cached decode per token (jit the caller). The decode runs as
+  `cache_buckets` `lax.fori_loop`s over a cache grown between them (`decode_segments`; None: one per 64 cache
+  positions, at most 4); the draw is the same for any bucket count."""
   batch = _batch_size(cond, batch_size)
   model_cond, unconditional = guided_inputs(cond, batch, settings)
   rows = unconditional.shape[0]
+  model, params = model.unrolled(params)  # per-layer weights and caches: no slicing of stacked arrays per step
   variables = {"params": params}
-  logits, cache = model.apply(variables, model_cond, unconditional, model.init_cache(rows), method="prefill")
   num_tokens = model.num_tokens
+  segments = decode_segments(num_tokens - 1, model.prefix_length, cache_buckets)
+  cache = model.init_cache(rows, segments[0][2] if segments else model.prefix_length)
+  logits, cache = model.apply(variables, model_cond, unconditional, cache, method="prefill")
 
   def step(index, carry):
     tokens, logits, cache = carry
@@ -143,7 +182,8 @@ def sample_with_cache(model: ARTransformer, params: Any, cond: dict[str, jax.Arr
     return tokens, logits, cache
 
   tokens = jnp.zeros((batch, num_tokens), jnp.int32)
-  tokens, logits, _ = jax.lax.fori_loop(0, num_tokens - 1, step, (tokens, logits, cache))
+  for first, end, length in segments:
+    tokens, logits, cache = jax.lax.fori_loop(first, end, step, (tokens, logits, _grown(cache, length)))
   last = num_tokens - 1
   return tokens.at[:, last].set(choose(logits, rng, jnp.int32(last), settings, num_tokens))
 

@@ -26,15 +26,19 @@ from tokgen_jax.nn.rope import apply_rope
 Dtype = Any
 
 HEAD_AXES = ("batch", "length", "heads", "kv")
+CACHE_AXES = ("batch", "heads", "length", "kv")
 HIDDEN_AXES = ("batch", "length", "embed")
 
 
 @flax.struct.dataclass
 class KVCache:
-  """Keys and values of the positions decoded so far, `[B, max_len, kv_heads, head_dim]`, and how many there are.
+  """Keys and values of the positions decoded so far, `[B, kv_heads, max_len, head_dim]`, and how many there are.
 
-  `index` is the next free position (an int32 scalar). A `LlamaStack` cache stacks one per layer: every leaf
-  gains a leading `[num_layers]` axis so `nn.scan` hands each layer its own slice.
+  `index` is the next free position (an int32 scalar). Heads come before positions so that each (row, head)
+  reads its keys as one contiguous `[max_len, head_dim]` matrix: a decode step's `q·kᵀ` is then a plain
+  matrix-vector product (3x faster than over the `[B, max_len, heads, D]` layout of the projections, for GPT-B
+  on the CPU). A scanned `LlamaStack` stacks one cache per layer (a leading `[num_layers]` axis, which `nn.scan`
+  slices); an unrolled one keeps a tuple of per-layer caches.
   """
 
   k: jax.Array
@@ -45,12 +49,25 @@ class KVCache:
   def zeros(cls, batch: int, max_len: int, num_kv_heads: int, head_dim: int, dtype: Dtype = jnp.float32,
             num_layers: int | None = None) -> "KVCache":
     lead = () if num_layers is None else (num_layers,)
-    kv = jnp.zeros(lead + (batch, max_len, num_kv_heads, head_dim), dtype)
-    return cls(k=kv, v=kv, index=jnp.zeros(lead, jnp.int32))
+    shape = lead + (batch, num_kv_heads, max_len, head_dim)
+    # Two buffers, not one array twice: a jitted step that donates the cache may reuse each in place.
+    return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), index=jnp.zeros(lead, jnp.int32))
+
+  @property
+  def batch(self) -> int:
+    return self.k.shape[-4]
 
   @property
   def max_len(self) -> int:
-    return self.k.shape[-3]
+    return self.k.shape[-2]
+
+  def grown(self, max_len: int) -> "KVCache":
+    """The same cache with room for `max_len` positions (the new slots zero; the index and entries kept)."""
+    if max_len < self.max_len:
+      raise ConfigError(f"KVCache.grown: max_len={max_len} is below the cache's {self.max_len}; a cache only grows.")
+    pad = [(0, 0)] * self.k.ndim
+    pad[-2] = (0, max_len - self.max_len)
+    return KVCache(k=jnp.pad(self.k, pad), v=jnp.pad(self.v, pad), index=self.index)
 
   def update(self, k_new: jax.Array, v_new: jax.Array) -> "KVCache":
     """Write `[B, n, kv_heads, D]` at positions `[index, index + n)` and advance the index.
@@ -58,10 +75,9 @@ class KVCache:
     `dynamic_update_slice` clamps a start past `max_len - n`, which would overwrite the latest entries: size the
     cache for the whole sequence (prompt + generated tokens).
     """
-    start = (0, self.index, 0, 0)
-    k = jax.lax.dynamic_update_slice(self.k, k_new.astype(self.k.dtype), start)
-    v = jax.lax.dynamic_update_slice(self.v, v_new.astype(self.v.dtype), start)
-    k, v = (nn.with_logical_constraint(a, HEAD_AXES) for a in (k, v))
+    start = (0, 0, self.index, 0)
+    write = lambda old, new: jax.lax.dynamic_update_slice(old, jnp.swapaxes(new, 1, 2).astype(old.dtype), start)
+    k, v = (nn.with_logical_constraint(a, CACHE_AXES) for a in (write(self.k, k_new), write(self.v, v_new)))
     return KVCache(k=k, v=v, index=self.index + k_new.shape[1])
 
 
@@ -89,6 +105,22 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
   weights = dropout(jax.nn.softmax(logits, axis=-1), deterministic=False)
   out = jnp.einsum("bkgqs,bskd->bqkgd", weights.astype(v.dtype), v)
+  return out.reshape(batch, length, heads, head_dim)
+
+
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                     scale: float | None = None) -> jax.Array:
+  """`softmax(scale · q kᵀ + mask) v` of new queries q `[B, n, H, D]` against a `KVCache`'s k/v `[B, G, S, D]`
+  (its head-major layout; grouped-query heads as in `dot_product_attention`), mask `[n, S]` booleans.
+  Logits and softmax are float32; written as two einsums so neither k nor v is transposed or copied."""
+  batch, length, heads, head_dim = q.shape
+  kv_heads = k.shape[1]
+  grouped = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
+  scale = head_dim ** -0.5 if scale is None else scale
+  logits = jnp.einsum("bqgrd,bgsd->bgrqs", grouped, k.astype(q.dtype), preferred_element_type=jnp.float32)
+  logits = jnp.where(mask, logits * scale, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+  out = jnp.einsum("bgrqs,bgsd->bqgrd", weights, v.astype(q.dtype))
   return out.reshape(batch, length, heads, head_dim)
 
 
@@ -159,28 +191,28 @@ class Attention(nn.Module):
     if self.normalized:
       q, k = self._normalize(q, k, heads)
 
+    scale = 1.0 if self.normalized else None
     if cache is None:
       self.mask.check_length(length)
       mask = self.mask(jnp.arange(length), jnp.arange(length))
-    else:
+      dropout = nn.Dropout(self.attention_dropout_rate) if self.attention_dropout_rate else None
+      out = dot_product_attention(q, k, v, mask, dropout, deterministic, self.implementation, scale=scale)
+    else:  # inference: no attention dropout
       offset = cache.index
       cache = cache.update(k, v)
-      k, v = cache.k, cache.v
       self.mask.check_length(cache.max_len)
       key_positions = jnp.arange(cache.max_len)
       mask = self.mask(offset + jnp.arange(length), key_positions) & (key_positions < cache.index)[None]
-    dropout = nn.Dropout(self.attention_dropout_rate) if self.attention_dropout_rate else None
-    out = dot_product_attention(q, k, v, mask, dropout, deterministic, self.implementation,
-                                scale=1.0 if self.normalized else None)
+      out = cached_attention(q, cache.k, cache.v, mask, scale=scale)
     out = Projection((x.shape[-1],), ("heads", "kv", "embed"), in_axes=2, use_bias=self.use_bias, dtype=self.dtype,
                      param_dtype=self.param_dtype, name="out")(out)
     return nn.with_logical_constraint(out, HIDDEN_AXES), cache
 
 
 def _check_cache(cache: KVCache, length: int, kv_heads: int, head_dim: int) -> None:
-  if cache.k.ndim != 4 or cache.k.shape[2:] != (kv_heads, head_dim):
-    raise ConfigError(f"Attention: KV cache keys {cache.k.shape} do not match [B, max_len, kv_heads={kv_heads}, "
-                      f"head_dim={head_dim}]; build the cache with LlamaStack.init_cache for this model.")
+  if cache.k.ndim != 4 or (cache.k.shape[1], cache.k.shape[3]) != (kv_heads, head_dim):
+    raise ConfigError(f"Attention: KV cache keys {cache.k.shape} do not match [B, kv_heads={kv_heads}, max_len, "
+                      f"head_dim={head_dim}]; build the cache with the model's init_cache.")
   if length > cache.max_len:
     raise ConfigError(f"Attention: {length} new tokens do not fit a KV cache of max_len={cache.max_len}; "
                       f"init the cache with max_len >= the full sequence length (prompt + generated).")

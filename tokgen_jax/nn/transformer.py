@@ -125,8 +125,10 @@ class LlamaStack(nn.Module):
 
   x `[B, L, E]` is cast to `dtype` (bf16 compute keeps float32 params when `param_dtype` is float32). With
   `scan_layers` the parameters of all blocks are stacked along a leading "layers" axis (one compiled block);
-  unrolled blocks are named `layers_{i}` with the same per-layer parameter trees. `cache` is the stacked
-  `init_cache(...)` (leading `[num_layers]` axis) in both modes.
+  unrolled blocks are named `layers_{i}` with the same per-layer parameter trees (`unstack_layers` converts).
+  `cache` is `init_cache(...)`: stacked for scanned layers, one buffer per layer for unrolled ones, so each
+  layer's decode step updates its own buffer in place (slicing and re-stacking a stacked cache copies all of it
+  every step).
   """
 
   num_layers: int
@@ -145,10 +147,13 @@ class LlamaStack(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
-  def init_cache(self, batch: int, max_len: int, features: int) -> KVCache:
-    """An empty stacked cache for `batch` sequences of up to `max_len` tokens, embedding width `features`."""
+  def init_cache(self, batch: int, max_len: int, features: int) -> KVCache | tuple[KVCache, ...]:
+    """An empty cache for `batch` sequences of up to `max_len` tokens, embedding width `features`: one stacked
+    `KVCache` (leading `[num_layers]` axis) for scanned layers, a tuple of per-layer caches for unrolled ones."""
     _, kv_heads, head_dim = attention_dims(features, self.num_heads, self.num_kv_heads, self.head_dim)
-    return KVCache.zeros(batch, max_len, kv_heads, head_dim, self.dtype, num_layers=self.num_layers)
+    if self.scan_layers:
+      return KVCache.zeros(batch, max_len, kv_heads, head_dim, self.dtype, num_layers=self.num_layers)
+    return tuple(KVCache.zeros(batch, max_len, kv_heads, head_dim, self.dtype) for _ in range(self.num_layers))
 
   def _block_class(self) -> type[nn.Module]:
     policy = remat_policy(self.remat_policy)
@@ -173,13 +178,30 @@ class LlamaStack(nn.Module):
                         metadata_params={nn.PARTITION_NAME: "layers"})
       x, cache = scanned(**kwargs, name="layers")(x, cos, sin, cache)
     else:
+      _check_layer_caches(cache, self.num_layers)
       layer_caches = []
       for i in range(self.num_layers):
-        layer_cache = None if cache is None else jax.tree.map(lambda a, i=i: a[i], cache)
-        x, layer_cache = block_cls(**kwargs, name=f"layers_{i}")(x, cos, sin, layer_cache)
+        x, layer_cache = block_cls(**kwargs, name=f"layers_{i}")(x, cos, sin, None if cache is None else cache[i])
         layer_caches.append(layer_cache)
-      cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *layer_caches)
+      cache = None if cache is None else tuple(layer_caches)
     if self.final_norm:
       x = RMSNorm(self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name="final_norm")(x)
     return x, cache
 
+
+
+def _check_layer_caches(cache: Any, num_layers: int) -> None:
+  if cache is not None and not (isinstance(cache, tuple) and len(cache) == num_layers):
+    raise ConfigError(f"LlamaStack: unrolled layers take a tuple of {num_layers} per-layer KVCaches, got "
+                      f"{type(cache).__name__}; build the cache with init_cache of the same stack (scan_layers "
+                      f"decides its form).")
+
+
+def unstack_layers(stack_params: dict[str, Any], num_layers: int) -> dict[str, Any]:
+  """A scanned `LlamaStack`'s parameters (`{"layers": stacked, ...}`) in the unrolled layout (`layers_{i}`), for
+  the same stack with `scan_layers=False`; other entries (the final norm) are kept."""
+  if "layers" not in stack_params:
+    raise ConfigError(f"unstack_layers: expected scanned LlamaStack parameters with a 'layers' entry, got "
+                      f"{sorted(stack_params)}.")
+  rest = {name: value for name, value in stack_params.items() if name != "layers"}
+  return rest | {f"layers_{i}": jax.tree.map(lambda a, i=i: a[i], stack_params["layers"]) for i in range(num_layers)}
