@@ -12,7 +12,10 @@ ImageNet is read from the user's TFDS ArrayRecord build (`tfds build imagenet201
   VQGAN f16 (taming widths, size B) with VAR's quantizer (`msrq`: area-downsampled residuals, bicubic upsampling,
   φ = ½h + ½conv3x3(h), β = 0.25) trained with L1 + L2 + perceptual + GAN as `llamagen_c2i`'s tokenizer, with
   idle-code restarts and a k-means start drawn from all scales in equal shares (ours: they keep the coarse scales'
-  codes alive). Its eval logs usage and perplexity per scale and the PSNR of each prefix of scales.
+  codes alive). Its eval logs usage and perplexity per scale and the PSNR of each prefix of scales. The per-scale
+  standardized lookup and the usage restarts of `var_shapes` (`--config.model.quantizer.standardize_scales=True
+  --config.model.quantizer.restart_below_usage=0.5`) lifted the coarse scales' usage there; they stay off here
+  until measured at this size.
 - Generator: VAR's sizes (width 64·d, d heads, MLP 4, drop-path 0.1·d/24; `configs/var.py`), normalized
   attention, 10% class dropout, 1/L token weights, AdamW β (0.9, 0.95), weight decay 0.05, clip 2, lr
   1e-4·batch/256 (VAR's rules); the batch (768) and 200 epochs are our choice of VAR's range. bf16 compute with

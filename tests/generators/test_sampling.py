@@ -68,7 +68,7 @@ def test_cache_buckets_do_not_change_the_draw(model_and_params):
   model, params, cond = model_and_params
   settings = SamplingSettings(temperature=1.3, top_k=5, top_p=0.9, cfg_scale=2.0)
   draws = [np.asarray(_sampler(model, settings, True, buckets)(params, cond, jax.random.key(3)))
-           for buckets in (1, 3, 4, 50)]
+           for buckets in (1, 3)]
   for other in draws[1:]:
     np.testing.assert_array_equal(other, draws[0])
 

@@ -11,7 +11,7 @@ import pytest
 
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.nn import masks
-from tokgen_jax.nn.attention import Attention, KVCache, SpatialSelfAttention, dot_product_attention
+from tokgen_jax.nn.attention import Attention, KVCache, SpatialSelfAttention, cached_attention, dot_product_attention
 from tokgen_jax.nn.conv import Conv
 from tokgen_jax.nn.norms import group_norm
 
@@ -44,6 +44,26 @@ def test_kernel_equals_a_numpy_softmax_with_grouped_heads(mask_builder):
   per_example = jnp.stack([mask, jnp.ones_like(mask)])  # [B, Lq, Lk]: the second example attends fully
   out = jax.jit(dot_product_attention)(q, k, v, per_example)
   np.testing.assert_allclose(out[1], _numpy_attention(q, k, v, np.ones((6, 6), bool))[1], atol=1e-5)
+
+
+def test_cached_kernel_over_the_head_major_cache_equals_the_numpy_softmax():
+  """Queries at positions 4, 5 against a cache of 8 slots, 6 filled: the unfilled slots hold junk that the mask
+  must hide, and the head-major k/v `[B, G, S, D]` are read as the projections' `[B, S, G, D]`."""
+  q = jax.random.normal(jax.random.key(0), (2, 2, HEADS, 8))
+  k, v = (jax.random.normal(jax.random.key(i), (2, 8, KV_HEADS, 8)) for i in (1, 2))
+  mask = masks.Causal()(np.arange(4, 6), np.arange(8)) & (np.arange(8) < 6)[None]
+  out = jax.jit(cached_attention)(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask)
+  np.testing.assert_allclose(out, _numpy_attention(q, k, v, np.asarray(mask)), atol=1e-5)
+
+
+def test_a_grown_cache_keeps_its_entries_and_index():
+  cache = KVCache.zeros(2, 3, KV_HEADS, 4).update(jnp.ones((2, 2, KV_HEADS, 4)), 2 * jnp.ones((2, 2, KV_HEADS, 4)))
+  grown = cache.grown(5)
+  assert grown.max_len == 5 and int(grown.index) == 2 and grown.k.shape == (2, KV_HEADS, 5, 4)
+  np.testing.assert_array_equal(grown.v[:, :, :3], cache.v)
+  np.testing.assert_array_equal(grown.k[:, :, 3:], 0.0)
+  with pytest.raises(ConfigError, match="only grows"):
+    cache.grown(2)
 
 
 class _DropoutKernel(nn.Module):

@@ -5,6 +5,7 @@
   out only when attention-weight dropout is live (the fused kernels have none).
 - `Attention`: multi-head self-attention with projections carrying logical axis names, RoPE, a `KVCache`, and a
   mask from a builder in `nn/masks.py` (causal by default; block-causal, windowed, bidirectional, prefix-LM).
+- `cached_attention`: the decode-time kernel over a `KVCache`'s head-major `[B, kv_heads, length, D]` buffers.
 - `SpatialSelfAttention`: VQGAN's single-head attention over all H·W positions of a feature map.
 """
 
@@ -146,6 +147,8 @@ class Attention(nn.Module):
   tokens at positions `[index, index + n)`; returns `(out, cache)`. `cos, sin` (from `rope_frequencies`) are those
   of exactly the tokens in x; None skips RoPE. `mask` (a `nn/masks.py` builder) decides which positions read
   which; cached queries also never read unwritten slots, so a bidirectional prefix must be prefilled in one call.
+  Cached calls are inference: `cached_attention` over the cache's head-major layout, without dropout or a fused
+  kernel (`implementation` applies to full sequences).
 
   `normalized`: VAR's attention (`FoundationVision/VAR`, `SelfAttention(attn_l2_norm=True)`): q and k are
   l2-normalized per head and the logits are `exp(s_h)·cos(q, k)` with a learnable per-head log-scale s_h ("scale"
