@@ -25,10 +25,12 @@ width and depth over its 8x8 tokens in raster order):
    scale steps, with VAR's CFG ramp and without guidance, scored by `metrics.shapes.match`.
 4. `:raster` is the same-size ARTransformer over the one-scale tokenizer's 64 tokens (64 decode steps).
 
-Measured on the 2-core CPU (3000 generator steps each, 100 eval classes at cfg 3.0): the tokenizer reaches 34.51 dB
-held-out PSNR with every code used. Its usage of the codes each scale could reach runs from 0.044 (1x1) to 0.945
-(8x8). VAR scores color_shape 0.47 with CFG and 0.54 without; the raster AR scores 0.31 and 0.73 (tokenizer
-ceilings 0.94 and 0.92). VAR samples in 22.4 ms per image against the raster AR's 37.1 ms (`bench/var_sampling.py`).
+Measured on the 2-core CPU (3000 generator steps each, 100 eval classes at cfg 3.0): the tokenizer reaches 34.52 dB
+held-out PSNR with every code used (perplexity 394). Its usage of the codes each scale could reach runs from 0.160
+(1x1: 80 codes, as many as the eval split's distinct shape, color and size combinations) and 0.545 (2x2) to
+0.94-1.00 (3x3 .. 8x8). VAR scores color_shape 0.49 with CFG and 0.45 without; the raster AR scores 0.15 and 0.73
+(tokenizer ceilings 0.94 and 0.90). VAR samples in 8.2 ms per image against the raster AR's 5.8 ms
+(`bench/var_sampling.py`).
 
 Arguments: `tokenizer` | `local` (default) | `raster`, then `scales=all|finest` (with `tokenizer`), `steps=N`,
 `batch=N`, `tokenizer_workdir=PATH`.
