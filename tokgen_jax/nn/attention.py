@@ -1,11 +1,12 @@
 """The one attention of the package: a scaled dot-product kernel taking a boolean mask, and the layers around it.
 
 - `dot_product_attention`: `softmax(q kᵀ / sqrt(d) + mask) v` with grouped-query heads, through
-  `jax.nn.dot_product_attention` (XLA everywhere; `implementation="cudnn"` selects the fused GPU kernel), written
-  out only when attention-weight dropout is live (the fused kernels have none).
+  `jax.nn.dot_product_attention` (XLA everywhere; `implementation="cudnn"` selects the fused GPU kernel), or
+  `cached_attention` when attention-weight dropout is live (the fused kernels have none).
 - `Attention`: multi-head self-attention with projections carrying logical axis names, RoPE, a `KVCache`, and a
   mask from a builder in `nn/masks.py` (causal by default; block-causal, windowed, bidirectional, prefix-LM).
-- `cached_attention`: the decode-time kernel over a `KVCache`'s head-major `[B, kv_heads, length, D]` buffers.
+- `cached_attention`: the written-out kernel over head-major `[B, kv_heads, length, D]` keys and values (a
+  `KVCache`'s layout), for decode steps and the dropout path.
 - `SpatialSelfAttention`: VQGAN's single-head attention over all H·W positions of a feature map.
 """
 
@@ -92,36 +93,34 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
   g (Llama's `repeat_kv`). `mask` is `[Lq, Lk]` or `[B, Lq, Lk]` booleans (True = may attend), None for full
   attention. Logits and softmax are float32 whatever the compute dtype.
   """
-  k, v = k.astype(q.dtype), v.astype(q.dtype)  # a cache may store another dtype than the compute dtype
-  if mask is not None:
-    mask = mask[None, None] if mask.ndim == 2 else mask[:, None]
   if dropout is None or deterministic:
+    k, v = k.astype(q.dtype), v.astype(q.dtype)  # a cache may store another dtype than the compute dtype
+    if mask is not None:
+      mask = mask[None, None] if mask.ndim == 2 else mask[:, None]
     return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=implementation)
-  batch, length, heads, head_dim = q.shape
-  kv_heads = k.shape[2]
-  grouped = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
-  scale = head_dim ** -0.5 if scale is None else scale
-  logits = jnp.einsum("bqkgd,bskd->bkgqs", grouped, k, preferred_element_type=jnp.float32) * scale
-  if mask is not None:
-    logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
-  weights = dropout(jax.nn.softmax(logits, axis=-1), deterministic=False)
-  out = jnp.einsum("bkgqs,bskd->bqkgd", weights.astype(v.dtype), v)
-  return out.reshape(batch, length, heads, head_dim)
+  head_major = lambda a: jnp.swapaxes(a, 1, 2)
+  return cached_attention(q, head_major(k), head_major(v), mask, scale,
+                          weights_dropout=lambda w: dropout(w, deterministic=False))
 
 
-def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-                     scale: float | None = None) -> jax.Array:
-  """`softmax(scale · q kᵀ + mask) v` of new queries q `[B, n, H, D]` against a `KVCache`'s k/v `[B, G, S, D]`
-  (its head-major layout; grouped-query heads as in `dot_product_attention`), mask `[n, S]` booleans.
-  Logits and softmax are float32; written as two einsums so neither k nor v is transposed or copied."""
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+                     scale: float | None = None, weights_dropout=None) -> jax.Array:
+  """`softmax(scale · q kᵀ + mask) v` of queries q `[B, n, H, D]` against head-major k/v `[B, G, S, D]` (a
+  `KVCache`'s layout; grouped-query heads as in `dot_product_attention`), mask `[n, S]` or `[B, n, S]` booleans
+  or None. The written-out kernel: decode steps read the cache with it, and `dot_product_attention` runs it when
+  attention weights drop out (`weights_dropout`, applied to the softmax). Logits and softmax are float32; two
+  einsums, so neither k nor v is transposed or copied."""
   batch, length, heads, head_dim = q.shape
   kv_heads = k.shape[1]
   grouped = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
   scale = head_dim ** -0.5 if scale is None else scale
-  logits = jnp.einsum("bqgrd,bgsd->bgrqs", grouped, k.astype(q.dtype), preferred_element_type=jnp.float32)
-  logits = jnp.where(mask, logits * scale, jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
-  out = jnp.einsum("bgrqs,bgsd->bqgrd", weights, v.astype(q.dtype))
+  logits = jnp.einsum("bqgrd,bgsd->bgrqs", grouped, k.astype(q.dtype), preferred_element_type=jnp.float32) * scale
+  if mask is not None:
+    logits = jnp.where(mask if mask.ndim == 2 else mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits, axis=-1)
+  if weights_dropout is not None:
+    weights = weights_dropout(weights)
+  out = jnp.einsum("bgrqs,bgsd->bqgrd", weights.astype(q.dtype), v.astype(q.dtype))
   return out.reshape(batch, length, heads, head_dim)
 
 

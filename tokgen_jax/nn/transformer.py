@@ -189,7 +189,6 @@ class LlamaStack(nn.Module):
     return x, cache
 
 
-
 def _check_layer_caches(cache: Any, num_layers: int) -> None:
   if cache is not None and not (isinstance(cache, tuple) and len(cache) == num_layers):
     raise ConfigError(f"LlamaStack: unrolled layers take a tuple of {num_layers} per-layer KVCaches, got "

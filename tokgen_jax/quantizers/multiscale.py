@@ -281,8 +281,9 @@ class MultiScaleResidualQuantizer(nn.Module):
     for k, s in enumerate(self.scales):
       down = rest if s == size else downsample(rest, s, self.resize)
       mean, std = self._standardizer(k, down.reshape(-1, self.dim) if train else None)
-      _, out = self.vq((down - mean) / std, train=False)  # this step's codes; the state update follows, below
-      looked_up.append(((down - mean) / std).reshape(-1, self.dim))
+      standardized = (down - mean) / std
+      _, out = self.vq(standardized, train=False)  # this step's codes; the state update follows, below
+      looked_up.append(standardized.reshape(-1, self.dim))
       chosen.append(out.indices.reshape(-1))
       h = self._contribution(mean + std * self.vq.codes_from_indices(out.indices))
       f_hat = f_hat + h
