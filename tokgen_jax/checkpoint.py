@@ -91,9 +91,12 @@ class Manager:
     self._unrecorded = []
     good = [s for s in self._manager.all_steps() if s != step]
     kept = f"the last complete checkpoint, step {max(good)}, is intact" if good else "no earlier checkpoint exists"
+    first = _first_cause(error)
+    then = "" if first is error else f" (then {error!r})"
     return CheckpointError(
-        f"saving checkpoint step {step} under {self.directory} failed: {error!r}; {kept}. Free disk space (or fix "
-        f"the permissions) there and rerun the same command: training resumes from the last complete checkpoint.")
+        f"saving checkpoint step {step} under {self.directory} failed: {first!r}{then}; {kept}. Free disk space "
+        f"(or fix the permissions) there and rerun the same command: training resumes from the last complete "
+        f"checkpoint.")
 
   def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
     """The state saved at `step`, placed with the shardings of `abstract_state`; restores the iterator in place.
@@ -295,3 +298,14 @@ def restore_params(path: str, abstract_state: Any) -> Any:
 def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
                       abstract_state, shardings)
+
+
+def _first_cause(error: BaseException) -> BaseException:
+  """The earliest OSError in the chain of `error` (itself if none): orbax's cleanup of a failed save can raise
+  again (e.g. "Directory not empty" while another item's writer still runs), and the first write error (the full
+  disk) is the one to report."""
+  first, seen = error, {id(error)}
+  while (error := error.__cause__ or error.__context__) is not None and id(error) not in seen:
+    seen.add(id(error))
+    first = error if isinstance(error, OSError) else first
+  return first
