@@ -107,12 +107,15 @@ def evaluation(batch_size: int = 8, num_grid_images: int = 8, protocol: ml_colle
   """`checkpoint_step=0` evaluates the latest checkpoint in --mode=eval. The weights files are converted once
   (`python -m tokgen_jax.convert.{lpips,inception,i3d}`); each empty one leaves its metric (LPIPS, rFID, rFVD)
   out, with one log line saying so. `reference_statistics`: where --mode=stats writes the Inception (images) or
-  I3D (videos) feature statistics of the eval split (default WORKDIR/stats/<source>_<eval_split>.npz).
+  I3D (videos) feature statistics of the eval split (default WORKDIR/stats/<source>_<eval_split>.npz); a
+  generator's eval reads the real images' statistics from it to score its samples (`<set>_fid`).
+  `sample_batch_size`: rows a generator's eval draws per sampler call (0: `batch_size`), the batch `--mode=compile`
+  checks the sampler at.
   `protocol`: what the numbers are measured under (default `reconstruction_protocol()`; generators pass a
   sampling `protocol(...)`)."""
   config = ml_collections.ConfigDict(dict(
       batch_size=batch_size, num_grid_images=num_grid_images, checkpoint_step=0, lpips_weights="",
-      inception_weights="", i3d_weights="", reference_statistics="",
+      inception_weights="", i3d_weights="", reference_statistics="", sample_batch_size=0,
       protocol=protocol if protocol is not None else reconstruction_protocol()))
   config.update(overrides)
   return config

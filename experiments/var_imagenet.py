@@ -21,7 +21,10 @@ ImageNet is read from the user's TFDS ArrayRecord build (`tfds build imagenet201
   1e-4·batch/256 (VAR's rules); the batch (768) and 200 epochs are our choice of VAR's range. bf16 compute with
   float32 parameters; blocks recompute in the backward pass (`remat`).
 - Evaluation: `protocol=fid` (default) is VAR's FID protocol, `var_fid`: cfg 1.5 in VAR's convention ramped over
-  the scales (this sampler's s = 2.5 with `cfg_ramp`), top-k 900, top-p 0.96, 50 samples per class (50,000).
+  the scales (this sampler's s = 2.5 with `cfg_ramp`), top-k 900, top-p 0.96, 50 samples per class (the first
+  50,000 validation labels: 50 of each class), drawn 256 rows a call. With `--config.eval.inception_weights` and
+  `--config.eval.reference_statistics` (the tokenizer experiment's `--mode=stats`) the eval reports `cfg_fid` and
+  `nocfg_fid` beside the tokenizer's `reference_fid`.
 
 Arguments: `tokenizer`, or `depth=16|20|24|30` (default 16), then `steps=N`, `batch=N`, `tokenizer_workdir=PATH`.
 """

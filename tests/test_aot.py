@@ -76,7 +76,9 @@ def test_a_config_that_does_not_fit_fails_with_the_fix(tmp_path):
 def test_a_diffusion_transformer_and_its_sampler_compile(tmp_path):
   """DiT-S/2 on 32x32x4 latents at batch 8 on v5e:2x4: the train step and the 250-step DDPM sampler (whose
   example conditions are built outside the topology's mesh)."""
-  config = set_fields(load_experiment("experiments/dit_imagenet.py:size=S"), {"batch_size": 8, "eval.batch_size": 8})
+  config = set_fields(load_experiment("experiments/dit_imagenet.py:size=S"),
+                      {"batch_size": 16, "eval.batch_size": 16, "eval.sample_batch_size": 8})
   summary = trainer.run(config, str(tmp_path), "compile", topology="v5e:2x4")
   for name in ("train_step", "sampler"):
     assert 0 < summary[name]["total_bytes"] < summary["hbm_bytes"]
+  assert summary["train_step"]["rows"] == 16 and summary["sampler"]["rows"] == 8  # the eval's rows per draw

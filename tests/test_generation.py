@@ -4,6 +4,7 @@ tokenizer."""
 
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -132,3 +133,71 @@ def test_generator_reads_its_tokenizer_and_writes_its_latents_in_a_bucket(traine
   remote_summary = trainer.run(_generator_config(str(bucket / "tokenizer")), str(bucket / "generator"), "train")
   assert remote_summary["loss"] == summary["loss"]
   assert (bucket / "generator" / "eval" / "step_4.json").exists()
+
+
+def _features(pixels):
+  """A 3-d stand-in for InceptionV3's pool features."""
+  return jnp.stack([pixels.mean((1, 2, 3)), pixels.std((1, 2, 3)), pixels[..., 0].mean((1, 2))], axis=-1)
+
+
+def _sample_evaluation(generator_dir, tokenizer_dir, statistics_path, sample_batch_size):
+  from tokgen_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  from tokgen_jax.tasks import second_stage  # pylint: disable=g-import-not-at-top
+  config = _generator_config(tokenizer_dir, **{"eval.protocol.num_samples": 8, "eval.num_grid_images": 5,
+                                               "eval.sample_batch_size": sample_batch_size,
+                                               "eval.reference_statistics": str(statistics_path)})
+  run = run_lib.setup(config, str(generator_dir))
+  state, _ = run.restore()
+  evaluation = second_stage.SampleEvaluation(run.task, run, state, networks={"rfid": _features})
+  return evaluation, run, state
+
+
+@pytest.mark.slow
+def test_eval_samples_in_chunks_and_scores_their_frechet_distance(trained, tmp_path):
+  """8 eval samples drawn 3 rows a call score the reference column as one 8-row call does; each column's FID is
+  the Fréchet distance of its features to the reference statistics; the first chunk draws as `draw` does."""
+  from tokgen_jax.metrics import FeatureStatistics, frechet_distance  # pylint: disable=g-import-not-at-top
+  tokenizer_dir, generator_dir, _, _ = trained
+  statistics_path = tmp_path / "real.npz"
+  real = FeatureStatistics().update(np.random.default_rng(0).normal(size=(64, 3)) * 0.1)
+  real.save(statistics_path)
+  whole, run, state = _sample_evaluation(generator_dir, tokenizer_dir, statistics_path, 0)
+  chunked, _, _ = _sample_evaluation(generator_dir, tokenizer_dir, statistics_path, 3)
+  one_call, in_chunks = whole.results(), chunked.results()
+  assert set(one_call) == set(in_chunks) >= {"reference_fid", "cfg_fid", "nocfg_fid", "cfg_color_shape"}
+  for name in ("reference_fid", "reference_color_shape", "reference_all"):
+    np.testing.assert_allclose(in_chunks[name], one_call[name], rtol=1e-6, err_msg=name)
+
+  task, source = run.task, latent_data.open_configured_source(run.config.data, "eval")
+  examples = [source[i] for i in range(8)]
+  reference = task.decode(run, task.example_latents(examples))
+  cond = {"text": np.stack([e["text"] for e in examples]), "text_mask": np.stack([e["text_mask"] for e in examples])}
+  settings = task.sample_settings(run.config.eval.protocol, True)
+  guided = task.decode(run, task.draw(state, cond, settings, 0, 8))
+  for name, pixels in (("reference", reference), ("cfg", guided)):
+    ours = FeatureStatistics().update(_features(jnp.asarray(pixels)))
+    np.testing.assert_allclose(one_call[f"{name}_fid"], frechet_distance(ours.mean, ours.covariance, real.mean,
+                                                                         real.covariance), rtol=1e-6)
+  first_chunk = task.decode(run, task.draw(state, {k: v[:3] for k, v in cond.items()}, settings, 0, 3))
+  np.testing.assert_allclose(chunked._columns[1][:3], first_chunk, atol=1e-6)  # pylint: disable=protected-access
+  assert len(chunked._columns[0]) == 5 and len(chunked._prompts) == 5  # pylint: disable=protected-access
+
+
+@pytest.mark.slow
+def test_eval_fid_needs_readable_reference_statistics_of_the_same_features(trained, tmp_path):
+  tokenizer_dir, generator_dir, _, _ = trained
+  with pytest.raises(ConfigError, match="config.eval.reference_statistics.*--mode=stats"):
+    _sample_evaluation(generator_dir, tokenizer_dir, tmp_path / "missing.npz", 0)[0].results()
+  from tokgen_jax.metrics import FeatureStatistics  # pylint: disable=g-import-not-at-top
+  FeatureStatistics().update(np.random.default_rng(0).normal(size=(8, 5))).save(tmp_path / "wide.npz")
+  with pytest.raises(ConfigError, match="5-d features.*3-d"):
+    _sample_evaluation(generator_dir, tokenizer_dir, tmp_path / "wide.npz", 0)[0].results()
+
+
+@pytest.mark.slow
+def test_eval_leaves_fid_out_without_reference_statistics_and_says_so(trained, caplog):
+  caplog.set_level("INFO")
+  tokenizer_dir, generator_dir, _, _ = trained
+  results = _sample_evaluation(generator_dir, tokenizer_dir, "", 0)[0].results()
+  assert "cfg_color_shape" in results and not any(name.endswith("_fid") for name in results)
+  assert "config.eval.reference_statistics is empty" in caplog.text

@@ -19,6 +19,7 @@ import numpy as np
 from tokgen_jax import perf, sharding, tasks, writers
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.run import abstract_batch, count_params, setup
+from tokgen_jax.tasks import second_stage
 
 _TOPOLOGY = re.compile(r"(v4|v5e|v5p|v6e):(\d+(?:x\d+){1,2})")
 
@@ -51,6 +52,7 @@ class CompiledReport:
   code_bytes: int
   xla_flops: float  # cost_analysis: per chip, loop bodies counted once
   flops: float  # jaxpr count, per chip
+  rows: int = 0  # the global batch it was compiled for
 
   @property
   def total_bytes(self) -> int:
@@ -78,7 +80,8 @@ def _gib(value: float) -> str:
 
 def format_report(report: CompiledReport, hbm: int | None) -> str:
   fit = "" if hbm is None else f" of {_gib(hbm)} HBM ({100 * report.total_bytes / hbm:.0f}%)"
-  return (f"{report.name}: compiled in {report.compile_s:.1f} s; per chip: arguments {_gib(report.argument_bytes)}, "
+  rows = f" for {report.rows} rows" if report.rows else ""
+  return (f"{report.name}{rows}: compiled in {report.compile_s:.1f} s; per chip: arguments {_gib(report.argument_bytes)}, "
           f"outputs {_gib(report.output_bytes)}, temporaries {_gib(report.temp_bytes)}, donated "
           f"{_gib(report.alias_bytes)}, code {_gib(report.code_bytes)} → total {_gib(report.total_bytes)}{fit}; "
           f"{report.flops / 1e12:.3f} TFLOP per chip per call (XLA cost analysis: {report.xla_flops / 1e12:.3f})")
@@ -88,8 +91,9 @@ def check_fits(reports: list[CompiledReport], hbm: int | None, topology: str) ->
   too_big = [r for r in reports if hbm is not None and r.total_bytes > hbm]
   if too_big:
     worst = max(too_big, key=lambda r: r.total_bytes)
+    batch_key = "config.eval.sample_batch_size" if worst.name == "sampler" else "config.batch_size"
     raise ConfigError(f"{worst.name} needs {_gib(worst.total_bytes)} per chip on {topology}, more than the "
-                      f"{_gib(hbm)} of HBM. Shard more (config.mesh fsdp/tensor), lower config.batch_size, enable "
+                      f"{_gib(hbm)} of HBM. Shard more (config.mesh fsdp/tensor), lower {batch_key}, enable "
                       f"remat (config.model.remat_policy) or pick a larger topology.")
 
 
@@ -103,18 +107,31 @@ def _compile_reports(run, config: Any, num_devices: int) -> list[CompiledReport]
   with run.context():
     for phase in phases:
       name = "train_step" if len(phases) == 1 else f"train_step[{phase.name}]"
-      reports.append(compile_report(
+      report = compile_report(
           name, tasks.phase_step(run.task, phase.name), (run.abstract_state, batch), num_devices,
           in_shardings=(run.state_shardings, batch_sharding), out_shardings=(run.state_shardings, None),
-          donate_argnums=0))
+          donate_argnums=0)
+      reports.append(dataclasses.replace(report, rows=int(config.batch_size)))
     if conditions is not None:
-      cond = abstract_batch(conditions, int(config.batch_size), batch_sharding)
-      settings = run.task.sample_settings(config.sample)
-      key = jax.ShapeDtypeStruct((2,), np.uint32, sharding=jax.sharding.NamedSharding(run.mesh, jax.P()))
-      sample = lambda state, cond, rng: run.task.sample(state, cond, rng, settings, int(config.batch_size))
-      reports.append(compile_report("sampler", sample, (run.abstract_state, cond, key), num_devices,
-                                    in_shardings=(run.state_shardings, batch_sharding, key.sharding)))
+      reports.append(_sampler_report(run, config, conditions, num_devices))
   return reports
+
+
+def _sampler_report(run, config: Any, conditions: dict[str, Any], num_devices: int) -> CompiledReport:
+  """The sampler at the rows the eval draws per call (`second_stage.eval_sample_batch`), under config.sample's
+  settings."""
+  count = int(config.eval.protocol.get("num_samples", 0)) or int(config.eval.batch_size)
+  rows = second_stage.eval_sample_batch(config.eval, count)
+  rows_sharding = sharding.batch_sharding(run.mesh)
+  if rows % num_devices:
+    rows_sharding = jax.sharding.NamedSharding(run.mesh, jax.P())  # too few rows to split: each chip draws all
+  cond = abstract_batch(conditions, rows, rows_sharding)
+  settings = run.task.sample_settings(config.sample)
+  key = jax.ShapeDtypeStruct((2,), np.uint32, sharding=jax.sharding.NamedSharding(run.mesh, jax.P()))
+  sample = lambda state, cond, rng: run.task.sample(state, cond, rng, settings, rows)
+  report = compile_report("sampler", sample, (run.abstract_state, cond, key), num_devices,
+                          in_shardings=(run.state_shardings, rows_sharding, key.sharding))
+  return dataclasses.replace(report, rows=rows)
 
 
 def compile_experiment(config: Any, workdir: str, topology: str = "") -> dict[str, Any]:

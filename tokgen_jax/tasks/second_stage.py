@@ -33,8 +33,9 @@ from tokgen_jax.data import examples as example_data
 from tokgen_jax.data import files, grids, shapes, text
 from tokgen_jax.data import latents as latent_data
 from tokgen_jax.errors import ConfigError
+from tokgen_jax.metrics import FeatureStatistics, frechet_distance
 from tokgen_jax.metrics import shapes as shape_metrics
-from tokgen_jax.tasks import frozen_tokenizer
+from tokgen_jax.tasks import evaluation, frozen_tokenizer
 from tokgen_jax.tasks.base import RunContext, TrainState
 
 CONDITION_KEYS = ("label", "text", "text_mask")
@@ -69,10 +70,10 @@ class SecondStage:
     return self._loaded["tokenizer"]
 
   def draw(self, state: TrainState, conditions: dict[str, np.ndarray], settings: Any, seed: int,
-           batch_size: int) -> np.ndarray:
+           batch_size: int, chunk: int = 0) -> np.ndarray:
     """`sample` for the conditions as host latents `[B, ...]` (compiled once per settings and batch size;
-    deterministic per seed)."""
-    return np.asarray(_sampler(self, settings, batch_size)(state, conditions, jax.random.PRNGKey(seed)))
+    deterministic per seed), with the key of draw `chunk` of that seed (`chunk_key`)."""
+    return np.asarray(_sampler(self, settings, batch_size)(state, conditions, chunk_key(seed, chunk)))
 
   def decode(self, run: RunContext, drawn: np.ndarray) -> np.ndarray:
     """Pixels of latents drawn by `draw` (or read from the shards), through the frozen tokenizer."""
@@ -187,39 +188,124 @@ class SampleEvaluation:
   """The sample part of a generator's eval (`config.eval.protocol.num_samples` > 0): the task's sample sets of the
   first eval conditions (`cfg`, `nocfg`, ...), decoded, and in the shapes world scored against their prompts next
   to the tokenizer's reconstruction of the real examples; a prediction from given frames is also scored by the
-  PSNR of the frames it predicted (`<set>_psnr`). `write_samples` puts reference | each set side by side."""
+  PSNR of the frames it predicted (`<set>_psnr`). `write_samples` puts reference | each set side by side.
 
-  def __init__(self, task: SecondStage, run: RunContext, state: TrainState):
+  The examples go through in chunks of `eval_sample_batch(config.eval, count)` rows (the last padded with its
+  final row, the padding dropped), so a 50,000-sample protocol holds one chunk of pixels at a time: scores are
+  summed over chunks and only the grid's rows are kept. Chunk c draws with `chunk_key(seed, c)`.
+
+  With `config.eval.reference_statistics` (InceptionV3 statistics of the real images, e.g. from --mode=stats of
+  the tokenizer experiment; I3D for videos) and the feature network's weights configured, every column also gets
+  its Fréchet distance to them: `<set>_fid` (`_fvd` for videos), and `reference_fid`, the tokenizer's own
+  reconstructions of the same examples (the floor a generator over that tokenizer can reach). `networks` replaces
+  the configured feature networks ({'rfid' | 'rfvd': features(pixels)})."""
+
+  def __init__(self, task: SecondStage, run: RunContext, state: TrainState, networks: dict[str, Any] | None = None):
     self._task, self._run, self._state = task, run, state
+    self._networks = networks
     self._columns: list[np.ndarray] = []
     self._prompts: list = []
 
   def results(self) -> dict[str, float]:
-    config, task = self._run.config, self._task
+    config = self._run.config
     protocol = config.eval.protocol
     if not protocol.num_samples:
       return {}
     source = latent_data.open_configured_source(config.data, "eval")
-    examples = [source[i] for i in range(min(int(protocol.num_samples), len(source)))]
+    count = min(int(protocol.num_samples), len(source))
+    rows = eval_sample_batch(config.eval, count)
+    grid_rows = min(int(config.eval.num_grid_images), count)
+    scored = str(config.tokenize.data.source) in example_data.SHAPES_SOURCES
+    means, features = _Means(), {} if self._with_features() else None
+    self._columns, self._prompts = [], []
+    for chunk, start in enumerate(range(0, count, rows)):
+      indices = list(range(start, min(start + rows, count)))
+      prompts, columns, psnrs = self._chunk(source, indices, rows, chunk)
+      for name, pixels in columns.items():
+        if scored and prompts is not None:
+          means.add(name, shape_metrics.score_prompts(prompts, pixels), len(indices))
+        if features is not None:
+          features.setdefault(name, FeatureStatistics()).update(self._features(pixels))
+      for name, psnr in psnrs.items():
+        means.add(name, {"psnr": psnr}, len(indices))
+      self._keep_grid_rows(list(columns.values()), prompts, grid_rows)
+    return means.results() | self._frechet_distances(features or {})
+
+  def _chunk(self, source: Any, indices: list[int], rows: int,
+             chunk: int) -> tuple[list | None, dict[str, np.ndarray], dict[str, float]]:
+    """(prompts, or None; {'reference' | set name: pixels}; {set name: PSNR of its predicted frames}) of the eval
+    examples at `indices`, drawn as `rows` rows (padded with the last example; the padding is dropped)."""
+    config, task = self._run.config, self._task
+    protocol = config.eval.protocol
+    examples = [source[i] for i in indices + indices[-1:] * (rows - len(indices))]
     cond = {key: np.stack([e[key] for e in examples]) for key in CONDITION_KEYS if key in examples[0]}
-    captions = [source.caption(i) for i in range(len(examples))] if source.has_captions else None
+    captions = [source.caption(i) for i in indices] if source.has_captions else None
     prompts = (captions if task.conditioning == "text" or "label" not in examples[0]
-               else [int(e["label"]) for e in examples])
+               else [int(e["label"]) for e in examples[:len(indices)]])
     latents = task.example_latents(examples)
-    reference = task.decode(self._run, latents)
-    scored = prompts is not None and str(config.tokenize.data.source) in example_data.SHAPES_SOURCES
-    results = ({f"reference_{k}": v for k, v in shape_metrics.score_prompts(prompts, reference).items()}
-               if scored else {})
-    self._columns, self._prompts = [reference], prompts or []
+    kept = len(indices)
+    columns = {"reference": task.decode(self._run, latents)[:kept]}
+    psnrs = {}
     for name, sample_set in task.sample_sets(self._run, protocol, cond, latents).items():
-      drawn = task.draw(self._state, sample_set.conditions,
-                        task.sample_settings(sample_set.protocol(protocol), sample_set.guided), int(protocol.seed),
-                        len(examples))
-      self._columns.append(task.decode(self._run, drawn))
-      if scored:
-        results |= {f"{name}_{k}": v for k, v in shape_metrics.score_prompts(prompts, self._columns[-1]).items()}
+      settings = task.sample_settings(sample_set.protocol(protocol), sample_set.guided)
+      drawn = task.draw(self._state, sample_set.conditions, settings, int(protocol.seed), rows, chunk)
+      columns[name] = task.decode(self._run, drawn)[:kept]
       if sample_set.given_pixel_frames:
-        results[f"{name}_psnr"] = prediction_psnr(self._columns[-1], reference, sample_set.given_pixel_frames)
+        psnrs[name] = prediction_psnr(columns[name], columns["reference"], sample_set.given_pixel_frames)
+    return prompts, columns, psnrs
+
+  def _keep_grid_rows(self, columns: list[np.ndarray], prompts: list | None, grid_rows: int) -> None:
+    """Appends the chunk's rows to the grid's columns until the grid has `grid_rows`."""
+    missing = grid_rows - (len(self._columns[0]) if self._columns else 0)
+    if missing <= 0:
+      return
+    head = [c[:missing] for c in columns]
+    self._columns = head if not self._columns else [np.concatenate(pair) for pair in zip(self._columns, head)]
+    self._prompts += list(prompts or [])[:missing]
+
+  def _with_features(self) -> bool:
+    """Whether the samples' Fréchet distance can be computed; logs once why not."""
+    eval_config = self._run.config.eval
+    if not eval_config.reference_statistics:
+      logging.info("eval: not computing the samples' FID/FVD (config.eval.reference_statistics is empty; write the "
+                   "real images' statistics with --mode=stats of the tokenizer experiment and set it to that file)")
+      return False
+    if self._networks is None:
+      self._networks = evaluation.feature_networks(eval_config, self._is_video)
+    return self._feature_name in self._networks  # else feature_networks logged which weights file is missing
+
+  @property
+  def _is_video(self) -> bool:
+    return self._task.frozen_tokenizer(self._run).task.input_key == "video"
+
+  @property
+  def _feature_name(self) -> str:
+    return "rfvd" if self._is_video else "rfid"
+
+  def _features(self, pixels: np.ndarray) -> np.ndarray:
+    return np.asarray(self._networks[self._feature_name](jnp.asarray(pixels)), np.float64)
+
+  def _frechet_distances(self, features: dict[str, FeatureStatistics]) -> dict[str, float]:
+    if not features:
+      return {}
+    path = str(self._run.config.eval.reference_statistics)
+    try:
+      real = FeatureStatistics.load(path)
+    except (FileNotFoundError, ValueError) as error:
+      raise ConfigError(f"config.eval.reference_statistics={path!r}: {error} Write it with --mode=stats of the "
+                        f"tokenizer experiment (the real images' feature statistics).") from error
+    suffix = "fvd" if self._is_video else "fid"
+    results = {}
+    for name, statistics in features.items():
+      if statistics.count < 2:
+        logging.warning("eval: %s_%s needs at least 2 samples, got %d; left out", name, suffix, statistics.count)
+        continue
+      if statistics.dim != real.dim:
+        raise ConfigError(f"config.eval.reference_statistics={path!r} holds {real.dim}-d features, but the "
+                          f"{self._feature_name} network gives {statistics.dim}-d ones; write the statistics with "
+                          f"the same network (--mode=stats with this config.eval's weights).")
+      results[f"{name}_{suffix}"] = frechet_distance(statistics.mean, statistics.covariance, real.mean,
+                                                     real.covariance)
     return results
 
   def write_samples(self, directory: epath.Path, step: int) -> None:
@@ -229,6 +315,39 @@ class SampleEvaluation:
     grids.save_examples(directory, f"eval_step_{step}", self._columns, int(config.eval.num_grid_images),
                         fps=float(config.tokenize.data.get("fps", 8)))
     write_prompts(directory / f"eval_step_{step}_prompts.txt", self._prompts)
+
+
+class _Means:
+  """Per-column means of per-chunk means, weighted by each chunk's rows: `<column>_<metric>`."""
+
+  def __init__(self):
+    self._sums: dict[str, float] = {}
+    self._rows: dict[str, int] = {}
+
+  def add(self, column: str, means: dict[str, float], rows: int) -> None:
+    for metric, value in means.items():
+      key = f"{column}_{metric}"
+      self._sums[key] = self._sums.get(key, 0.0) + float(value) * rows
+      self._rows[key] = self._rows.get(key, 0) + rows
+
+  def results(self) -> dict[str, float]:
+    return {key: total / self._rows[key] for key, total in self._sums.items()}
+
+
+def eval_sample_batch(eval_config: Any, count: int) -> int:
+  """Rows the eval's sampler draws per call: `config.eval.sample_batch_size` (0: the eval batch), at most the
+  `count` samples there are to draw."""
+  rows = int(eval_config.get("sample_batch_size", 0))
+  if rows < 0:
+    raise ConfigError(f"config.eval.sample_batch_size={rows} must be 0 (the eval batch) or a positive row count.")
+  return max(1, min(rows or int(eval_config.batch_size), count))
+
+
+def chunk_key(seed: int, chunk: int) -> jax.Array:
+  """The key of the `chunk`-th draw of a stream of `seed`: chunk 0 is `PRNGKey(seed)`, so a one-chunk eval draws as
+  `--mode=sample` does; later chunks fold their index in."""
+  key = jax.random.PRNGKey(seed)
+  return key if chunk == 0 else jax.random.fold_in(key, chunk)
 
 
 @dataclasses.dataclass(frozen=True)
