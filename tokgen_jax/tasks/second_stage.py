@@ -264,7 +264,7 @@ class SampleEvaluation:
     self._prompts += list(prompts or [])[:missing]
 
   def _with_features(self) -> bool:
-    """Whether the samples' Fréchet distance can be computed; logs once why not."""
+    """Whether the samples' Fréchet distance can be computed; logs why not."""
     eval_config = self._run.config.eval
     if not eval_config.reference_statistics:
       logging.info("eval: not computing the samples' FID/FVD (config.eval.reference_statistics is empty; write the "
@@ -294,16 +294,17 @@ class SampleEvaluation:
     except (FileNotFoundError, ValueError) as error:
       raise ConfigError(f"config.eval.reference_statistics={path!r}: {error} Write it with --mode=stats of the "
                         f"tokenizer experiment (the real images' feature statistics).") from error
+    dim = next(iter(features.values())).dim
+    if dim != real.dim:
+      raise ConfigError(f"config.eval.reference_statistics={path!r} holds {real.dim}-d features, but the "
+                        f"{self._feature_name} network gives {dim}-d ones; write the statistics with the same "
+                        f"network (--mode=stats with this config.eval's weights).")
     suffix = "fvd" if self._is_video else "fid"
     results = {}
     for name, statistics in features.items():
       if statistics.count < 2:
         logging.warning("eval: %s_%s needs at least 2 samples, got %d; left out", name, suffix, statistics.count)
         continue
-      if statistics.dim != real.dim:
-        raise ConfigError(f"config.eval.reference_statistics={path!r} holds {real.dim}-d features, but the "
-                          f"{self._feature_name} network gives {statistics.dim}-d ones; write the statistics with "
-                          f"the same network (--mode=stats with this config.eval's weights).")
       results[f"{name}_{suffix}"] = frechet_distance(statistics.mean, statistics.covariance, real.mean,
                                                      real.covariance)
     return results
