@@ -140,7 +140,16 @@ def _features(pixels):
   return jnp.stack([pixels.mean((1, 2, 3)), pixels.std((1, 2, 3)), pixels[..., 0].mean((1, 2))], axis=-1)
 
 
-def _sample_evaluation(generator_dir, tokenizer_dir, statistics_path, sample_batch_size):
+def _inception(pixels):
+  """A stand-in for FIDInceptionV3's outputs: `_features` as the pool, logits over 5 classes from its pixels."""
+  pooled = pixels.mean((1, 2))  # [B, 3]
+  return {"pool": _features(pixels), "logits_unbiased": 8.0 * pooled @ jnp.asarray(_CLASSIFIER)}
+
+
+_CLASSIFIER = np.random.default_rng(1).normal(size=(3, 5))
+
+
+def _sample_evaluation(generator_dir, tokenizer_dir, statistics_path, sample_batch_size, networks=None):
   from tokgen_jax import run as run_lib  # pylint: disable=g-import-not-at-top
   from tokgen_jax.tasks import second_stage  # pylint: disable=g-import-not-at-top
   config = _generator_config(tokenizer_dir, **{"eval.protocol.num_samples": 8, "eval.num_grid_images": 5,
@@ -148,7 +157,7 @@ def _sample_evaluation(generator_dir, tokenizer_dir, statistics_path, sample_bat
                                                "eval.reference_statistics": str(statistics_path)})
   run = run_lib.setup(config, str(generator_dir))
   state, _ = run.restore()
-  evaluation = second_stage.SampleEvaluation(run.task, run, state, networks={"rfid": _features})
+  evaluation = second_stage.SampleEvaluation(run.task, run, state, networks=networks or {"rfid": _features})
   return evaluation, run, state
 
 
@@ -181,6 +190,40 @@ def test_eval_samples_in_chunks_and_scores_their_frechet_distance(trained, tmp_p
   first_chunk = task.decode(run, task.draw(state, {k: v[:3] for k, v in cond.items()}, settings, 0, 3))
   np.testing.assert_allclose(chunked._columns[1][:3], first_chunk, atol=1e-6)  # pylint: disable=protected-access
   assert len(chunked._columns[0]) == 5 and len(chunked._prompts) == 5  # pylint: disable=protected-access
+
+
+@pytest.mark.slow
+def test_eval_scores_the_inception_score_of_each_sample_set_from_one_network_pass(trained, tmp_path):
+  """With the full Inception network, each column's `_is` is `inception_score` of its logits (one split per sample
+  below 10), the same drawn in chunks, and its FID comes from the same pass's pool features."""
+  from tokgen_jax.metrics.inception import inception_score  # pylint: disable=g-import-not-at-top
+  tokenizer_dir, generator_dir, _, _ = trained
+  from tokgen_jax.metrics import FeatureStatistics  # pylint: disable=g-import-not-at-top
+  statistics_path = tmp_path / "real.npz"
+  FeatureStatistics().update(np.random.default_rng(0).normal(size=(64, 3)) * 0.1).save(statistics_path)
+
+  def second_pass(pixels):
+    raise AssertionError("the pool features come from the 'inception' pass")
+
+  networks = {"rfid": second_pass, "inception": _inception}
+  results = {rows: _sample_evaluation(generator_dir, tokenizer_dir, statistics, rows, networks)[0].results()
+             for rows, statistics in ((0, ""), (3, ""))}
+  assert not any(name.endswith("_fid") for name in results[0])  # no reference statistics: FID left out
+  with_fid, run, state = _sample_evaluation(generator_dir, tokenizer_dir, statistics_path, 0, networks)
+  with_fid = with_fid.results()
+  only_fid = _sample_evaluation(generator_dir, tokenizer_dir, statistics_path, 0)[0].results()
+  assert not any(name.endswith("_is") for name in only_fid)  # no 'inception' network: no Inception Score
+  for name in ("reference_fid", "cfg_fid", "cfg_is"):
+    np.testing.assert_allclose(with_fid[name], (only_fid | results[0])[name], rtol=1e-6, err_msg=name)
+  for name in ("reference", "cfg", "nocfg"):
+    assert results[0][f"{name}_is"] >= 1.0 and results[0][f"{name}_is_std"] >= 0.0
+  np.testing.assert_allclose(results[3]["reference_is"], results[0]["reference_is"], rtol=1e-5)
+  task, source = run.task, latent_data.open_configured_source(run.config.data, "eval")
+  examples = [source[i] for i in range(8)]
+  cond = {"text": np.stack([e["text"] for e in examples]), "text_mask": np.stack([e["text_mask"] for e in examples])}
+  guided = task.decode(run, task.draw(state, cond, task.sample_settings(run.config.eval.protocol, True), 0, 8))
+  expected = inception_score(np.asarray(_inception(jnp.asarray(guided))["logits_unbiased"]), splits=8)
+  np.testing.assert_allclose((results[0]["cfg_is"], results[0]["cfg_is_std"]), expected, rtol=1e-5)
 
 
 @pytest.mark.slow

@@ -10,6 +10,9 @@ never reported as a number.
 - LPIPS: mean distance between original and reconstruction (videos: mean over frames).
 - rFID (images): Fréchet distance between InceptionV3 pool features of the originals and of the reconstructions.
 - rFVD (videos): the same on I3D logits (FVD's embedding), clips resized to 224x224.
+
+`SampleQuality` scores a generator's sample sets with the same networks: the Fréchet distance of each set to
+the real images' statistics, and for images the Inception Score.
 """
 
 from typing import Any
@@ -21,8 +24,10 @@ from absl import logging
 
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.metrics import CodebookUsage, FeatureStatistics, frechet_distance
+from tokgen_jax.metrics.inception import inception_score
 
 _MAX_USAGE_VOCABULARY = 2 ** 31  # token ids in one int32 word
+INCEPTION_SCORE_SPLITS = 10  # Salimans et al. 2016; torch-fidelity and VAR's evaluation use the same
 
 
 def _bind(fn, variables):
@@ -33,6 +38,7 @@ def _bind(fn, variables):
 
 def feature_networks(eval_config: Any, is_video: bool) -> dict[str, Any]:
   """{metric: features(x) or distance(x, y)} for every configured weights file; logs once why others are off.
+Images with InceptionV3 weights also get 'inception': x → FIDInceptionV3's dict (`pool`, `logits_unbiased`, ...).
 
   Load these once per run and pass them to every `ReconstructionEvaluator`: loading and compiling them is the
   slow part.
@@ -55,8 +61,9 @@ def feature_networks(eval_config: Any, is_video: bool) -> dict[str, Any]:
   elif eval_config.inception_weights:
     from tokgen_jax.convert.inception import load_inception  # pylint: disable=g-import-not-at-top
     from tokgen_jax.metrics.inception import FIDInceptionV3  # pylint: disable=g-import-not-at-top
-    networks["rfid"] = _bind(lambda p, x: FIDInceptionV3().apply({"params": p}, x)["pool"],
-                             load_inception(eval_config.inception_weights))
+    inception = _bind(lambda p, x: FIDInceptionV3().apply({"params": p}, x), load_inception(eval_config.inception_weights))
+    networks["inception"] = inception  # every output: the sample eval's FID and Inception Score in one pass
+    networks["rfid"] = lambda x: inception(x)["pool"]
   else:
     skipped.append("rfid (config.eval.inception_weights is empty; convert with python -m tokgen_jax.convert.inception)")
   for reason in skipped:
@@ -145,4 +152,61 @@ class ReconstructionEvaluator:
         logging.warning("eval: %s needs at least 2 examples, got %d; left out", name, real.count)
         continue
       results[name] = frechet_distance(real.mean, real.covariance, fake.mean, fake.covariance)
+    return results
+
+
+class SampleQuality:
+  """Sample-set scores from feature networks, accumulated chunk by chunk (`update(name, pixels)`):
+
+  - `<name>_fid` (`_fvd` for videos): the Fréchet distance of the set's `feature` network statistics to the real
+    images' `reference_statistics` file (FeatureStatistics or a pytorch-fid mu/sigma file), when `feature` is set;
+  - `<name>_is`, `<name>_is_std`: the Inception Score (`metrics.inception.inception_score`, 10 splits or one per
+    sample below 10) of the unbiased logits, when `networks` has the full 'inception' network (images).
+
+  The reference file is read here, before any sample is drawn, so a bad path fails at once."""
+
+  def __init__(self, networks: dict[str, Any], feature: str | None, reference_statistics: str, suffix: str):
+    self._networks, self._feature, self._suffix = networks, feature, suffix
+    self._path = reference_statistics
+    self._real = self._load(reference_statistics) if feature else None
+    self._statistics: dict[str, FeatureStatistics] = {}
+    self._logits: dict[str, list[np.ndarray]] = {}
+
+  @staticmethod
+  def _load(path: str) -> FeatureStatistics:
+    try:
+      return FeatureStatistics.load(path)
+    except (FileNotFoundError, ValueError) as error:
+      raise ConfigError(f"config.eval.reference_statistics={path!r}: {error} Write it with --mode=stats of the "
+                        f"tokenizer experiment (the real images' feature statistics).") from error
+
+  def update(self, name: str, pixels: np.ndarray) -> None:
+    inception = self._networks.get("inception")
+    outputs = inception(jnp.asarray(pixels)) if inception is not None else None
+    if outputs is not None:
+      self._logits.setdefault(name, []).append(np.asarray(outputs["logits_unbiased"], np.float32))
+    if self._feature is not None:
+      features = (outputs["pool"] if outputs is not None and self._feature == "rfid"
+                  else self._networks[self._feature](jnp.asarray(pixels)))
+      self._check_dim(features.shape[-1])
+      self._statistics.setdefault(name, FeatureStatistics()).update(np.asarray(features, np.float64))
+
+  def _check_dim(self, dim: int) -> None:
+    if dim != self._real.dim:
+      raise ConfigError(f"config.eval.reference_statistics={self._path!r} holds {self._real.dim}-d features, but "
+                        f"the {self._feature} network gives {dim}-d ones; write the statistics with the same "
+                        f"network (--mode=stats with this config.eval's weights).")
+
+  def results(self) -> dict[str, float]:
+    results = {}
+    for name, statistics in self._statistics.items():
+      if statistics.count < 2:
+        logging.warning("eval: %s_%s needs at least 2 samples, got %d; left out", name, self._suffix, statistics.count)
+        continue
+      results[f"{name}_{self._suffix}"] = frechet_distance(statistics.mean, statistics.covariance, self._real.mean,
+                                                           self._real.covariance)
+    for name, parts in self._logits.items():
+      logits = np.concatenate(parts)
+      mean, std = inception_score(logits, splits=min(INCEPTION_SCORE_SPLITS, len(logits)))
+      results |= {f"{name}_is": mean, f"{name}_is_std": std}
     return results

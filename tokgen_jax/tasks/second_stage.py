@@ -33,7 +33,6 @@ from tokgen_jax.data import examples as example_data
 from tokgen_jax.data import files, grids, shapes, text
 from tokgen_jax.data import latents as latent_data
 from tokgen_jax.errors import ConfigError
-from tokgen_jax.metrics import FeatureStatistics, frechet_distance
 from tokgen_jax.metrics import shapes as shape_metrics
 from tokgen_jax.tasks import evaluation, frozen_tokenizer
 from tokgen_jax.tasks.base import RunContext, TrainState
@@ -197,8 +196,10 @@ class SampleEvaluation:
   With `config.eval.reference_statistics` (InceptionV3 statistics of the real images, e.g. from --mode=stats of
   the tokenizer experiment; I3D for videos) and the feature network's weights configured, every column also gets
   its Fréchet distance to them: `<set>_fid` (`_fvd` for videos), and `reference_fid`, the tokenizer's own
-  reconstructions of the same examples (the floor a generator over that tokenizer can reach). `networks` replaces
-  the configured feature networks ({'rfid' | 'rfvd': features(pixels)})."""
+  reconstructions of the same examples (the floor a generator over that tokenizer can reach). With InceptionV3's
+  weights, image columns also get their Inception Score, `<set>_is` and `<set>_is_std` (`evaluation.SampleQuality`).
+  `networks` replaces the configured feature networks ({'rfid' | 'rfvd': features(pixels), 'inception':
+  FIDInceptionV3's outputs(pixels)})."""
 
   def __init__(self, task: SecondStage, run: RunContext, state: TrainState, networks: dict[str, Any] | None = None):
     self._task, self._run, self._state = task, run, state
@@ -216,7 +217,7 @@ class SampleEvaluation:
     rows = eval_sample_batch(config.eval, count)
     grid_rows = min(int(config.eval.num_grid_images), count)
     scored = str(config.tokenize.data.source) in example_data.SHAPES_SOURCES
-    means, features = _Means(), {} if self._with_features() else None
+    means, quality = _Means(), self._quality()
     self._columns, self._prompts = [], []
     for chunk, start in enumerate(range(0, count, rows)):
       indices = list(range(start, min(start + rows, count)))
@@ -224,12 +225,12 @@ class SampleEvaluation:
       for name, pixels in columns.items():
         if scored and prompts is not None:
           means.add(name, shape_metrics.score_prompts(prompts, pixels), len(indices))
-        if features is not None:
-          features.setdefault(name, FeatureStatistics()).update(self._features(pixels))
+        if quality is not None:
+          quality.update(name, pixels)
       for name, psnr in psnrs.items():
         means.add(name, {"psnr": psnr}, len(indices))
       self._keep_grid_rows(list(columns.values()), prompts, grid_rows)
-    return means.results() | self._frechet_distances(features or {})
+    return means.results() | (quality.results() if quality is not None else {})
 
   def _chunk(self, source: Any, indices: list[int], rows: int,
              chunk: int) -> tuple[list | None, dict[str, np.ndarray], dict[str, float]]:
@@ -263,16 +264,24 @@ class SampleEvaluation:
     self._columns = head if not self._columns else [np.concatenate(pair) for pair in zip(self._columns, head)]
     self._prompts += list(prompts or [])[:missing]
 
-  def _with_features(self) -> bool:
-    """Whether the samples' Fréchet distance can be computed; logs why not."""
-    eval_config = self._run.config.eval
-    if not eval_config.reference_statistics:
+  def _quality(self) -> evaluation.SampleQuality | None:
+    """The samples' FID/FVD (with `config.eval.reference_statistics`) and Inception Score (images), from the
+    configured feature network; None, with a log line, when neither can be computed."""
+    eval_config, video = self._run.config.eval, self._is_video
+    reference = str(eval_config.reference_statistics or "")
+    if not reference:
       logging.info("eval: not computing the samples' FID/FVD (config.eval.reference_statistics is empty; write the "
                    "real images' statistics with --mode=stats of the tokenizer experiment and set it to that file)")
-      return False
     if self._networks is None:
-      self._networks = evaluation.feature_networks(eval_config, self._is_video)
-    return self._feature_name in self._networks  # else feature_networks logged which weights file is missing
+      if not (eval_config.i3d_weights if video else eval_config.inception_weights):
+        logging.info("eval: not scoring samples with a feature network (config.eval.%s is empty)",
+                     "i3d_weights" if video else "inception_weights")
+        return None
+      self._networks = evaluation.feature_networks(eval_config, video)
+    feature = self._feature_name if reference and self._feature_name in self._networks else None
+    if feature is None and "inception" not in self._networks:
+      return None
+    return evaluation.SampleQuality(self._networks, feature, reference, "fvd" if video else "fid")
 
   @property
   def _is_video(self) -> bool:
@@ -281,33 +290,6 @@ class SampleEvaluation:
   @property
   def _feature_name(self) -> str:
     return "rfvd" if self._is_video else "rfid"
-
-  def _features(self, pixels: np.ndarray) -> np.ndarray:
-    return np.asarray(self._networks[self._feature_name](jnp.asarray(pixels)), np.float64)
-
-  def _frechet_distances(self, features: dict[str, FeatureStatistics]) -> dict[str, float]:
-    if not features:
-      return {}
-    path = str(self._run.config.eval.reference_statistics)
-    try:
-      real = FeatureStatistics.load(path)
-    except (FileNotFoundError, ValueError) as error:
-      raise ConfigError(f"config.eval.reference_statistics={path!r}: {error} Write it with --mode=stats of the "
-                        f"tokenizer experiment (the real images' feature statistics).") from error
-    dim = next(iter(features.values())).dim
-    if dim != real.dim:
-      raise ConfigError(f"config.eval.reference_statistics={path!r} holds {real.dim}-d features, but the "
-                        f"{self._feature_name} network gives {dim}-d ones; write the statistics with the same "
-                        f"network (--mode=stats with this config.eval's weights).")
-    suffix = "fvd" if self._is_video else "fid"
-    results = {}
-    for name, statistics in features.items():
-      if statistics.count < 2:
-        logging.warning("eval: %s_%s needs at least 2 samples, got %d; left out", name, suffix, statistics.count)
-        continue
-      results[f"{name}_{suffix}"] = frechet_distance(statistics.mean, statistics.covariance, real.mean,
-                                                     real.covariance)
-    return results
 
   def write_samples(self, directory: epath.Path, step: int) -> None:
     if not self._columns:
