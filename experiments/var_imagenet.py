@@ -24,7 +24,8 @@ ImageNet is read from the user's TFDS ArrayRecord build (`tfds build imagenet201
   the scales (this sampler's s = 2.5 with `cfg_ramp`), top-k 900, top-p 0.96, 50 samples per class (the first
   50,000 validation labels: 50 of each class), drawn 256 rows a call. With `--config.eval.inception_weights` and
   `--config.eval.reference_statistics` (the tokenizer experiment's `--mode=stats`) the eval reports `cfg_fid` and
-  `nocfg_fid` beside the tokenizer's `reference_fid`; the Inception weights alone give `cfg_is` and `nocfg_is`.
+  `nocfg_fid` (and `_precision`, `_recall`) beside the tokenizer's `reference_fid`; the Inception weights alone give
+  `cfg_is` and `nocfg_is`.
 
 Arguments: `tokenizer`, or `depth=16|20|24|30` (default 16), then `steps=N`, `batch=N`, `tokenizer_workdir=PATH`.
 """

@@ -195,12 +195,14 @@ def test_eval_samples_in_chunks_and_scores_their_frechet_distance(trained, tmp_p
 @pytest.mark.slow
 def test_eval_scores_the_inception_score_of_each_sample_set_from_one_network_pass(trained, tmp_path):
   """With the full Inception network, each column's `_is` is `inception_score` of its logits (one split per sample
-  below 10), the same drawn in chunks, and its FID comes from the same pass's pool features."""
+  below 10), the same drawn in chunks; its FID, precision and recall come from the same pass's pool features."""
   from tokgen_jax.metrics.inception import inception_score  # pylint: disable=g-import-not-at-top
+  from tokgen_jax.metrics.precision_recall import precision_recall  # pylint: disable=g-import-not-at-top
   tokenizer_dir, generator_dir, _, _ = trained
   from tokgen_jax.metrics import FeatureStatistics  # pylint: disable=g-import-not-at-top
   statistics_path = tmp_path / "real.npz"
-  FeatureStatistics().update(np.random.default_rng(0).normal(size=(64, 3)) * 0.1).save(statistics_path)
+  real = FeatureStatistics(keep=64).update(np.random.default_rng(0).normal(size=(64, 3)) * 0.1)
+  real.save(statistics_path)
 
   def second_pass(pixels):
     raise AssertionError("the pool features come from the 'inception' pass")
@@ -224,6 +226,10 @@ def test_eval_scores_the_inception_score_of_each_sample_set_from_one_network_pas
   guided = task.decode(run, task.draw(state, cond, task.sample_settings(run.config.eval.protocol, True), 0, 8))
   expected = inception_score(np.asarray(_inception(jnp.asarray(guided))["logits_unbiased"]), splits=8)
   np.testing.assert_allclose((results[0]["cfg_is"], results[0]["cfg_is_std"]), expected, rtol=1e-5)
+  # The reference file keeps its real features: precision and recall of the same pass's pool features.
+  expected = precision_recall(real.kept, np.asarray(_features(jnp.asarray(guided))))
+  np.testing.assert_allclose((with_fid["cfg_precision"], with_fid["cfg_recall"]), expected)
+  assert only_fid["cfg_precision"] == with_fid["cfg_precision"]  # the rfid view of the same network
 
 
 @pytest.mark.slow

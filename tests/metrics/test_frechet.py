@@ -187,3 +187,21 @@ def test_load_errors_name_the_path_and_fix(tmp_path):
   with pytest.raises(ValueError, match=r"bad_count\.npz.*count"):
     FeatureStatistics.load(bad_count)
   assert zipfile.is_zipfile(wrong_shape)  # the errors above came from content checks, not from the reader
+
+
+def test_kept_features_are_the_first_rows_across_updates_merges_and_a_save(tmp_path):
+  features = np.random.default_rng(3).normal(size=(30, 4))
+  first, second = FeatureStatistics(keep=12).update(features[:8]), FeatureStatistics(keep=12).update(features[8:10])
+  first.merge(second).update(features[10:])
+  np.testing.assert_array_equal(first.kept, features[:12].astype(np.float32))
+  first.save(tmp_path / "s.npz")
+  loaded = FeatureStatistics.load(tmp_path / "s.npz")
+  np.testing.assert_array_equal(loaded.kept, features[:12].astype(np.float32))
+  np.testing.assert_allclose(loaded.covariance, first.covariance)
+  assert FeatureStatistics().update(features).kept is None  # keep=0: nothing kept, nothing saved
+
+
+def test_kept_features_of_another_width_are_refused(tmp_path):
+  np.savez(tmp_path / "bad.npz", mu=np.zeros(4), sigma=np.eye(4), features=np.zeros((5, 3)))
+  with pytest.raises(ValueError, match=r"features \(5, 3\), expected finite \[n, 4\]"):
+    FeatureStatistics.load(tmp_path / "bad.npz")

@@ -78,6 +78,8 @@ def test_stats_mode_saves_reference_statistics_of_the_eval_split(weight_files, t
   statistics = FeatureStatistics.load(summary["path"])
   assert statistics.mean.shape == (2048,) and statistics.covariance.shape == (2048, 2048)
   np.testing.assert_allclose(statistics.covariance, statistics.covariance.T)
+  assert statistics.kept.shape == (8, 2048)  # every eval feature (under 10,000) kept for precision/recall
+  np.testing.assert_allclose(statistics.kept.mean(0), statistics.mean, rtol=1e-4, atol=1e-6)
 
 
 def test_stats_mode_without_weights_says_which_file_to_set(tmp_path):

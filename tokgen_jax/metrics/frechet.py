@@ -108,9 +108,14 @@ class FeatureStatistics:
 
   Statistics loaded from a file without a `count` (pytorch-fid reference statistics) give `mean` and
   `covariance` but cannot take more features.
+
+  `keep` > 0 also keeps the first `keep` raw vectors (`kept`, float32; saved as `features`), the sample of the
+  real manifold that improved precision and recall need (`metrics.precision_recall`).
   """
 
-  def __init__(self) -> None:
+  def __init__(self, keep: int = 0) -> None:
+    self.keep = int(keep)
+    self._kept: list[np.ndarray] = []
     self._count: int | None = 0
     self._mean: np.ndarray | None = None
     self._scatter: np.ndarray | None = None
@@ -166,6 +171,16 @@ class FeatureStatistics:
     self._mean = self._mean + delta * (count / total)
     self._count = total
 
+  @property
+  def kept(self) -> np.ndarray | None:
+    """The first `keep` vectors `[n, D]` (float32), or None when none were kept."""
+    return np.concatenate(self._kept) if self._kept else None
+
+  def _keep_rows(self, features: np.ndarray | None) -> None:
+    room = self.keep - sum(len(rows) for rows in self._kept)
+    if features is not None and room > 0 and len(features):
+      self._kept.append(np.asarray(features[:room], np.float32))
+
   def update(self, features) -> FeatureStatistics:
     """Add a batch of `[N, D]` feature vectors (NumPy or JAX, any float dtype); returns self for chaining."""
     self._check_extendable("update")
@@ -184,6 +199,7 @@ class FeatureStatistics:
       return self
     if not np.all(np.isfinite(features)):
       raise ValueError("FeatureStatistics.update: features contain NaN or inf.")
+    self._keep_rows(features)
     batch_mean = features.mean(axis=0)
     centered = features - batch_mean
     self._combine(features.shape[0], batch_mean, centered.T @ centered)
@@ -198,15 +214,17 @@ class FeatureStatistics:
     if self.dim is not None and other.dim != self.dim:
       raise ValueError(f"FeatureStatistics.merge: dimensions differ, {self.dim} and {other.dim}.")
     self._combine(other._count, other._mean, other._scatter)
+    self._keep_rows(other.kept)
     return self
 
   def save(self, path: str | os.PathLike) -> None:
-    """Write `mu` `[D]`, `sigma` `[D, D]` (float64) and `count` (-1 if unknown) to an `.npz` file at exactly
-    `path` (through a file handle: `np.savez` given a name would append `.npz` to one without it)."""
+    """Write `mu` `[D]`, `sigma` `[D, D]` (float64), `count` (-1 if unknown) and any kept `features` to an
+    `.npz` file at exactly `path` (through a file handle: `np.savez` given a name would append `.npz` to one without it)."""
     count = -1 if self._count is None else self._count
     mu, sigma = self.mean, self.covariance
     with files.atomic_path(path) as temporary, open(temporary, "wb") as file:
-      np.savez(file, mu=mu, sigma=sigma, count=np.int64(count))
+      kept = {} if self.kept is None else {"features": self.kept}
+      np.savez(file, mu=mu, sigma=sigma, count=np.int64(count), **kept)
 
   @staticmethod
   def _read_count(arrays: dict, path: str, fix: str) -> int | None:
@@ -252,6 +270,12 @@ class FeatureStatistics:
       raise ValueError(f"FeatureStatistics.load: {path!r} contains NaN or inf; {fix}.")
     count = cls._read_count(arrays, path, fix)
     stats = cls()
+    if "features" in arrays:
+      kept = arrays["features"]
+      if kept.ndim != 2 or kept.shape[1] != mu.shape[0] or not np.all(np.isfinite(kept)):
+        raise ValueError(f"FeatureStatistics.load: {path!r} has features {kept.shape}, expected finite "
+                         f"[n, {mu.shape[0]}] (the kept real features); {fix}.")
+      stats._kept, stats.keep = [kept.astype(np.float32)], len(kept)
     stats._mean = mu
     if count is None:
       stats._count, stats._fixed_covariance = None, sigma

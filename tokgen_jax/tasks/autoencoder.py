@@ -286,7 +286,8 @@ class AutoencoderTask(Task):
     return self.model.factors.temporal
 
   def compute_statistics(self, run: RunContext) -> dict[str, Any]:
-    """--mode=stats: reference feature statistics of the eval split, saved as .npz (`mu`, `sigma`, `count`)."""
+    """--mode=stats: reference feature statistics of the eval split, saved as .npz (`mu`, `sigma`, `count`, and
+    the first 10,000 `features` for precision/recall)."""
     config = run.config
     batches = ((host[self.input_key], mask) for _, host, mask in run.eval_batches())
     statistics = evaluation.reference_statistics(self.feature_networks(), self.input_key == "video", batches)

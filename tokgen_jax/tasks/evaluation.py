@@ -12,7 +12,8 @@ never reported as a number.
 - rFVD (videos): the same on I3D logits (FVD's embedding), clips resized to 224x224.
 
 `SampleQuality` scores a generator's sample sets with the same networks: the Fréchet distance of each set to
-the real images' statistics, and for images the Inception Score.
+the real images' statistics, precision and recall against the real features kept with them, and for images the
+Inception Score.
 """
 
 from typing import Any
@@ -25,9 +26,13 @@ from absl import logging
 from tokgen_jax.errors import ConfigError
 from tokgen_jax.metrics import CodebookUsage, FeatureStatistics, frechet_distance
 from tokgen_jax.metrics.inception import inception_score
+from tokgen_jax.metrics.precision_recall import NEIGHBOURS, precision_recall
 
 _MAX_USAGE_VOCABULARY = 2 ** 31  # token ids in one int32 word
 INCEPTION_SCORE_SPLITS = 10  # Salimans et al. 2016; torch-fidelity and VAR's evaluation use the same
+# Real features kept beside the statistics, and sample features kept per set, for precision and recall: ADM's
+# evaluator compares 50,000 samples with 10,000 real images.
+PRECISION_RECALL_REFERENCE, PRECISION_RECALL_SAMPLES = 10_000, 50_000
 
 
 def _bind(fn, variables):
@@ -73,13 +78,14 @@ Images with InceptionV3 weights also get 'inception': x → FIDInceptionV3's dic
 
 def reference_statistics(networks: dict[str, Any], is_video: bool, batches) -> FeatureStatistics:
   """Feature statistics (I3D for videos, InceptionV3 for images) of the real examples in `batches`, an iterable
-  of `(examples, mask)` host arrays: what generator evaluation compares samples against."""
+  of `(examples, mask)` host arrays: what generator evaluation compares samples against. The first
+  `PRECISION_RECALL_REFERENCE` features are kept too (saved as `features`)."""
   name, weights_key = ("rfvd", "i3d_weights") if is_video else ("rfid", "inception_weights")
   if name not in networks:
     raise ConfigError(f"reference statistics need the {'I3D' if is_video else 'InceptionV3'} weights: set "
                       f"config.eval.{weights_key} to a file converted with python -m tokgen_jax.convert."
                       f"{'i3d' if is_video else 'inception'}.")
-  statistics = FeatureStatistics()
+  statistics = FeatureStatistics(keep=PRECISION_RECALL_REFERENCE)  # the first 10,000 also kept, for precision/recall
   for examples, mask in batches:
     mask = np.asarray(mask, bool)
     if mask.any():
@@ -161,7 +167,10 @@ class SampleQuality:
   - `<name>_fid` (`_fvd` for videos): the Fréchet distance of the set's `feature` network statistics to the real
     images' `reference_statistics` file (FeatureStatistics or a pytorch-fid mu/sigma file), when `feature` is set;
   - `<name>_is`, `<name>_is_std`: the Inception Score (`metrics.inception.inception_score`, 10 splits or one per
-    sample below 10) of the unbiased logits, when `networks` has the full 'inception' network (images).
+    sample below 10) of the unbiased logits, when `networks` has the full 'inception' network (images);
+  - `<name>_precision`, `<name>_recall`: improved precision and recall (`metrics.precision_recall`, k = 3) of
+    the set's first 50,000 features against the real features the reference file keeps (written by
+    --mode=stats; pytorch-fid files have none, and then these are left out).
 
   The reference file is read here, before any sample is drawn, so a bad path fails at once."""
 
@@ -189,7 +198,8 @@ class SampleQuality:
       features = (outputs["pool"] if outputs is not None and self._feature == "rfid"
                   else self._networks[self._feature](jnp.asarray(pixels)))
       self._check_dim(features.shape[-1])
-      self._statistics.setdefault(name, FeatureStatistics()).update(np.asarray(features, np.float64))
+      keep = PRECISION_RECALL_SAMPLES if self._real.kept is not None else 0
+      self._statistics.setdefault(name, FeatureStatistics(keep)).update(np.asarray(features, np.float64))
 
   def _check_dim(self, dim: int) -> None:
     if dim != self._real.dim:
@@ -205,6 +215,8 @@ class SampleQuality:
         continue
       results[f"{name}_{self._suffix}"] = frechet_distance(statistics.mean, statistics.covariance, self._real.mean,
                                                            self._real.covariance)
+      if statistics.kept is not None and min(len(statistics.kept), len(self._real.kept)) > NEIGHBOURS:
+        results[f"{name}_precision"], results[f"{name}_recall"] = precision_recall(self._real.kept, statistics.kept)
     for name, parts in self._logits.items():
       logits = np.concatenate(parts)
       mean, std = inception_score(logits, splits=min(INCEPTION_SCORE_SPLITS, len(logits)))
