@@ -219,7 +219,8 @@ class FeatureStatistics:
 
   def save(self, path: str | os.PathLike) -> None:
     """Write `mu` `[D]`, `sigma` `[D, D]` (float64), `count` (-1 if unknown) and any kept `features` to an
-    `.npz` file at exactly `path` (through a file handle: `np.savez` given a name would append `.npz` to one without it)."""
+    `.npz` file at exactly `path` (through a file handle: `np.savez` given a name would append `.npz` to one
+    without it)."""
     count = -1 if self._count is None else self._count
     mu, sigma = self.mean, self.covariance
     with files.atomic_path(path) as temporary, open(temporary, "wb") as file:

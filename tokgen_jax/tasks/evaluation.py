@@ -43,7 +43,8 @@ def _bind(fn, variables):
 
 def feature_networks(eval_config: Any, is_video: bool) -> dict[str, Any]:
   """{metric: features(x) or distance(x, y)} for every configured weights file; logs once why others are off.
-Images with InceptionV3 weights also get 'inception': x → FIDInceptionV3's dict (`pool`, `logits_unbiased`, ...).
+  Images with InceptionV3 weights also get 'inception': x → FIDInceptionV3's dict (`pool`, `logits_unbiased`, ...),
+  of which 'rfid' is the `pool` view.
 
   Load these once per run and pass them to every `ReconstructionEvaluator`: loading and compiling them is the
   slow part.
@@ -66,7 +67,8 @@ Images with InceptionV3 weights also get 'inception': x → FIDInceptionV3's dic
   elif eval_config.inception_weights:
     from tokgen_jax.convert.inception import load_inception  # pylint: disable=g-import-not-at-top
     from tokgen_jax.metrics.inception import FIDInceptionV3  # pylint: disable=g-import-not-at-top
-    inception = _bind(lambda p, x: FIDInceptionV3().apply({"params": p}, x), load_inception(eval_config.inception_weights))
+    inception = _bind(lambda p, x: FIDInceptionV3().apply({"params": p}, x),
+                      load_inception(eval_config.inception_weights))
     networks["inception"] = inception  # every output: the sample eval's FID and Inception Score in one pass
     networks["rfid"] = lambda x: inception(x)["pool"]
   else:
@@ -195,8 +197,7 @@ class SampleQuality:
     if outputs is not None:
       self._logits.setdefault(name, []).append(np.asarray(outputs["logits_unbiased"], np.float32))
     if self._feature is not None:
-      features = (outputs["pool"] if outputs is not None and self._feature == "rfid"
-                  else self._networks[self._feature](jnp.asarray(pixels)))
+      features = outputs["pool"] if outputs is not None else self._networks[self._feature](jnp.asarray(pixels))
       self._check_dim(features.shape[-1])
       keep = PRECISION_RECALL_SAMPLES if self._real.kept is not None else 0
       self._statistics.setdefault(name, FeatureStatistics(keep)).update(np.asarray(features, np.float64))

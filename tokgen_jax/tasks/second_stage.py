@@ -197,7 +197,8 @@ class SampleEvaluation:
   the tokenizer experiment; I3D for videos) and the feature network's weights configured, every column also gets
   its Fréchet distance to them: `<set>_fid` (`_fvd` for videos), and `reference_fid`, the tokenizer's own
   reconstructions of the same examples (the floor a generator over that tokenizer can reach). With InceptionV3's
-  weights, image columns also get their Inception Score, `<set>_is` and `<set>_is_std` (`evaluation.SampleQuality`).
+  weights, image columns also get their Inception Score, `<set>_is` and `<set>_is_std`, and with statistics that
+  keep real features (--mode=stats does) `<set>_precision` and `<set>_recall` (`evaluation.SampleQuality`).
   `networks` replaces the configured feature networks ({'rfid' | 'rfvd': features(pixels), 'inception':
   FIDInceptionV3's outputs(pixels)})."""
 
