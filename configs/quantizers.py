@@ -54,18 +54,20 @@ def msrq(codebook_size: int = 4096, dim: int = 32,
          scales: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
          resize: str = "exact", restart_after_steps: int = 0, restart_below_usage: float = 0.0,
          kmeans_init_iterations: int = 0, standardize_scales: bool = False,
-         standardize_decay: float = 0.99) -> ml_collections.ConfigDict:
+         standardize_decay: float = 0.99, codebook_per_scale: bool = False) -> ml_collections.ConfigDict:
   """VAR multi-scale residual quantization; the last scale must equal the latent grid size. `resize="torch"`
   resamples exactly as VAR's PyTorch code (for imported weights); "exact" is exact area averaging. The code-keeping
   options (off: VAR's quantizer has none) restart idle or rarely used codes from the step's residual vectors of
   all scales and start the codebook by k-means on them (`VectorQuantizer`). `standardize_scales` (ours, off in
-  VAR) looks each scale up standardized by its running mean and spread (`MultiScaleResidualQuantizer`)."""
+  VAR) looks each scale up standardized by its running mean and spread, and `codebook_per_scale` (ours; VAR shares
+  one codebook) gives each scale its own codes (`MultiScaleResidualQuantizer`)."""
   return ml_collections.ConfigDict(dict(name="msrq", codebook_size=codebook_size, dim=dim, scales=scales,
                                         resize=resize, restart_after_steps=restart_after_steps,
                                         restart_below_usage=restart_below_usage,
                                         kmeans_init_iterations=kmeans_init_iterations,
                                         standardize_scales=standardize_scales,
-                                        standardize_decay=standardize_decay))
+                                        standardize_decay=standardize_decay,
+                                        codebook_per_scale=codebook_per_scale))
 
 
 def kl(dim: int = 8, kl_weight: float = 1e-6) -> ml_collections.ConfigDict:

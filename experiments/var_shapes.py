@@ -15,9 +15,10 @@ width and depth over its 8x8 tokens in raster order):
   tokgen --config=experiments/var_shapes.py:raster --workdir=/tmp/var_shapes/raster
 
 1. `:tokenizer` trains VQGAN 'local' (32x32 scenes of one shape → an 8x8 latent) with VAR's quantizer over the
-   scales 1, 2, 3, 4, 5, 6, 8 (155 tokens, one 512-entry codebook of 8 channels). Its eval reports, per scale k,
-   `codebook_usage_scale_k`, `reachable_usage_scale_k` (of the codes that scale could reach on the eval split)
-   and `codebook_perplexity_scale_k`, and `psnr_prefix_k`: the PSNR of the decode of scales 0..k alone.
+   scales 1, 2, 3, 4, 5, 6, 8 (155 tokens, a 512-entry codebook of 8 channels per scale). Its eval reports, per
+   scale k, `codebook_usage_scale_k`, `reachable_usage_scale_k` (against the codes a uniform codebook would show
+   on that scale's eval tokens) and `codebook_perplexity_scale_k`, and `psnr_prefix_k`: the PSNR of the decode of
+   scales 0..k alone.
 2. `--mode=encode` writes each scale's token map (`tokens_0` .. `tokens_6`) with the class labels (color x
    shape, 40 classes).
 3. `:local` trains the VAR transformer (width 128, 4 blocks, 4 heads; VAR's normalized attention and 10% class
@@ -76,10 +77,11 @@ def tokenizer_config(scales: str = "all", steps: int = 0, batch: int = 0) -> ml_
   _common(config, steps or 2400, batch or 16)
   config.eval_every_steps = 1200
   # Code keeping (ours; VAR's quantizer has none): idle-code restarts, restarts of codes used below half the mean
-  # rate, a k-means start, and each scale looked up standardized, which lifts the coarse scales' usage.
+  # rate, a k-means start, each scale looked up standardized and in its own codebook, which lifts the coarse
+  # scales' usage. (The one-scale baseline has one codebook either way and keeps the shared layout's names.)
   config.model = vqgan.vqgan("local", quantizer=quantizers.msrq(
       codebook_size=512, dim=8, scales=SCALE_SETS[scales], restart_after_steps=20, restart_below_usage=0.5,
-      kmeans_init_iterations=10, standardize_scales=True))
+      kmeans_init_iterations=10, standardize_scales=True, codebook_per_scale=scales == "all"))
   config.loss = losses.autoencoder_loss(l1_weight=1.0, l2_weight=1.0)
   config.adversarial = gan.adversarial(enabled=False)
   config.optimizer = optimizer.adamw(learning_rate=1e-3, warmup_steps=100, weight_decay=0.0, ema_decay=0.995)

@@ -164,6 +164,7 @@ def test_var_shapes_variants_build():
   assert tokenizer.model.quantizer.name == "msrq" and tuple(tokenizer.model.quantizer.scales)[-1] == 8
   finest = load_experiment("experiments/var_shapes.py:tokenizer,scales=finest")
   assert tuple(finest.model.quantizer.scales) == (8,)
+  assert tokenizer.model.quantizer.codebook_per_scale and not finest.model.quantizer.codebook_per_scale
   raster = load_experiment("experiments/var_shapes.py:raster")
   local = load_experiment("experiments/var_shapes.py:local")
   assert raster.model.embed_dim == local.model.embed_dim and raster.model.num_layers == local.model.num_layers

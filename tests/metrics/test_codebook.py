@@ -1,9 +1,11 @@
 """Codebook usage and perplexity over a stream of token batches equal their closed forms."""
 
+import itertools
+
 import numpy as np
 import pytest
 
-from tokgen_jax.metrics import CodebookUsage
+from tokgen_jax.metrics import CodebookUsage, uniform_coverage
 
 
 def test_usage_and_perplexity_of_a_known_histogram_over_two_batches():
@@ -35,3 +37,18 @@ def test_no_tokens_gives_no_results_and_bad_size_fails():
   assert CodebookUsage(4).results() == {}
   with pytest.raises(ValueError, match="codebook_size"):
     CodebookUsage(0)
+
+
+@pytest.mark.parametrize("codebook_size,draws", [(3, 4), (4, 2), (2, 5), (5, 5), (1, 3)])
+def test_uniform_coverage_is_the_mean_distinct_count_over_every_equally_likely_draw(codebook_size, draws):
+  sequences = itertools.product(range(codebook_size), repeat=draws)
+  expected = np.mean([len(set(sequence)) for sequence in sequences])
+  np.testing.assert_allclose(uniform_coverage(codebook_size, draws), expected, rtol=1e-12)
+
+
+def test_uniform_coverage_limits_and_bad_arguments():
+  assert uniform_coverage(512, 0) == 0.0 and uniform_coverage(512, 1) == pytest.approx(1.0)
+  np.testing.assert_allclose(uniform_coverage(512, 500), 512 * (1 - (511 / 512) ** 500), rtol=1e-12)
+  np.testing.assert_allclose(uniform_coverage(2 ** 18, 10 ** 9), 2 ** 18, rtol=1e-9)
+  with pytest.raises(ValueError, match="codebook_size"):
+    uniform_coverage(0, 5)

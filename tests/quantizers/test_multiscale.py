@@ -198,3 +198,56 @@ def test_standardized_codes_do_not_depend_on_the_latent_scale(standardized_varia
   plain = {k: v for k, v in standardized_variables.items() if k != "quantizer_stats"}
   plain_indices = [QUANTIZER.apply(plain, a * z)[1].indices for a in (1.0, 7.0)]
   assert np.mean(np.asarray(plain_indices[0]) != np.asarray(plain_indices[1])) > 0.1
+
+
+PER_SCALE = MultiScaleResidualQuantizer(K, DIM, scales=SCALES, codebook_per_scale=True)
+
+
+def _per_scale_variables(codebooks, variables):
+  params = {k: v for k, v in variables["params"].items() if k != "vq"}
+  return {"params": params | {f"scale_vqs_{k}": {"codebook": jnp.asarray(c)} for k, c in enumerate(codebooks)}}
+
+
+def test_per_scale_codebooks_holding_the_shared_codes_reduce_to_the_shared_quantizer(random_run):
+  z, _, z_q, out, _, _ = random_run
+  keys = jax.random.split(jax.random.key(0), 5)  # random_run's draws
+  shared = _variables(jax.random.normal(keys[0], (K, DIM)), 0.3 * jax.random.normal(keys[1], (3, 3, DIM, DIM)),
+                      0.1 * jax.random.normal(keys[2], (DIM,)))
+  variables = _per_scale_variables([shared["params"]["vq"]["codebook"]] * len(SCALES), shared)
+  per_scale_z_q, per_scale_out = PER_SCALE.apply(variables, z)
+  np.testing.assert_array_equal(per_scale_out.indices, out.indices)
+  np.testing.assert_allclose(per_scale_z_q, z_q, atol=1e-5)
+
+
+def test_each_scale_looks_its_codes_up_in_its_own_codebook():
+  keys = jax.random.split(jax.random.key(5), len(SCALES) + 2)
+  codebooks = [jax.random.normal(key, (K, DIM)) for key in keys[:len(SCALES)]]
+  variables = _per_scale_variables(codebooks, _variables(codebooks[0], np.zeros((3, 3, DIM, DIM)), np.zeros(DIM)))
+  z = jax.random.normal(keys[-1], (3, 8, 8, DIM))
+  z_q, out = PER_SCALE.apply(variables, z)
+  means = np.asarray(z).mean(axis=(1, 2))  # the 1×1 scale's vectors: each image's mean
+  distances = ((means[:, None] - np.asarray(codebooks[0])[None]) ** 2).sum(-1)
+  np.testing.assert_array_equal(out.indices[:, 0], distances.argmin(1))
+  # φ is zero here, so f̂ = Σ_k (1 - phi_mix)·bicubic(codebook_k[r_k]): rebuilt from the ids scale by scale
+  expected = sum(0.5 * multiscale.upsample(jnp.asarray(codebooks[k])[m], 8) if m.shape[1] != 8
+                 else 0.5 * jnp.asarray(codebooks[k])[m] for k, m in enumerate(PER_SCALE.split_scales(out.indices)))
+  np.testing.assert_allclose(z_q, expected, atol=1e-5)
+  np.testing.assert_allclose(PER_SCALE.apply(variables, out.indices, method=PER_SCALE.codes_from_indices), expected,
+                             atol=1e-5)
+
+
+def test_per_scale_restarts_move_each_scales_codes_to_that_scales_vectors():
+  """Codes idle after one step restart, each on its own lookup vector: the 1×1 codebook's on the batch's image
+  means (its only vectors, one code each), not on the fine scales' residuals as a shared codebook's may."""
+  quantizer = MultiScaleResidualQuantizer(K, DIM, scales=SCALES, codebook_per_scale=True, restart_after_steps=1)
+  z = 5.0 + jax.random.normal(jax.random.key(6), (4, 8, 8, DIM))
+  variables = quantizer.init(jax.random.key(7), z)
+  (_, out), state = quantizer.apply(variables, z, train=True, mutable=["quantizer_stats"])
+  restarted = {**variables, **state}
+  codes_of = lambda v: np.asarray(quantizer.apply(v, method=lambda m: m._codebook(0).codes()))
+  moved = np.flatnonzero(np.abs(codes_of(restarted) - codes_of(variables)).max(-1) > 0)
+  assert len(moved) == 4  # one per image
+  distance = np.abs(codes_of(restarted)[moved][:, None] - np.asarray(z).mean(axis=(1, 2))[None]).max(-1)
+  np.testing.assert_allclose(distance.min(1), 0.0, atol=1e-4)
+  assert len(set(distance.argmin(1))) == 4
+  assert out.metrics["dead_codes"] >= len(SCALES) * (K - 4 * 64)  # every scale's idle codes counted

@@ -229,6 +229,37 @@ def test_dead_codes_restart_to_batch_vectors_after_window_not_before(ema_decay):
     chex.assert_trees_all_close(codes(variables)[:2], codebook[:2])  # live codes untouched
 
 
+def test_fewer_vectors_than_dead_codes_restart_as_many_codes_each_on_its_own_vector():
+  """2 vectors, 6 dead codes: 2 restart, on distinct vectors (codes sharing one would tie forever); the other 4
+  keep their places and their idle counts, and restart in later steps."""
+  codebook = jnp.concatenate([jnp.zeros((2, 2)), 100.0 + jnp.arange(12.0).reshape(6, 2)])
+  quantizer = VectorQuantizer(codebook_size=8, dim=2, restart_after_steps=1)
+  z = jnp.array([[0.1, 0.0], [-0.2, 0.3]])  # both nearest to code 0
+  variables = {"params": {"codebook": codebook},
+               "quantizer_stats": {"codebook_offset": jnp.zeros((8, 2)), "idle_steps": jnp.zeros(8, jnp.int32),
+                                   "step": jnp.zeros((), jnp.int32)}}
+  step = jax.jit(lambda v: quantizer.apply(v, z, train=True, mutable=["quantizer_stats"]))
+  codes = lambda v: np.asarray(quantizer.apply(v, method=quantizer.codes))
+  restarted_so_far = set()
+  for _ in range(3):
+    (_, out), state = step(variables)
+    before, variables = codes(variables), {**variables, **state}
+    assert out.metrics["dead_codes"] == 8 - np.unique(np.asarray(out.indices)).size  # every unused code is due
+    moved = np.flatnonzero(np.abs(codes(variables) - before).max(-1) > 0)
+    assert len(moved) == 2
+    on = np.abs(codes(variables)[moved][:, None] - np.asarray(z)[None]).max(-1).argmin(-1)
+    np.testing.assert_allclose(codes(variables)[moved], np.asarray(z)[on], atol=1e-4)
+    assert on[0] != on[1]
+    idle = np.asarray(variables["quantizer_stats"]["idle_steps"])
+    used = np.unique(np.asarray(out.indices))
+    assert np.all(idle[moved] == 0) and np.all(idle[used] == 0)
+    waiting = np.setdiff1d(np.arange(8), np.union1d(moved, used))
+    assert len(waiting) == 6 - len(used) and np.all(idle[waiting] >= 1)
+    np.testing.assert_array_equal(codes(variables)[waiting], before[waiting])
+    restarted_so_far |= set(moved.tolist())
+  assert len(restarted_so_far) >= 4  # later steps reach the codes that waited
+
+
 def test_codes_whose_usage_share_falls_below_the_threshold_restart_and_rarely_used_ones_above_it_stay():
   codebook = jnp.array([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0], [-50.0, 50.0]])
   quantizer = VectorQuantizer(codebook_size=4, dim=2, restart_below_usage=0.5, usage_decay=0.5)

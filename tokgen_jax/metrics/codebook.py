@@ -10,6 +10,16 @@ import numpy as np
 _DENSE_LIMIT = 2 ** 24  # count in an array up to this vocabulary, in a dict beyond it
 
 
+def uniform_coverage(codebook_size: int, draws: int) -> float:
+  """Expected distinct codes among `draws` tokens when all `codebook_size` codes are equally likely,
+  `V·(1 − (1 − 1/V)^N)`: what a perfectly even codebook shows on N tokens. It is ≈ N for N ≪ V and → V for
+  N ≫ V; at N = V it is 0.63·V, since even a uniform code histogram repeats codes."""
+  if codebook_size < 1 or draws < 0:
+    raise ValueError(f"uniform_coverage: codebook_size={codebook_size} must be positive and draws={draws} >= 0.")
+  return float(-codebook_size * np.expm1(draws * np.log1p(-1.0 / codebook_size))) if codebook_size > 1 else \
+      float(min(draws, 1))
+
+
 class CodebookUsage:
   """Counts token ids; `tokens` are `[N]` ids or `[N, L]` ids of L separate codebooks (residual levels), each
   of `codebook_size` entries.

@@ -12,6 +12,7 @@ Resampling (`resize`):
   integer ratios and differ elsewhere (up to ~1.4 on unit noise for bicubic).
 """
 
+import functools
 from typing import Sequence
 
 import flax.linen as nn
@@ -108,7 +109,8 @@ def _balanced(vectors: list[jax.Array], indices: list[jax.Array]) -> tuple[jax.A
 
 
 class MultiScaleResidualQuantizer(nn.Module):
-  """VAR's residual quantizer on `z [B, H, W, D]` with `H = W = scales[-1]`, one codebook shared by all scales.
+  """VAR's residual quantizer on `z [B, H, W, D]` with `H = W = scales[-1]`, one codebook shared by all scales
+  (or, with `codebook_per_scale`, one per scale: params `scale_vqs_k` in place of `vq`).
 
   For each scale s (VAR §3.2, algorithm 1): `r_s = nearest(area(f, s))`, `h = φ(bicubic(e(r_s), H))`,
   `f̂ += h`, `f -= h`, with `φ(h) = (1-phi_mix)·h + phi_mix·conv(h)`. VAR keeps a few φ convs shared across
@@ -144,6 +146,10 @@ class MultiScaleResidualQuantizer(nn.Module):
   # means do not fall into a few outlying codes while the small fine residuals crowd the rest.
   standardize_scales: bool = False
   standardize_decay: float = 0.99
+  # One codebook per scale (ours; VAR shares one, as here by default), as SoundStream's residual VQ gives each
+  # stage its own. A shared codebook spends its codes where most lookup vectors are, the fine scales, and leaves
+  # the 1×1 scale a few far codes; its own codebook lets each scale keep (and restart) codes among its vectors.
+  codebook_per_scale: bool = False
 
   def setup(self):
     if self.resize not in RESIZES:
@@ -152,10 +158,14 @@ class MultiScaleResidualQuantizer(nn.Module):
     scales = tuple(self.scales)
     if not scales or any(s < 1 for s in scales) or list(scales) != sorted(set(scales)):
       raise ValueError(f"MultiScaleResidualQuantizer: scales={scales} must be positive and strictly increasing.")
-    self.vq = VectorQuantizer(self.codebook_size, self.dim, commitment_weight=self.beta,
-                              restart_after_steps=self.restart_after_steps,
-                              restart_below_usage=self.restart_below_usage,
-                              kmeans_init_iterations=self.kmeans_init_iterations)
+    codebook = functools.partial(VectorQuantizer, self.codebook_size, self.dim, commitment_weight=self.beta,
+                                 restart_after_steps=self.restart_after_steps,
+                                 restart_below_usage=self.restart_below_usage,
+                                 kmeans_init_iterations=self.kmeans_init_iterations)
+    if self.codebook_per_scale:
+      self.scale_vqs = tuple(codebook() for _ in scales)
+    else:
+      self.vq = codebook()
     self.phi = Conv(self.dim, (self.phi_kernel, self.phi_kernel))
     if self.standardize_scales:
       if not 0.0 <= self.standardize_decay < 1.0:
@@ -164,6 +174,10 @@ class MultiScaleResidualQuantizer(nn.Module):
       # σ = 0 marks a scale not yet measured: its first training step sets μ, σ from the batch outright.
       self.scale_mean = self.variable(STATS, "scale_mean", lambda: jnp.zeros((len(scales), self.dim), jnp.float32))
       self.scale_std = self.variable(STATS, "scale_std", lambda: jnp.zeros((len(scales),), jnp.float32))
+
+  def _codebook(self, scale: int) -> VectorQuantizer:
+    """The VQ that scale `scale` (0 = coarsest) looks its codes up in."""
+    return self.scale_vqs[scale] if self.codebook_per_scale else self.vq
 
   @property
   def num_tokens(self) -> int:
@@ -212,8 +226,9 @@ class MultiScaleResidualQuantizer(nn.Module):
 
   def add_scale(self, f_hat: jax.Array, code_map: jax.Array) -> jax.Array:
     """`f̂ + φ(bicubic(e(r)))`: the reconstruction after one more scale, from that scale's ids `[B, s, s]`."""
-    mean, std = self._standardizer(tuple(self.scales).index(code_map.shape[1]))
-    return f_hat + self._contribution(mean + std * self.vq.codes_from_indices(code_map))
+    scale = tuple(self.scales).index(code_map.shape[1])
+    mean, std = self._standardizer(scale)
+    return f_hat + self._contribution(mean + std * self._codebook(scale).codes_from_indices(code_map))
 
   def _standardizer(self, scale: int, vectors: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """(μ, σ) of scale `scale`'s lookup, `(0, 1)` without `standardize_scales`. Given that scale's lookup vectors
@@ -232,6 +247,14 @@ class MultiScaleResidualQuantizer(nn.Module):
       self.scale_mean.value = self.scale_mean.value.at[scale].set(mean)
       self.scale_std.value = self.scale_std.value.at[scale].set(std)
     return mean, jnp.where(std > 0, std, 1.0)
+
+  def _update_codebooks(self, looked_up: list[jax.Array], chosen: list[jax.Array]) -> dict[str, jax.Array]:
+    """One step's restarts and k-means start: the shared codebook's from every scale's vectors in
+    equal shares, or each scale's own codebook's from that scale's vectors; `dead_codes` sums the scales'."""
+    if not self.codebook_per_scale:
+      return self.vq.update_statistics(*_balanced(looked_up, chosen))
+    updates = [vq.update_statistics(v, i) for vq, v, i in zip(self.scale_vqs, looked_up, chosen)]
+    return {name: sum(u[name] for u in updates) for name in updates[0]}
 
   def next_scale_inputs(self, indices: jax.Array) -> jax.Array:
     """VAR's teacher-forced inputs `[B, num_tokens - scales[0]², D]` of full token sequences `[B, num_tokens]`:
@@ -282,10 +305,10 @@ class MultiScaleResidualQuantizer(nn.Module):
       down = rest if s == size else downsample(rest, s, self.resize)
       mean, std = self._standardizer(k, down.reshape(-1, self.dim) if train else None)
       standardized = (down - mean) / std
-      _, out = self.vq(standardized, train=False)  # this step's codes; the state update follows, below
+      _, out = self._codebook(k)(standardized, train=False)  # this step's codes; the state update follows
       looked_up.append(standardized.reshape(-1, self.dim))
       chosen.append(out.indices.reshape(-1))
-      h = self._contribution(mean + std * self.vq.codes_from_indices(out.indices))
+      h = self._contribution(mean + std * self._codebook(k).codes_from_indices(out.indices))
       f_hat = f_hat + h
       rest = rest - jax.lax.stop_gradient(h)
       indices.append(out.indices.reshape(z.shape[0], s * s))
@@ -299,7 +322,7 @@ class MultiScaleResidualQuantizer(nn.Module):
     indices = jnp.concatenate(indices, axis=1)
     metrics = {"codebook_loss": codebook_loss, "commitment": commitment,
                **codebook_statistics(indices, self.codebook_size), **per_scale}
-    if train and self.vq.writes_codes:
-      metrics |= self.vq.update_statistics(*_balanced(looked_up, chosen))
+    if train and self._codebook(0).writes_codes:
+      metrics |= self._update_codebooks(looked_up, chosen)
     z_q = f + jax.lax.stop_gradient(f_hat - f)  # straight-through: d z_q / d z = identity
     return z_q, QuantizerOutput(indices=indices, loss=codebook_loss + self.beta * commitment, metrics=metrics)

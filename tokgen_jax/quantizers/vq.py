@@ -82,17 +82,34 @@ def laplace_smoothed(cluster_size: jax.Array, epsilon: float) -> jax.Array:
   return (cluster_size + epsilon) / (total + cluster_size.shape[0] * epsilon) * total
 
 
-def _restart_sources(step: jax.Array, indices: jax.Array, num_vectors: int, num_codes: int) -> jax.Array:
-  """Which batch vector (row of the flattened batch) restarts each code, drawn without a caller-given rng.
-
-  The key is `fold_in(key(0), step)` folded with a hash of the batch's assignments. The hash is integer
-  arithmetic (exact, order-free), so the draw is the same on one device and under any batch sharding.
-  Distinct vectors when the batch has at least K of them.
-  """
-  odd_weights = 2 * jnp.arange(num_vectors, dtype=jnp.uint32) + 1  # position-dependent, wraps mod 2^32
+def _batch_key(step: jax.Array, indices: jax.Array) -> jax.Array:
+  """`fold_in(key(0), step)` folded with a hash of the batch's assignments, so restarts need no caller-given rng.
+  The hash is integer arithmetic (exact, order-free): the same key on one device and under any batch sharding."""
+  odd_weights = 2 * jnp.arange(indices.shape[0], dtype=jnp.uint32) + 1  # position-dependent, wraps mod 2^32
   batch_hash = jnp.sum(indices.astype(jnp.uint32) * odd_weights, dtype=jnp.uint32)
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), step), batch_hash)
-  return jax.random.choice(key, num_vectors, (num_codes,), replace=num_vectors < num_codes)
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(0), step), batch_hash)
+
+
+def _restart_sources(step: jax.Array, indices: jax.Array, num_vectors: int, num_codes: int) -> jax.Array:
+  """Which batch vector (row of the flattened batch) each of `num_codes` codes starts from; distinct vectors
+  when the batch has at least that many."""
+  return jax.random.choice(_batch_key(step, indices), num_vectors, (num_codes,), replace=num_vectors < num_codes)
+
+
+def _restart_plan(step: jax.Array, indices: jax.Array, dead: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(the dead codes that restart this step `[K]` bool, the batch row each code would restart from `[K]`).
+
+  Every restarted code gets a distinct batch vector, so when fewer vectors than dead codes come in a step (a 1×1
+  scale's few per batch), a random N of the dead restart and the rest wait for later steps. Two codes restarted
+  on one vector would tie at every lookup, and the one that loses stays dead for good."""
+  num_vectors, num_codes = indices.shape[0], dead.shape[0]
+  if num_vectors >= num_codes:
+    return dead, _restart_sources(step, indices, num_vectors, num_codes)
+  order_key, source_key = jax.random.split(_batch_key(step, indices))
+  priority = jnp.where(dead, 0, num_codes) + jax.random.permutation(order_key, num_codes)
+  rank = jnp.zeros(num_codes, jnp.int32).at[jnp.argsort(priority)].set(jnp.arange(num_codes, dtype=jnp.int32))
+  sources = jax.random.permutation(source_key, num_vectors)[rank % num_vectors]
+  return dead & (rank < num_vectors), sources
 
 
 def kmeans(vectors: jax.Array, initial: jax.Array, iterations: int, spherical: bool) -> jax.Array:
@@ -132,13 +149,14 @@ class VectorQuantizer(nn.Module):
       its place. Codes are looked up before this step's update (the update serves the next step).
     restart_after_steps: 0 = off. R > 0 = "quantizer_stats" counts per code the steps since it was last chosen
       ("idle_steps") and the updates made ("step"); after a train step in which a code reaches R idle steps it
-      is replaced by a vector of the current batch (in lookup space) and its counter resets. The draw needs no
-      rng from the caller: see `_restart_sources`. With an EMA codebook the replacement overwrites the stored
+      is replaced by a vector of the current batch (in lookup space) and its counter resets; each restarted
+      code takes a distinct vector, so with fewer vectors than dead codes the rest wait (`_restart_plan`). The
+      draw needs no rng from the caller. With an EMA codebook the replacement overwrites the stored
       code (and sets `m_k` to it, `N_k = 1`). A gradient codebook is a param, which a forward pass cannot write,
       so the codebook used is `param + codebook_offset` with the offset `[K, D]` in "quantizer_stats": a restart
       sets `offset_k = target - param_k`, after which the param keeps receiving the codebook-loss gradient as
       before (d code / d param = I). Metric `dead_codes`: codes whose idle count reaches R with this batch
-      (in training: the codes restarted this step).
+      (in training: the codes due to restart this step).
     restart_below_usage: 0 = off. u > 0 = "quantizer_stats" keeps each code's share of the assignments as an EMA
       ("usage", decay `usage_decay`, starting at the uniform share 1/K), and a code whose share falls below u/K
       restarts as above (its share reset to 1/K). Rarely chosen codes thus move to where the batch's vectors
@@ -348,7 +366,8 @@ class VectorQuantizer(nn.Module):
     if self.restarts:
       dead, idle, usage = self._dead(counts)
       step = self.restart_step.value + 1
-      targets = vectors[_restart_sources(step, indices, vectors.shape[0], self.codebook_size)]
+      dead, sources = _restart_plan(step, indices, dead)
+      targets = vectors[sources]
       if self.ema_decay:
         codebook = jnp.where(dead[:, None], targets, codebook)
         embed_sum = jnp.where(dead[:, None], targets, embed_sum)

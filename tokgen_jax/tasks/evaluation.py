@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 
 from tokgen_jax.errors import ConfigError
-from tokgen_jax.metrics import CodebookUsage, FeatureStatistics, frechet_distance
+from tokgen_jax.metrics import CodebookUsage, FeatureStatistics, frechet_distance, uniform_coverage
 from tokgen_jax.metrics.inception import inception_score
 from tokgen_jax.metrics.precision_recall import NEIGHBOURS, precision_recall
 
@@ -100,8 +100,9 @@ class ReconstructionEvaluator:
 
   `scale_lengths` (a multi-scale quantizer's tokens per scale, coarse first) adds per scale k
   `codebook_usage_scale_k`, `codebook_perplexity_scale_k` and `reachable_usage_scale_k`: distinct codes over the
-  codes the scale could have used, `min(codebook_size, its tokens in the split)` (a 1×1 scale over 500 images
-  reaches at most 500 codes), the figure that shows a coarse scale's collapse (Infinity#80)."""
+  codes a perfectly even codebook would show on the scale's N tokens in the split, `uniform_coverage(V, N)` =
+  V·(1 − (1 − 1/V)^N) (a 1×1 scale over 500 images of a 512-code book: 320). That figure shows a coarse scale's
+  collapse (Infinity#80); the bound min(V, N) would score even a uniform codebook 0.62 at N = V."""
 
   def __init__(self, networks: dict[str, Any], codebook_size: int, scale_lengths: tuple[int, ...] = ()):
     self._networks = networks
@@ -151,7 +152,7 @@ class ReconstructionEvaluator:
     for k, usage in enumerate(self._scale_usage):
       scale = usage.results()
       if scale:
-        reachable = min(usage.codebook_size, usage.count)
+        reachable = uniform_coverage(usage.codebook_size, usage.count)
         results |= {f"codebook_usage_scale_{k}": scale["codebook_usage"],
                     f"codebook_perplexity_scale_{k}": scale["codebook_perplexity"],
                     f"reachable_usage_scale_{k}": scale["codebook_usage"] * usage.codebook_size / reachable}
