@@ -33,8 +33,9 @@ held-out PSNR with every code used (perplexity 394). Its usage of the codes each
 (tokenizer ceilings 0.94 and 0.90). VAR samples in 8.2 ms per image against the raster AR's 5.8 ms
 (`bench/var_sampling.py`).
 
-Arguments: `tokenizer` | `local` (default) | `raster`, then `scales=all|finest` (with `tokenizer`), `steps=N`,
-`batch=N`, `tokenizer_workdir=PATH`.
+Arguments: `tokenizer` | `local` (default) | `raster`, then `scales=all|finest` (with `tokenizer`),
+`codebook=per_scale|shared` (with `tokenizer` and `local`: VAR's one shared codebook instead of one per scale),
+`steps=N`, `batch=N`, `tokenizer_workdir=PATH`.
 """
 
 import ml_collections
@@ -48,6 +49,7 @@ WORKDIR = "/tmp/var_shapes"
 IMAGE_SIZE = 32
 SCALES = (1, 2, 3, 4, 5, 6, 8)  # VAR's progression up to this world's 8x8 latent
 SCALE_SETS = {"all": SCALES, "finest": SCALES[-1:]}
+CODEBOOKS = ("per_scale", "shared")  # a codebook per scale (ours, the default) or VAR's one shared codebook
 TRAIN_EXAMPLES, EVAL_EXAMPLES = 20_000, 500
 
 
@@ -68,10 +70,13 @@ def _common(config: ml_collections.ConfigDict, steps: int, batch: int) -> None:
   config.topology = ""  # CPU-only experiment
 
 
-def tokenizer_config(scales: str = "all", steps: int = 0, batch: int = 0) -> ml_collections.ConfigDict:
+def tokenizer_config(scales: str = "all", steps: int = 0, batch: int = 0,
+                     codebook: str = "per_scale") -> ml_collections.ConfigDict:
   """VQGAN 'local' (downsampling 4) with VAR's multi-scale residual quantizer (512 codes of 8), L1 + L2."""
   if scales not in SCALE_SETS:
     raise ConfigError(f"var_shapes: scales={scales!r} is not one of {sorted(SCALE_SETS)}.")
+  if codebook not in CODEBOOKS:
+    raise ConfigError(f"var_shapes: codebook={codebook!r} is not one of {CODEBOOKS}.")
   config = ml_collections.ConfigDict()
   config.task = "autoencoder"
   _common(config, steps or 2400, batch or 16)
@@ -81,7 +86,8 @@ def tokenizer_config(scales: str = "all", steps: int = 0, batch: int = 0) -> ml_
   # scales' usage. (The one-scale baseline has one codebook either way and keeps the shared layout's names.)
   config.model = vqgan.vqgan("local", quantizer=quantizers.msrq(
       codebook_size=512, dim=8, scales=SCALE_SETS[scales], restart_after_steps=20, restart_below_usage=0.5,
-      kmeans_init_iterations=10, standardize_scales=True, codebook_per_scale=scales == "all"))
+      kmeans_init_iterations=10, standardize_scales=True,
+      codebook_per_scale=scales == "all" and codebook == "per_scale"))
   config.loss = losses.autoencoder_loss(l1_weight=1.0, l2_weight=1.0)
   config.adversarial = gan.adversarial(enabled=False)
   config.optimizer = optimizer.adamw(learning_rate=1e-3, warmup_steps=100, weight_decay=0.0, ema_decay=0.995)
@@ -104,12 +110,13 @@ def _second_stage(config: ml_collections.ConfigDict, tokenizer: ml_collections.C
   config.data = data.tokens()
 
 
-def var_config(steps: int = 0, batch: int = 0, tokenizer_workdir: str = "") -> ml_collections.ConfigDict:
+def var_config(steps: int = 0, batch: int = 0, tokenizer_workdir: str = "",
+               codebook: str = "per_scale") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.task = "var"
   _common(config, steps or 3000, batch or 32)
   config.eval_every_steps = 1500
-  _second_stage(config, tokenizer_config("all"), tokenizer_workdir or f"{WORKDIR}/tokenizer")
+  _second_stage(config, tokenizer_config("all", codebook=codebook), tokenizer_workdir or f"{WORKDIR}/tokenizer")
   config.model = var.var("local", num_classes=shapes.NUM_CLASSES)
   config.optimizer = optimizer.adamw(learning_rate=1e-3, warmup_steps=200, weight_decay=0.05, b2=0.95,
                                      ema_decay=0.0)
@@ -140,9 +147,9 @@ def raster_config(steps: int = 0, batch: int = 0, tokenizer_workdir: str = "") -
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = parse_arg(arg, local=False, tokenizer=False, raster=False, scales="all", steps=0, batch=0,
-                  tokenizer_workdir="")
+                  tokenizer_workdir="", codebook="per_scale")
   if arg.tokenizer:
-    return tokenizer_config(arg.scales, arg.steps, arg.batch)
+    return tokenizer_config(arg.scales, arg.steps, arg.batch, arg.codebook)
   if arg.raster:
     return raster_config(arg.steps, arg.batch, arg.tokenizer_workdir)
-  return var_config(arg.steps, arg.batch, arg.tokenizer_workdir)
+  return var_config(arg.steps, arg.batch, arg.tokenizer_workdir, arg.codebook)

@@ -165,6 +165,12 @@ def test_var_shapes_variants_build():
   finest = load_experiment("experiments/var_shapes.py:tokenizer,scales=finest")
   assert tuple(finest.model.quantizer.scales) == (8,)
   assert tokenizer.model.quantizer.codebook_per_scale and not finest.model.quantizer.codebook_per_scale
+  shared = load_experiment("experiments/var_shapes.py:tokenizer,codebook=shared")
+  assert not shared.model.quantizer.codebook_per_scale
+  assert not load_experiment("experiments/var_shapes.py:local,codebook=shared").tokenizer.experiment.model.quantizer[
+      "codebook_per_scale"]
+  with pytest.raises(ConfigError, match="codebook='tied'"):
+    load_experiment("experiments/var_shapes.py:tokenizer,codebook=tied")
   raster = load_experiment("experiments/var_shapes.py:raster")
   local = load_experiment("experiments/var_shapes.py:local")
   assert raster.model.embed_dim == local.model.embed_dim and raster.model.num_layers == local.model.num_layers

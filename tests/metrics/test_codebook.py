@@ -52,3 +52,10 @@ def test_uniform_coverage_limits_and_bad_arguments():
   np.testing.assert_allclose(uniform_coverage(2 ** 18, 10 ** 9), 2 ** 18, rtol=1e-9)
   with pytest.raises(ValueError, match="codebook_size"):
     uniform_coverage(0, 5)
+
+
+def test_no_code_distribution_expects_more_distinct_codes_than_the_uniform_one():
+  rng = np.random.default_rng(0)
+  for concentration in (0.1, 1.0, 30.0):
+    shares = rng.dirichlet(np.full(512, concentration))
+    assert np.sum(1 - (1 - shares) ** 500) < uniform_coverage(512, 500)

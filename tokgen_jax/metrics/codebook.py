@@ -12,8 +12,9 @@ _DENSE_LIMIT = 2 ** 24  # count in an array up to this vocabulary, in a dict bey
 
 def uniform_coverage(codebook_size: int, draws: int) -> float:
   """Expected distinct codes among `draws` tokens when all `codebook_size` codes are equally likely,
-  `V·(1 − (1 − 1/V)^N)`: what a perfectly even codebook shows on N tokens. It is ≈ N for N ≪ V and → V for
-  N ≫ V; at N = V it is 0.63·V, since even a uniform code histogram repeats codes."""
+  `V·(1 − (1 − 1/V)^N)`: what a perfectly even codebook shows on N tokens. For N independent tokens with code
+  probabilities p, the expected distinct count `Σ_i 1 − (1 − p_i)^N` is largest at uniform p, so no codebook
+  reaches more codes on average. It is ≈ N for N ≪ V and → V for N ≫ V; at N = V it is 0.63·V."""
   if codebook_size < 1 or draws < 0:
     raise ValueError(f"uniform_coverage: codebook_size={codebook_size} must be positive and draws={draws} >= 0.")
   return float(-codebook_size * np.expm1(draws * np.log1p(-1.0 / codebook_size))) if codebook_size > 1 else \

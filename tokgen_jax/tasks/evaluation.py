@@ -101,8 +101,9 @@ class ReconstructionEvaluator:
   `scale_lengths` (a multi-scale quantizer's tokens per scale, coarse first) adds per scale k
   `codebook_usage_scale_k`, `codebook_perplexity_scale_k` and `reachable_usage_scale_k`: distinct codes over the
   codes a perfectly even codebook would show on the scale's N tokens in the split, `uniform_coverage(V, N)` =
-  V·(1 − (1 − 1/V)^N) (a 1×1 scale over 500 images of a 512-code book: 320). That figure shows a coarse scale's
-  collapse (Infinity#80); the bound min(V, N) would score even a uniform codebook 0.62 at N = V."""
+  V·(1 − (1 − 1/V)^N), the most any code distribution shows on N independent tokens on average (a 1×1 scale
+  over 500 images of a 512-code book: 319). That figure shows a coarse scale's collapse (Infinity#80); the bound
+  min(V, N) would score even a uniform codebook 0.62 at N = V."""
 
   def __init__(self, networks: dict[str, Any], codebook_size: int, scale_lengths: tuple[int, ...] = ()):
     self._networks = networks
