@@ -1,4 +1,5 @@
-"""VAR multi-scale residual quantization (Tian et al. 2024): one codebook, token maps from 1×1 up to H×W.
+"""VAR multi-scale residual quantization (Tian et al. 2024): token maps from 1×1 up to H×W over one codebook
+(or one per scale).
 
 Scale k quantizes the area-downsampled residual, upsamples its code map back to H×W, refines it with φ and
 removes it from the residual, so the token maps of all scales sum (through φ) to the feature map f̂.

@@ -101,7 +101,7 @@ def _restart_plan(step: jax.Array, indices: jax.Array, dead: jax.Array) -> tuple
 
   Every restarted code gets a distinct batch vector, so when fewer vectors than dead codes come in a step (a 1×1
   scale's few per batch), a random N of the dead restart and the rest wait for later steps. Two codes restarted
-  on one vector would tie at every lookup, and the one that loses stays dead for good."""
+  on one vector would tie at every lookup, and the loser stays unused until it restarts again."""
   num_vectors, num_codes = indices.shape[0], dead.shape[0]
   if num_vectors >= num_codes:
     return dead, _restart_sources(step, indices, num_vectors, num_codes)
