@@ -31,7 +31,7 @@ held-out PSNR. On the 500 eval images its 1x1 .. 8x8 scales use 186, 421, 504, 5
 usage of 0.58, 0.84 and 0.99-1.00 of what a uniform codebook would show there (`reachable_usage_scale_k`); with
 `codebook=shared` the 1x1 scale used 80 (0.25). VAR scores color_shape 0.32 with CFG and 0.24 without (0.46 and
 0.46 after 6000 steps; over the shared codebook 0.49 and 0.45 at 3000); the raster AR scores 0.15 and 0.73
-(tokenizer ceilings 0.94 and 0.90). VAR samples in 8.2 ms per image against the raster AR's 5.8 ms
+(tokenizer ceilings 0.94 and 0.90). VAR samples in 8.1 ms per image against the raster AR's 5.3 ms
 (`bench/var_sampling.py`).
 
 Arguments: `tokenizer` | `local` (default) | `raster`, then `scales=all|finest` (with `tokenizer`),
