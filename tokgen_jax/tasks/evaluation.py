@@ -182,6 +182,8 @@ class SampleQuality:
     self._networks, self._feature, self._suffix = networks, feature, suffix
     self._path = reference_statistics
     self._real = self._load(reference_statistics) if feature else None
+    # Sample features are kept for precision/recall only when the reference kept real ones.
+    self._keep = PRECISION_RECALL_SAMPLES if self._real is not None and self._real.kept is not None else 0
     self._statistics: dict[str, FeatureStatistics] = {}
     self._logits: dict[str, list[np.ndarray]] = {}
 
@@ -201,8 +203,7 @@ class SampleQuality:
     if self._feature is not None:
       features = outputs["pool"] if outputs is not None else self._networks[self._feature](jnp.asarray(pixels))
       self._check_dim(features.shape[-1])
-      keep = PRECISION_RECALL_SAMPLES if self._real.kept is not None else 0
-      self._statistics.setdefault(name, FeatureStatistics(keep)).update(np.asarray(features, np.float64))
+      self._statistics.setdefault(name, FeatureStatistics(self._keep)).update(np.asarray(features, np.float64))
 
   def _check_dim(self, dim: int) -> None:
     if dim != self._real.dim:
