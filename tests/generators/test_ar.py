@@ -82,6 +82,24 @@ def test_cached_prefill_and_decode_equal_the_full_forward(setup):
   np.testing.assert_allclose(np.asarray(cached(params, tokens, cond)), full, atol=2e-5, rtol=1e-5)
 
 
+def test_decoding_layout_gives_the_same_logits_with_out_in_kernels(setup):
+  """`for_decoding`: unrolled layers and out_in kernels (every projection, the text projection too) compute the
+  same forward as the trained layout (the sampler's greedy tests cover the cached decode)."""
+  model, params, cond, tokens, forward = setup
+  decoding, converted = model.for_decoding(params, cond)
+  assert not decoding.scan_layers and decoding.kernel_layout == "out_in"
+  kernels = {jax.tree_util.keystr(path): leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(converted)
+             if jax.tree_util.keystr(path).endswith("['kernel']")}
+  assert kernels["['stack']['layers_0']['attention']['query']['kernel']"] == (4, 8, 32)  # [heads, head_dim, E]
+  assert kernels["['stack']['layers_1']['attention']['out']['kernel']"] == (32, 4, 8)
+  assert kernels["['head_0']['kernel']"] == (16, 32)
+  if model.conditioning == "text":
+    assert kernels["['text_projection']['kernel']"] == (32, 6)
+  full = decoding.apply({"params": converted}, tokens, cond)
+  np.testing.assert_allclose(np.asarray(full), np.asarray(forward(params, tokens, cond)), atol=1e-5, rtol=1e-5)
+  assert decoding.for_decoding(converted, cond)[1] is converted  # already in the decoding layout
+
+
 def test_unconditional_rows_ignore_the_condition(setup):
   model, params, cond, tokens, forward = setup
   if model.conditioning == "none":

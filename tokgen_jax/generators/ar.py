@@ -36,7 +36,7 @@ from tokgen_jax.errors import ConfigError
 from tokgen_jax.generators import orderings
 from tokgen_jax.generators.conditioning import prefix_embeddings, setup_prefix, validate_conditioning
 from tokgen_jax.nn.attention import KVCache, attention_dims
-from tokgen_jax.nn.projection import Projection
+from tokgen_jax.nn.projection import Projection, relayout_kernels
 from tokgen_jax.nn.rope import rope_frequencies
 from tokgen_jax.nn.transformer import LlamaStack, llama_mlp_dim, unstack_layers
 
@@ -77,6 +77,7 @@ class ARTransformer(nn.Module):
   attention_implementation: str = "xla"  # "cudnn": the fused GPU kernel (bf16 / fp16 compute)
   remat_policy: str = "none"
   scan_layers: bool = True
+  kernel_layout: str = "in_out"  # of every projection; the sampler decodes with "out_in" (`for_decoding`)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -145,7 +146,8 @@ class ARTransformer(nn.Module):
                       num_kv_heads=self.num_kv_heads, dropout_rate=self.dropout_rate,
                       attention_dropout_rate=self.attention_dropout_rate,
                       attention_implementation=self.attention_implementation, remat_policy=self.remat_policy,
-                      scan_layers=self.scan_layers, dtype=self.dtype, param_dtype=self.param_dtype, **parent)
+                      scan_layers=self.scan_layers, kernel_layout=self.kernel_layout, dtype=self.dtype,
+                      param_dtype=self.param_dtype, **parent)
 
   def init_cache(self, batch: int, length: int | None = None) -> KVCache | tuple[KVCache, ...]:
     """An empty KV cache for `batch` sequences of `length` positions (default `cache_length`, all a draw writes;
@@ -160,17 +162,30 @@ class ARTransformer(nn.Module):
       return self, params
     return self.clone(scan_layers=False), {**params, "stack": unstack_layers(params["stack"], self.num_layers)}
 
+  def for_decoding(self, params: Any, cond: dict[str, jax.Array]) -> tuple["ARTransformer", Any]:
+    """This model and `params` in the layout the cached sampler runs fastest: unrolled layers (`unrolled`) and
+    `out_in` kernels (`Projection.kernel_layout`), which cut a GPT-B decode step at batch 8 by ~16% on the CPU.
+    `cond` (the sampler's, any batch) gives the shapes the target's parameters are read from."""
+    model, params = self.unrolled(params)
+    if model.kernel_layout == "out_in":
+      return model, params
+    model = model.clone(kernel_layout="out_in")
+    one = {key: value[:1] for key, value in cond.items()}
+    target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, model.num_tokens), jnp.int32),
+                                               one)["params"])
+    return model, relayout_kernels(params, nn.unbox(target))
+
   def setup(self):
     self.validate()
     embed = lambda num, name: nn.Embed(num, self.embed_dim, embedding_init=nn.with_logical_partitioning(
         _embedding_init, ("vocab", "embed")), dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     self.token_embeddings = [embed(v, f"token_embedding_{l}") for l, v in enumerate(self.vocab_sizes)]
-    self.heads = [Projection((v,), ("embed", "vocab"), dtype=self.dtype, param_dtype=self.param_dtype,
-                             name=f"head_{l}") for l, v in enumerate(self.vocab_sizes)]
+    self.heads = [Projection((v,), ("embed", "vocab"), kernel_layout=self.kernel_layout, dtype=self.dtype,
+                             param_dtype=self.param_dtype, name=f"head_{l}") for l, v in enumerate(self.vocab_sizes)]
     if len(self.vocab_sizes) > 1:
       self.layer_embedding = self.param("layer_embedding", nn.with_logical_partitioning(
           _embedding_init, (None, "embed")), (len(self.vocab_sizes), self.embed_dim), self.param_dtype)
-    setup_prefix(self, _embedding_init)
+    setup_prefix(self, _embedding_init, self.kernel_layout)
     if self.conditioning == "none":
       self.start = self.param("start", nn.with_logical_partitioning(_embedding_init, (None, "embed")),
                               (1, self.embed_dim), self.param_dtype)

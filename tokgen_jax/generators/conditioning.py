@@ -33,17 +33,17 @@ def validate_conditioning(module: nn.Module, name: str) -> None:
                       f"length and width (384 for all-MiniLM-L6-v2).")
 
 
-def setup_prefix(module: nn.Module, embedding_init: Callable) -> None:
+def setup_prefix(module: nn.Module, embedding_init: Callable, kernel_layout: str = "in_out") -> None:
   """From `module.setup()`: the parameters of its condition prefix (`class_embedding`, or `text_projection`,
-  `uncond_text` and `text_pad`) at width `module.embed_dim`."""
+  `uncond_text` and `text_pad`) at width `module.embed_dim`; `kernel_layout` is the text projection's."""
   if module.conditioning == "class":
     module.class_embedding = nn.Embed(  # row num_classes: the null class
         module.num_classes + 1, module.embed_dim, embedding_init=nn.with_logical_partitioning(
             embedding_init, ("vocab", "embed")), dtype=module.dtype, param_dtype=module.param_dtype,
         name="class_embedding")
   elif module.conditioning == "text":
-    module.text_projection = Projection((module.embed_dim,), (None, "embed"), dtype=module.dtype,
-                                        param_dtype=module.param_dtype, name="text_projection")
+    module.text_projection = Projection((module.embed_dim,), (None, "embed"), kernel_layout=kernel_layout,
+                                        dtype=module.dtype, param_dtype=module.param_dtype, name="text_projection")
     module.uncond_text = module.param("uncond_text", nn.with_logical_partitioning(embedding_init, (None, None)),
                                       (module.text_length, module.text_dim), module.param_dtype)
     module.text_pad = module.param("text_pad", nn.with_logical_partitioning(embedding_init, ("embed",)),

@@ -166,7 +166,7 @@ def sample_with_cache(model: ARTransformer, params: Any, cond: dict[str, jax.Arr
   batch = _batch_size(cond, batch_size)
   model_cond, unconditional = guided_inputs(cond, batch, settings)
   rows = unconditional.shape[0]
-  model, params = model.unrolled(params)  # per-layer weights and caches: no slicing of stacked arrays per step
+  model, params = model.for_decoding(params, model_cond)  # per-layer weights and caches, out_in kernels
   variables = {"params": params}
   num_tokens = model.num_tokens
   segments = decode_segments(num_tokens - 1, model.prefix_length, cache_buckets)

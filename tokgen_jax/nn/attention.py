@@ -164,6 +164,7 @@ class Attention(nn.Module):
   use_bias: bool = False  # Llama has none; BERT-style blocks (MaskGIT) have biases on all four projections
   key_bias: bool = True  # with use_bias; VAR has none on the keys (q and v biases only)
   normalized: bool = False
+  kernel_layout: str = "in_out"  # of the four projections (`Projection.kernel_layout`)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -184,7 +185,8 @@ class Attention(nn.Module):
     if cache is not None:
       _check_cache(cache, length, kv_heads, head_dim)
     proj = lambda h, name, bias=True: Projection((h, head_dim), ("embed", "heads", "kv"),
-                                                 use_bias=self.use_bias and bias, dtype=self.dtype,
+                                                 use_bias=self.use_bias and bias,
+                                                 kernel_layout=self.kernel_layout, dtype=self.dtype,
                                                  param_dtype=self.param_dtype, name=name)
     q, k, v = proj(heads, "query")(x), proj(kv_heads, "key", self.key_bias)(x), proj(kv_heads, "value")(x)
     q, k, v = (nn.with_logical_constraint(a, HEAD_AXES) for a in (q, k, v))
@@ -206,8 +208,9 @@ class Attention(nn.Module):
       key_positions = jnp.arange(cache.max_len)
       mask = self.mask(offset + jnp.arange(length), key_positions) & (key_positions < cache.index)[None]
       out = cached_attention(q, cache.k, cache.v, mask, scale=scale)
-    out = Projection((x.shape[-1],), ("heads", "kv", "embed"), in_axes=2, use_bias=self.use_bias, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name="out")(out)
+    out = Projection((x.shape[-1],), ("heads", "kv", "embed"), in_axes=2, use_bias=self.use_bias,
+                     kernel_layout=self.kernel_layout, dtype=self.dtype, param_dtype=self.param_dtype,
+                     name="out")(out)
     return nn.with_logical_constraint(out, HIDDEN_AXES), cache
 
 

@@ -61,13 +61,15 @@ class SwiGLU(nn.Module):
   """Gated MLP `W_down (Swish(x W_gate) ⊙ x W_up)` (Shazeer 2020, eq. 6 "FFN_SwiGLU"; biases dropped as in Llama)."""
 
   hidden_dim: int
+  kernel_layout: str = "in_out"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     dense = lambda features, axes, name: Projection(
-        (features,), axes, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        (features,), axes, kernel_layout=self.kernel_layout, dtype=self.dtype, param_dtype=self.param_dtype,
+        name=name)
     gate = dense(self.hidden_dim, ("embed", "mlp"), "gate")(x)
     up = dense(self.hidden_dim, ("embed", "mlp"), "up")(x)
     hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
@@ -92,6 +94,7 @@ class LlamaBlock(nn.Module):
   attention_implementation: str | None = None
   norm_eps: float = 1e-5
   deterministic: bool = True
+  kernel_layout: str = "in_out"  # of every projection (`Projection.kernel_layout`)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -102,10 +105,11 @@ class LlamaBlock(nn.Module):
     residual_dropout = nn.Dropout(self.dropout_rate)
     x = nn.with_logical_constraint(x, HIDDEN_AXES)
     h, cache = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.mask, self.attention_dropout_rate,
-                         self.attention_implementation, dtype=self.dtype, param_dtype=self.param_dtype,
-                         name="attention")(norm("attention_norm")(x), cos, sin, cache, self.deterministic)
+                         self.attention_implementation, kernel_layout=self.kernel_layout, dtype=self.dtype,
+                         param_dtype=self.param_dtype, name="attention")(norm("attention_norm")(x), cos, sin, cache, self.deterministic)
     x = x + residual_dropout(h, deterministic=self.deterministic)
-    h = SwiGLU(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp")(norm("mlp_norm")(x))
+    h = SwiGLU(self.mlp_dim, self.kernel_layout, dtype=self.dtype, param_dtype=self.param_dtype,
+               name="mlp")(norm("mlp_norm")(x))
     x = x + residual_dropout(h, deterministic=self.deterministic)
     return nn.with_logical_constraint(x.astype(self.dtype), HIDDEN_AXES), cache
 
@@ -144,6 +148,7 @@ class LlamaStack(nn.Module):
   remat_policy: str = "none"
   scan_layers: bool = True
   final_norm: bool = True
+  kernel_layout: str = "in_out"  # of every projection (`Projection.kernel_layout`)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -170,7 +175,8 @@ class LlamaStack(nn.Module):
                   head_dim=self.head_dim, mask=self.mask, dropout_rate=self.dropout_rate,
                   attention_dropout_rate=self.attention_dropout_rate,
                   attention_implementation=self.attention_implementation, norm_eps=self.norm_eps,
-                  deterministic=deterministic, dtype=self.dtype, param_dtype=self.param_dtype)
+                  deterministic=deterministic, kernel_layout=self.kernel_layout, dtype=self.dtype,
+                  param_dtype=self.param_dtype)
     x = x.astype(self.dtype)
     if self.scan_layers:
       scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
