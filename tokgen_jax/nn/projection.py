@@ -24,7 +24,9 @@ class Projection(nn.Module):
   into a flat matrix. `kernel_layout="out_in"` stores it `[*features, *in_shape]` instead (torch's `nn.Linear`
   layout: each output's weights contiguous), the layout that streams weights fastest through a small-batch matmul
   on the CPU: a GPT-B decode step at batch 8 takes ~16% less time (`bench/ar_sampling.py`). The sampler converts
-  to it (`relayout_kernels`); training and checkpoints keep `in_out`. `kernel_init`: "lecun" (normal, fan-in scaling over all contracted dims, the default),
+  to it (`relayout_kernels`); training and checkpoints keep `in_out`.
+
+  `kernel_init`: "lecun" (normal, fan-in scaling over all contracted dims, the default),
   "xavier" (uniform, fan-average: torch's `xavier_uniform_` on the flattened `[in, out]` matrix, as DiT inits its
   Linears) or "zeros" (adaLN-Zero's layers). `use_bias` adds a zero-initialised bias named like `features`.
   Flax's `DenseGeneral` flattens its kernel before the initializer runs, which breaks a multi-axis logical
@@ -47,10 +49,11 @@ class Projection(nn.Module):
     return self.kernel_layout == "out_in"
 
   def _initializer(self) -> nn.initializers.Initializer:
-    contracted = tuple(range(self.in_axes))
-    outputs = tuple(range(self.in_axes, self.in_axes + len(self.features)))
-    if self._out_in:
-      outputs, contracted = tuple(range(len(self.features))), tuple(range(len(self.features), len(self.axes)))
+    num_in, num_out = self.in_axes, len(self.features)
+    if self._out_in:  # [*features, *in_shape]
+      outputs, contracted = tuple(range(num_out)), tuple(range(num_out, num_out + num_in))
+    else:  # [*in_shape, *features]
+      contracted, outputs = tuple(range(num_in)), tuple(range(num_in, num_in + num_out))
     if self.kernel_init == "zeros":
       return nn.initializers.zeros_init()
     if self.kernel_init == "xavier":
@@ -62,22 +65,22 @@ class Projection(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    in_shape = x.shape[x.ndim - self.in_axes:]
-    features = tuple(self.features)
+    in_shape, features = x.shape[x.ndim - self.in_axes:], tuple(self.features)
     if self._out_in:
-      axes = self.axes[self.in_axes:] + self.axes[:self.in_axes]
-      kernel = self.param("kernel", nn.with_logical_partitioning(self._initializer(), axes), features + in_shape,
-                          self.param_dtype)
-      # As flat matrices, so XLA contracts the kernel's minor dim in place; contracting a multi-dim kernel's
-      # trailing dims makes it transpose the kernel back to [in, out] at every call.
-      flat_x = x.reshape(x.shape[:x.ndim - self.in_axes] + (math.prod(in_shape),))
-      flat_kernel = kernel.reshape(math.prod(features), math.prod(in_shape))
-      y = jnp.einsum("...i,oi->...o", flat_x.astype(self.dtype), flat_kernel.astype(self.dtype))
-      y = y.reshape(y.shape[:-1] + features)
+      shape, axes = features + in_shape, self.axes[self.in_axes:] + self.axes[:self.in_axes]
     else:
-      kernel = self.param("kernel", nn.with_logical_partitioning(self._initializer(), self.axes),
-                          in_shape + features, self.param_dtype)
-      y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.in_axes)
+      shape, axes = in_shape + features, self.axes
+    kernel = self.param("kernel", nn.with_logical_partitioning(self._initializer(), axes), shape, self.param_dtype)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    if not self._out_in:
+      return self._add_bias(jnp.tensordot(x, kernel, axes=self.in_axes))
+    # As flat matrices, so XLA contracts the kernel's minor dim in place; contracting a multi-dim kernel's trailing
+    # dims makes it transpose the kernel back to [in, out] at every call.
+    flat_x = x.reshape(x.shape[:x.ndim - self.in_axes] + (math.prod(in_shape),))
+    y = jnp.einsum("...i,oi->...o", flat_x, kernel.reshape(math.prod(features), math.prod(in_shape)))
+    return self._add_bias(y.reshape(y.shape[:-1] + features))
+
+  def _add_bias(self, y: jax.Array) -> jax.Array:
     if self.use_bias:
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), self.axes[self.in_axes:]),
                         tuple(self.features), self.param_dtype)
