@@ -20,9 +20,11 @@ def test_benchmark_runs_both_samplers_and_reports_throughput_and_floor(capsys):
   assert "KV-cache speed-up" in out and "floor:" in out
 
 
-def test_uncached_sampler_can_be_skipped():
-  result = ar_sampling.main(TINY + ["--no-uncached"])
+def test_uncached_sampler_can_be_skipped_and_the_kernel_layout_chosen(capsys):
+  result = ar_sampling.main(TINY + ["--no-uncached", "--kernel-layout", "out_in"])
   assert "uncached_s" not in result and "speedup" not in result and result["cached_s"] > 0
+  header = capsys.readouterr().out.splitlines()[0]
+  assert "kernel_layout=out_in" in header and f"cpu={ar_sampling.cpu_model()!r}" in header
 
 
 @pytest.mark.slow
@@ -41,3 +43,5 @@ def test_bad_arguments_are_rejected():
     ar_sampling.parse_args(["--peer", "--dtype", "bfloat16"])
   with pytest.raises(SystemExit):
     ar_sampling.parse_args(["--cache-buckets", "0"])
+  with pytest.raises(SystemExit):
+    ar_sampling.parse_args(["--kernel-layout", "row_major"])

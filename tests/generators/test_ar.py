@@ -1,5 +1,6 @@
 """ARTransformer: shapes, causality, cached decode == full forward, conditioning, layers, axes, errors."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -86,7 +87,7 @@ def test_decoding_layout_gives_the_same_logits_with_out_in_kernels(setup):
   """`for_decoding`: unrolled layers and out_in kernels (every projection, the text projection too) compute the
   same forward as the trained layout (the sampler's greedy tests cover the cached decode)."""
   model, params, cond, tokens, forward = setup
-  decoding, converted = model.for_decoding(params, cond)
+  decoding, converted = model.for_decoding(params, cond, kernel_layout="out_in")
   assert not decoding.scan_layers and decoding.kernel_layout == "out_in"
   kernels = {jax.tree_util.keystr(path): leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(converted)
              if jax.tree_util.keystr(path).endswith("['kernel']")}
@@ -97,7 +98,17 @@ def test_decoding_layout_gives_the_same_logits_with_out_in_kernels(setup):
     assert kernels["['text_projection']['kernel']"] == (32, 6)
   full = decoding.apply({"params": converted}, tokens, cond)
   np.testing.assert_allclose(np.asarray(full), np.asarray(forward(params, tokens, cond)), atol=1e-5, rtol=1e-5)
-  assert decoding.for_decoding(converted, cond)[1] is converted  # already in the decoding layout
+  assert decoding.for_decoding(converted, cond, kernel_layout="out_in")[1] is converted  # already in that layout
+  back_model, back = decoding.for_decoding(converted, cond)  # the default, in_out: the trained kernels again
+  assert back_model.kernel_layout == "in_out"
+  chex.assert_trees_all_equal(back, model.unrolled(params)[1])
+
+
+def test_default_decoding_layout_keeps_the_trained_kernels(setup):
+  model, params, cond, _, _ = setup
+  decoding, unrolled = model.for_decoding(params, cond)
+  assert not decoding.scan_layers and decoding.kernel_layout == "in_out"
+  chex.assert_trees_all_equal(unrolled, model.unrolled(params)[1])
 
 
 def test_unconditional_rows_ignore_the_condition(setup):

@@ -32,9 +32,9 @@ def model_and_params(request):
 
 
 @functools.lru_cache(maxsize=None)
-def _sampler(model, settings, cached, cache_buckets=None):
-  fn = (functools.partial(sampling.sample_with_cache, cache_buckets=cache_buckets) if cached else
-        sampling.sample_without_cache)
+def _sampler(model, settings, cached, cache_buckets=None, kernel_layout="in_out"):
+  fn = (functools.partial(sampling.sample_with_cache, cache_buckets=cache_buckets, kernel_layout=kernel_layout)
+        if cached else sampling.sample_without_cache)
   return jax.jit(lambda params, cond, key: fn(model, params, cond, key, settings))
 
 
@@ -71,6 +71,14 @@ def test_cache_buckets_do_not_change_the_draw(model_and_params):
            for buckets in (1, 3)]
   for other in draws[1:]:
     np.testing.assert_array_equal(other, draws[0])
+
+
+def test_out_in_kernels_decode_the_same_greedy_tokens(model_and_params):
+  """The decoding kernel layout is a speed choice only: greedy tokens equal the full recompute in either."""
+  model, params, cond = model_and_params
+  settings = SamplingSettings(greedy=True, cfg_scale=2.0)
+  out_in = np.asarray(_sampler(model, settings, True, kernel_layout="out_in")(params, cond, jax.random.key(0)))
+  np.testing.assert_array_equal(out_in, np.asarray(_sampler(model, settings, False)(params, cond, jax.random.key(0))))
 
 
 def test_decode_segments_tile_the_steps_with_just_enough_cache():

@@ -2,14 +2,18 @@
 
     python -m tokgen_jax.bench.ar_sampling --grid 16,16 --batch 8 --size local
     python -m tokgen_jax.bench.ar_sampling --size B --vocab 16384 --batch 8 --no-uncached --peer
+    python -m tokgen_jax.bench.ar_sampling --size B --vocab 16384 --no-uncached --kernel-layout out_in
 
 Each sampler draws the same `grid` tokens (256 for 16x16) after a class prefix with top-k 100, as one jitted
 `lax` loop (`generators.sampling.sample_with_cache` / `sample_without_cache`); CFG (`--cfg-scale` ≠ 1) doubles
-the rows. `--peer` times HF transformers' `LlamaForCausalLM.generate(use_cache=True, do_sample=True, top_k=100)`
-of the same dimensions (width, layers, heads, kv heads, SwiGLU width, vocabulary; float32, random weights, one
-prompt token per row, the same number of rows as ours incl. CFG's doubling), its timed draws interleaved with
-ours so both see the same machine state. Prints the device, compile times, the median of `--repeats` draws after
-one warm-up, tokens/s (batch x tokens / time), the cached/uncached and cached/peer ratios, and two floors:
+the rows; `--kernel-layout` picks the layout of the cached sampler's projection kernels (which streams weights
+faster at a few rows depends on the CPU). `--peer` times HF transformers'
+`LlamaForCausalLM.generate(use_cache=True, do_sample=True, top_k=100)` of the same dimensions (width, layers,
+heads, kv heads, SwiGLU width, vocabulary; float32, random weights, one prompt token per row, the same number of
+rows as ours incl. CFG's doubling). The cached sampler's timed draws alternate with the peer's and with the read
+that sets the bandwidth floor, so all three see the same machine state. Prints the device (and the CPU's model
+name), compile times, the median of `--repeats` draws after one warm-up, tokens/s (batch x tokens / time), the
+cached/uncached and cached/peer ratios, and two floors:
 
 - bandwidth: every decode step reads all parameters once, so `tokens x parameter bytes / read bandwidth`, the
   bandwidth measured here by a jitted sum over a buffer of the parameters' size;
@@ -20,6 +24,7 @@ The floor is the larger of the two (a step cannot beat either), per draw.
 
 import argparse
 import functools
+import platform
 import statistics
 import time
 
@@ -58,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   parser.add_argument("--cache-buckets", type=int, default=None,
                       help="decode loops over a growing cache (default: sampling.default_cache_buckets)")
+  parser.add_argument("--kernel-layout", default="in_out", choices=("in_out", "out_in"),
+                      help="projection kernel layout the cached sampler decodes with (ARTransformer.for_decoding)")
   parser.add_argument("--uncached", action=argparse.BooleanOptionalAction, default=True,
                       help="also time full recomputation per token (quadratic; skip it at GPT-B size)")
   parser.add_argument("--peer", action="store_true", help="also time HF transformers' Llama of the same dimensions")
@@ -91,12 +98,13 @@ def _timed(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
-def read_bandwidth(num_bytes: int) -> float:
-  """Bytes/s of a jitted float32 sum over a buffer of `num_bytes` (each byte read once)."""
+def read_timer(num_bytes: int):
+  """A call returning the seconds of a jitted float32 sum over a buffer of `num_bytes` (each byte read once; the
+  median of 3 sums), warmed up."""
   buffer = jnp.ones((max(num_bytes // 4, 1),), jnp.float32)
   total = jax.jit(jnp.sum)
   jax.block_until_ready(total(buffer))
-  return buffer.size * 4 / _timed(lambda: jax.block_until_ready(total(buffer)), 5)
+  return lambda: _timed(lambda: jax.block_until_ready(total(buffer)), 3)
 
 
 def matmul_rate(size: int = 2048) -> float:
@@ -107,9 +115,10 @@ def matmul_rate(size: int = 2048) -> float:
   return 2 * size ** 3 / _timed(lambda: jax.block_until_ready(product(a, a)), 5)
 
 
-def floors(num_params: int, param_bytes: int, rows: int, num_tokens: int) -> dict[str, float]:
-  """Seconds per draw below which no sampler of this model can go here (see the module docstring)."""
-  bandwidth, rate = read_bandwidth(param_bytes), matmul_rate()
+def floors(num_params: int, param_bytes: int, rows: int, num_tokens: int, bandwidth: float) -> dict[str, float]:
+  """Seconds per draw below which no sampler of this model can go here, at `bandwidth` bytes/s of reads (see
+  the module docstring)."""
+  rate = matmul_rate()
   result = {"read_gb_per_s": bandwidth / 1e9, "matmul_gflop_per_s": rate / 1e9,
             "bandwidth_floor_s": num_tokens * param_bytes / bandwidth,
             "compute_floor_s": num_tokens * 2 * num_params * rows / rate}
@@ -148,44 +157,58 @@ def run(args: argparse.Namespace) -> dict[str, float]:
   rows = args.batch * (2 if settings.guided else 1)
   key = jax.random.key(1)
   leaves = jax.tree.leaves(params)
+  param_bytes = sum(p.nbytes for p in leaves)
   result = {"tokens": model.num_tokens, "rows": rows, "params": sum(p.size for p in leaves)}
-  cached = functools.partial(sample_with_cache, cache_buckets=args.cache_buckets)
-  # With --peer the cached sampler is timed in the race against the peer, not twice.
-  samplers = ({} if args.peer else {"cached": cached}) | ({"uncached": sample_without_cache} if args.uncached else {})
-  for name, sampler in samplers.items():
-    timing = compile_and_time(lambda p, c, k, s=sampler: s(model, p, c, k, settings), params, cond, key,
+  if args.uncached:
+    timing = compile_and_time(lambda p, c, k: sample_without_cache(model, p, c, k, settings), params, cond, key,
                               repeats=args.repeats)
-    result[f"{name}_compile_s"] = timing["compile_s"]
-    result[f"{name}_s"] = timing["median_s"]
-  if args.peer:
-    result |= _race_peer(args, lambda p, c, k: cached(model, p, c, k, settings), params, cond, key, rows,
-                         model.num_tokens)
+    result |= {"uncached_compile_s": timing["compile_s"], "uncached_s": timing["median_s"]}
+  cached = functools.partial(sample_with_cache, cache_buckets=args.cache_buckets, kernel_layout=args.kernel_layout)
+  result |= _race(args, lambda p, c, k: cached(model, p, c, k, settings), params, cond, key, rows, model.num_tokens,
+                  param_bytes)
   if args.uncached:
     result["speedup"] = result["uncached_s"] / result["cached_s"]
   for name in ("cached", "uncached", "peer"):
     if f"{name}_s" in result:
       result[f"{name}_tokens_per_s"] = args.batch * model.num_tokens / result[f"{name}_s"]
-  result |= floors(result["params"], sum(p.nbytes for p in leaves), rows, model.num_tokens)
+  result |= floors(result["params"], param_bytes, rows, model.num_tokens, param_bytes / result.pop("read_s"))
   result["floor_ratio"] = result["cached_s"] / result["floor_s"]
   return result
 
 
-def _race_peer(args, sampler, params, cond, key, rows: int, num_tokens: int) -> dict[str, float]:
-  """Compiles ours, then times it and the peer in alternation (ours, peer, ours, peer, ...) after a warm-up of
-  each."""
+def _race(args, sampler, params, cond, key, rows: int, num_tokens: int, param_bytes: int) -> dict[str, float]:
+  """Compiles ours, then times it, the peer (with `--peer`) and a read of `param_bytes` in alternation (ours,
+  peer, read, ours, ...) after a warm-up of each, so the draws and the bandwidth floor see the same machine state
+  (the read rate here moved by half between runs an hour apart)."""
   start = time.perf_counter()
   ours = jax.jit(sampler).lower(params, cond, key).compile()
-  compile_s = time.perf_counter() - start
-  peer_draw, peer_params = _peer(args, jnp.concatenate([cond["label"]] * (rows // args.batch)), num_tokens)
-  jax.block_until_ready(ours(params, cond, key))
-  peer_draw()
-  ours_times, peer_times = [], []
+  result = {"cached_compile_s": time.perf_counter() - start}
+  contenders = {"cached": lambda: jax.block_until_ready(ours(params, cond, key))}
+  if args.peer:
+    contenders["peer"], result["peer_params"] = _peer(args, jnp.concatenate([cond["label"]] * (rows // args.batch)),
+                                                      num_tokens)
+  read = read_timer(param_bytes)
+  for draw in contenders.values():
+    draw()
+  times = {name: [] for name in (*contenders, "read")}
   for _ in range(args.repeats):
-    ours_times.append(_timed(lambda: jax.block_until_ready(ours(params, cond, key)), 1))
-    peer_times.append(_timed(peer_draw, 1))
-  ours_s, peer_s = statistics.median(ours_times), statistics.median(peer_times)
-  return {"cached_compile_s": compile_s, "cached_s": ours_s, "peer_s": peer_s, "peer_params": peer_params,
-          "peer_ratio": peer_s / ours_s}
+    for name, draw in contenders.items():
+      times[name].append(_timed(draw, 1))
+    times["read"].append(read())
+  result |= {f"{name}_s": statistics.median(seconds) for name, seconds in times.items()}
+  if args.peer:
+    result["peer_ratio"] = result["peer_s"] / result["cached_s"]
+  return result
+
+
+def cpu_model() -> str:
+  """The host CPU's model name (`/proc/cpuinfo`; the platform's processor string elsewhere): matmul kernels and
+  so these figures differ between CPUs of the same core count."""
+  try:
+    with open("/proc/cpuinfo") as info:
+      return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+  except (OSError, StopIteration):
+    return platform.processor() or "unknown"
 
 
 def main(argv=None) -> dict[str, float]:
@@ -195,7 +218,7 @@ def main(argv=None) -> dict[str, float]:
   print(f"AR sampling size={args.size} params={result['params']:,} tokens={result['tokens']} batch={args.batch} "
         f"rows={result['rows']} vocab={args.vocab} cfg={args.cfg_scale} top_k={TOP_K} dtype={args.dtype} "
         f"cache_buckets={len(decode_segments(result['tokens'] - 1, 1, args.cache_buckets))} "
-        f"device={device.platform}:{device.device_kind}")
+        f"kernel_layout={args.kernel_layout} device={device.platform}:{device.device_kind} cpu={cpu_model()!r}")
   for name in ("cached", "uncached"):
     if f"{name}_s" in result:
       print(f"{name:>8}: compile {result[f'{name}_compile_s']:.1f} s, {result[f'{name}_s']:.3f} s per draw, "

@@ -77,7 +77,7 @@ class ARTransformer(nn.Module):
   attention_implementation: str = "xla"  # "cudnn": the fused GPU kernel (bf16 / fp16 compute)
   remat_policy: str = "none"
   scan_layers: bool = True
-  kernel_layout: str = "in_out"  # of every projection; the sampler decodes with "out_in" (`for_decoding`)
+  kernel_layout: str = "in_out"  # of every projection; the sampler may decode with another (`for_decoding`)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -162,14 +162,18 @@ class ARTransformer(nn.Module):
       return self, params
     return self.clone(scan_layers=False), {**params, "stack": unstack_layers(params["stack"], self.num_layers)}
 
-  def for_decoding(self, params: Any, cond: dict[str, jax.Array]) -> tuple["ARTransformer", Any]:
-    """This model and `params` in the layout the cached sampler runs fastest: unrolled layers (`unrolled`) and
-    `out_in` kernels (`Projection.kernel_layout`), which cut a GPT-B decode step at batch 8 by ~16% on the CPU.
+  def for_decoding(self, params: Any, cond: dict[str, jax.Array],
+                   kernel_layout: str = "in_out") -> tuple["ARTransformer", Any]:
+    """This model and `params` in the layout the cached sampler decodes with: unrolled layers (`unrolled`) and
+    projection kernels in `kernel_layout` (`Projection.kernel_layout`; converted by `relayout_kernels` when it is
+    not the model's). Which layout streams weights faster at a few rows depends on the CPU's matmul kernels:
+    `out_in` cut a GPT-B batch-8 decode step by ~16% on one 2-core machine and cost ~25% on another (an AMD
+    EPYC), where `in_out` was within 15% of the best on both; `bench/ar_sampling.py --kernel-layout` measures it.
     `cond` (the sampler's, any batch) gives the shapes the target's parameters are read from."""
     model, params = self.unrolled(params)
-    if model.kernel_layout == "out_in":
+    if model.kernel_layout == kernel_layout:
       return model, params
-    model = model.clone(kernel_layout="out_in")
+    model = model.clone(kernel_layout=kernel_layout)
     one = {key: value[:1] for key, value in cond.items()}
     target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, model.num_tokens), jnp.int32),
                                                one)["params"])

@@ -159,14 +159,16 @@ def _grown(cache: Any, length: int) -> Any:
 
 def sample_with_cache(model: ARTransformer, params: Any, cond: dict[str, jax.Array], rng: jax.Array,
                       settings: SamplingSettings = SamplingSettings(), batch_size: int | None = None,
-                      cache_buckets: int | None = None) -> jax.Array:
+                      cache_buckets: int | None = None, kernel_layout: str = "in_out") -> jax.Array:
   """`[B, N]` tokens by prefill + one cached decode per token (jit the caller). The decode runs as
   `cache_buckets` `lax.fori_loop`s over a cache grown between them (`decode_segments`; None: one per 64 cache
-  positions, at most 4); the draw is the same for any bucket count."""
+  positions, at most 4); the draw is the same for any bucket count. The layers decode unrolled with projection
+  kernels in `kernel_layout` (`ARTransformer.for_decoding`: "in_out", the trained layout, or "out_in", faster
+  on some CPUs); greedy draws are the same in either."""
   batch = _batch_size(cond, batch_size)
   model_cond, unconditional = guided_inputs(cond, batch, settings)
   rows = unconditional.shape[0]
-  model, params = model.for_decoding(params, model_cond)  # per-layer weights and caches, out_in kernels
+  model, params = model.for_decoding(params, model_cond, kernel_layout)  # per-layer weights and caches
   variables = {"params": params}
   num_tokens = model.num_tokens
   segments = decode_segments(num_tokens - 1, model.prefix_length, cache_buckets)
