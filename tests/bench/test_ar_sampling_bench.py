@@ -36,11 +36,21 @@ def test_peer_is_hf_llama_of_the_same_dimensions(capsys):
   assert "HF transformers" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_peer_runs_in_the_benchmark_dtype(capsys):
+  """bf16 (the GPU comparison's dtype) on both sides: our weights and the peer's are bf16, so the floor reads
+  half the float32 bytes."""
+  result = ar_sampling.main(TINY + ["--no-uncached", "--peer", "--dtype", "bfloat16"])
+  assert result["peer_s"] > 0 and result["cached_s"] > 0
+  assert result["bandwidth_floor_s"] == pytest.approx(6 * result["params"] * 2 / (result["read_gb_per_s"] * 1e9))
+  assert "dtype=bfloat16" in capsys.readouterr().out
+
+
 def test_bad_arguments_are_rejected():
   with pytest.raises(SystemExit):
     ar_sampling.parse_args(["--grid", "16"])
   with pytest.raises(SystemExit):
-    ar_sampling.parse_args(["--peer", "--dtype", "bfloat16"])
+    ar_sampling.parse_args(["--dtype", "float16"])
   with pytest.raises(SystemExit):
     ar_sampling.parse_args(["--cache-buckets", "0"])
   with pytest.raises(SystemExit):

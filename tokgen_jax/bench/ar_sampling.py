@@ -3,21 +3,25 @@
     python -m tokgen_jax.bench.ar_sampling --grid 16,16 --batch 8 --size local
     python -m tokgen_jax.bench.ar_sampling --size B --vocab 16384 --batch 8 --no-uncached --peer
     python -m tokgen_jax.bench.ar_sampling --size B --vocab 16384 --no-uncached --kernel-layout out_in
+    python -m tokgen_jax.bench.ar_sampling --size L --vocab 16384 --no-uncached --peer --dtype bfloat16  # GPU
 
 Each sampler draws the same `grid` tokens (256 for 16x16) after a class prefix with top-k 100, as one jitted
 `lax` loop (`generators.sampling.sample_with_cache` / `sample_without_cache`); CFG (`--cfg-scale` ≠ 1) doubles
-the rows; `--kernel-layout` picks the layout of the cached sampler's projection kernels (which streams weights
-faster at a few rows depends on the CPU). `--peer` times HF transformers'
-`LlamaForCausalLM.generate(use_cache=True, do_sample=True, top_k=100)` of the same dimensions (width, layers,
-heads, kv heads, SwiGLU width, vocabulary; float32, random weights, one prompt token per row, the same number of
-rows as ours incl. CFG's doubling). The cached sampler's timed draws alternate with the peer's and with the read
-that sets the bandwidth floor, so all three see the same machine state. Prints the device (and the CPU's model
-name), compile times, the median of `--repeats` draws after one warm-up, tokens/s (batch x tokens / time), the
-cached/uncached and cached/peer ratios, and two floors:
+the rows; `--dtype` sets the compute and weight dtype; `--kernel-layout` picks the layout of the cached sampler's
+projection kernels (which streams weights faster at a few rows depends on the CPU). `--peer` times HF
+transformers' `LlamaForCausalLM.generate(use_cache=True, do_sample=True, top_k=100)` of the same dimensions
+(width, layers, heads, kv heads, SwiGLU width, vocabulary), dtype and device (the GPU when JAX runs there):
+random weights, one prompt token per row, as many rows as ours incl. CFG's doubling. The cached sampler's timed
+draws alternate with the peer's and with the read that sets the bandwidth floor, so all three see the same
+machine state. Prints the device (and the CPU's model name), compile times, the median of `--repeats` draws
+after one warm-up, tokens/s (batch x tokens / time), the cached/uncached and cached/peer ratios, and two floors:
 
 - bandwidth: every decode step reads all parameters once, so `tokens x parameter bytes / read bandwidth`, the
   bandwidth measured here by a jitted sum over a buffer of the parameters' size;
-- compute: `tokens x 2 x parameters x rows / matmul rate`, the rate measured by a jitted square float32 matmul.
+- compute: `tokens x 2 x parameters x rows / matmul rate`, the rate measured by a jitted square matmul in
+  `--dtype`.
+
+On a lent GPU: `--size B` and `--size L`, each with `--dtype bfloat16 --no-uncached --peer`.
 
 The floor is the larger of the two (a step cannot beat either), per draw.
 """
@@ -72,8 +76,6 @@ def parse_args(argv=None) -> argparse.Namespace:
   buckets = 1 if args.cache_buckets is None else args.cache_buckets
   if min(args.batch, args.repeats, buckets) < 1 or args.vocab < 2:
     parser.error("--batch, --repeats and --cache-buckets must be ≥ 1 and --vocab ≥ 2.")
-  if args.peer and args.dtype != "float32":
-    parser.error("--peer compares float32 on the CPU; drop --dtype or --peer.")
   return args
 
 
@@ -84,8 +86,10 @@ def _dims(args: argparse.Namespace) -> dict[str, int]:
 
 
 def _model(args: argparse.Namespace) -> ARTransformer:
+  # Weights in the compute dtype too: a decode step reads every weight, and the peer stores its weights in it.
+  dtype = jnp.dtype(args.dtype)
   return ARTransformer(vocab_sizes=(args.vocab,), layer_grids=(args.grid,), conditioning="class",
-                       num_classes=NUM_CLASSES, dtype=jnp.dtype(args.dtype), **_dims(args))
+                       num_classes=NUM_CLASSES, dtype=dtype, param_dtype=dtype, **_dims(args))
 
 
 def _timed(fn, repeats: int) -> float:
@@ -107,18 +111,19 @@ def read_timer(num_bytes: int):
   return lambda: _timed(lambda: jax.block_until_ready(total(buffer)), 3)
 
 
-def matmul_rate(size: int = 2048) -> float:
-  """FLOP/s of a jitted float32 `[size, size] @ [size, size]` matmul."""
-  a = jnp.ones((size, size), jnp.float32)
+def matmul_rate(size: int = 2048, dtype: str = "float32") -> float:
+  """FLOP/s of a jitted `[size, size] @ [size, size]` matmul in `dtype`."""
+  a = jnp.ones((size, size), dtype)
   product = jax.jit(jnp.matmul)
   jax.block_until_ready(product(a, a))
   return 2 * size ** 3 / _timed(lambda: jax.block_until_ready(product(a, a)), 5)
 
 
-def floors(num_params: int, param_bytes: int, rows: int, num_tokens: int, bandwidth: float) -> dict[str, float]:
-  """Seconds per draw below which no sampler of this model can go here, at `bandwidth` bytes/s of reads (see
-  the module docstring)."""
-  rate = matmul_rate()
+def floors(num_params: int, param_bytes: int, rows: int, num_tokens: int, bandwidth: float,
+           dtype: str = "float32") -> dict[str, float]:
+  """Seconds per draw below which no sampler of this model can go here, at `bandwidth` bytes/s of reads and the
+  matmul rate in `dtype` (see the module docstring)."""
+  rate = matmul_rate(dtype=dtype)
   result = {"read_gb_per_s": bandwidth / 1e9, "matmul_gflop_per_s": rate / 1e9,
             "bandwidth_floor_s": num_tokens * param_bytes / bandwidth,
             "compute_floor_s": num_tokens * 2 * num_params * rows / rate}
@@ -126,24 +131,33 @@ def floors(num_params: int, param_bytes: int, rows: int, num_tokens: int, bandwi
 
 
 def _peer(args: argparse.Namespace, labels, num_tokens: int):
-  """A `draw()` of HF transformers' Llama with this benchmark's dimensions, and its parameter count."""
+  """A `draw()` of HF transformers' Llama with this benchmark's dimensions and dtype, and its parameter count. It
+  runs on the GPU when JAX does (a CUDA build of torch is then required), else on the CPU."""
   import torch
   import transformers
 
+  device = "cuda" if jax.default_backend() == "gpu" else "cpu"
+  if device == "cuda" and not torch.cuda.is_available():
+    raise SystemExit("--peer: JAX runs on the GPU but this torch has no CUDA; install a CUDA build of torch to "
+                     "time the peer on the same device, or drop --peer.")
   dims = _dims(args)
   config = transformers.LlamaConfig(
       vocab_size=args.vocab, hidden_size=dims["embed_dim"], intermediate_size=dims["mlp_dim"],
       num_hidden_layers=dims["num_layers"], num_attention_heads=dims["num_heads"],
       num_key_value_heads=dims["num_kv_heads"], max_position_embeddings=num_tokens + 1, rms_norm_eps=1e-5)
   torch.manual_seed(0)
-  model = transformers.LlamaForCausalLM(config).eval()
-  prompt = torch.as_tensor(labels.tolist(), dtype=torch.long)[:, None] % args.vocab
+  dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+  model = transformers.LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
+  prompt = torch.as_tensor(labels.tolist(), dtype=torch.long, device=device)[:, None] % args.vocab
 
   def draw():
     with torch.inference_mode():
-      return model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=num_tokens,
-                            min_new_tokens=num_tokens, do_sample=True, top_k=TOP_K, use_cache=True,
-                            pad_token_id=0)
+      tokens = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=num_tokens,
+                              min_new_tokens=num_tokens, do_sample=True, top_k=TOP_K, use_cache=True,
+                              pad_token_id=0)
+    if device == "cuda":
+      torch.cuda.synchronize()
+    return tokens
 
   return draw, sum(p.numel() for p in model.parameters())
 
@@ -171,7 +185,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
   for name in ("cached", "uncached", "peer"):
     if f"{name}_s" in result:
       result[f"{name}_tokens_per_s"] = args.batch * model.num_tokens / result[f"{name}_s"]
-  result |= floors(result["params"], param_bytes, rows, model.num_tokens, param_bytes / result.pop("read_s"))
+  result |= floors(result["params"], param_bytes, rows, model.num_tokens, param_bytes / result.pop("read_s"),
+                   args.dtype)
   result["floor_ratio"] = result["cached_s"] / result["floor_s"]
   return result
 
