@@ -21,9 +21,8 @@ after one warm-up, tokens/s (batch x tokens / time), the cached/uncached and cac
 - compute: `tokens x 2 x parameters x rows / matmul rate`, the rate measured by a jitted square matmul in
   `--dtype`.
 
-On a lent GPU: `--size B` and `--size L`, each with `--dtype bfloat16 --no-uncached --peer`.
-
-The floor is the larger of the two (a step cannot beat either), per draw.
+The floor is the larger of the two (a step cannot beat either), per draw. On a lent GPU: `--size B` and
+`--size L`, each with `--dtype bfloat16 --no-uncached --peer`.
 """
 
 import argparse
@@ -40,6 +39,7 @@ from tokgen_jax.bench import compile_and_time
 from tokgen_jax.configs import ar as ar_configs
 from tokgen_jax.generators import ARTransformer, SamplingSettings, sample_with_cache, sample_without_cache
 from tokgen_jax.generators.sampling import decode_segments
+from tokgen_jax.nn.projection import KERNEL_LAYOUTS
 from tokgen_jax.nn.transformer import llama_mlp_dim
 
 TOP_K = 100
@@ -67,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   parser.add_argument("--cache-buckets", type=int, default=None,
                       help="decode loops over a growing cache (default: sampling.default_cache_buckets)")
-  parser.add_argument("--kernel-layout", default="in_out", choices=("in_out", "out_in"),
+  parser.add_argument("--kernel-layout", default="in_out", choices=KERNEL_LAYOUTS,
                       help="projection kernel layout the cached sampler decodes with (ARTransformer.for_decoding)")
   parser.add_argument("--uncached", action=argparse.BooleanOptionalAction, default=True,
                       help="also time full recomputation per token (quadratic; skip it at GPT-B size)")

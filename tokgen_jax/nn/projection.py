@@ -99,11 +99,12 @@ def _rotation(shape: tuple[int, ...], target: tuple[int, ...], where: str) -> in
 
 
 def relayout_kernels(params: Any, target_shapes: Any) -> Any:
-  """`params` of a model whose Projections keep `in_out` kernels, for the same model with `out_in` kernels
-  (`target_shapes`: its parameter shapes, e.g. `jax.eval_shape` of its init). Each `kernel` leaf
-  `[*in_shape, *features]` becomes `[*features, *in_shape]`: the in dims move to the end, as many as make the
-  shape match its target (and so do the logical axis names of a boxed kernel). Every Projection of the target
-  must use `out_in` (a square kernel is transposed whatever its target shape says); other leaves are kept."""
+  """`params` of a model whose Projections keep one kernel layout, for the same model with the other
+  (`target_shapes`: its parameter shapes, e.g. `jax.eval_shape` of its init). Each `kernel` leaf is rotated:
+  `[*in_shape, *features]` becomes `[*features, *in_shape]` (or back), its leading dims moving to the end, as many
+  as make the shape match its target (and so do the logical axis names of a boxed kernel). Every Projection of
+  the target must use the other layout (a square kernel is transposed whatever its target shape says); other
+  leaves are kept."""
   boxed = lambda leaf: isinstance(leaf, nn.Partitioned)
 
   def relayout(path, leaf, target):
